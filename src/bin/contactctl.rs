@@ -1,0 +1,2 @@
+//! contactctl (work in progress).
+fn main() {}

@@ -1,0 +1,52 @@
+//! contact-server: a push-task server for the gRPC Contact pattern.
+//!
+//! gRPC is request/response, so for the server to talk first a worker opens
+//! a server stream (`getTask`) and the server pushes a message down it
+//! whenever it has work. The worker acknowledges on `tellResult` and reports
+//! status on the bidirectional `sendStatus`. Producers submit tasks through
+//! `contact.v1.Tasks` and can wait for results.
+//!
+//! # Architecture
+//!
+//! Actors own all mutable state and talk through typed messages sent via
+//! cloneable handles; the gRPC services are thin facades over those handles.
+//!
+//! ```text
+//!  producers ──Tasks──▶ ┌──────────┐ ◀──lease/complete/release── ┌─────────┐ ──getTask stream──▶ worker
+//!                       │  Queue   │ ───oneshot answers─────────▶ │ Session │ ◀──acks (tellResult)─ worker
+//!                       └──────────┘                              └─────────┘
+//!                                      ┌──────────┐ ◀── register/closed ──┘
+//!  worker ──sendStatus──────────────▶  │ Registry │ ──writes──▶ SessionIndex (read by handlers)
+//!                                      └──────────┘
+//! ```
+//!
+//! # Layout
+//!
+//! - [`config`]: the configuration tree, its defaults and validation.
+//! - [`domain`]: ids, tasks, acks; validation of everything a client sends.
+//! - [`error`]: the error type and its one mapping to gRPC statuses.
+//! - [`queue`]: the queue actor, owner of every accepted task.
+//! - [`session`]: one actor per getTask stream: credit, pushes, acks.
+//! - [`registry`]: the registry actor: connected workers and their status.
+//! - [`service`]: the gRPC facades (Contact, Tasks, Admin).
+//! - [`server`]: assembly, listeners and the shutdown sequence.
+//! - [`metrics`]: metric names and the `/metrics` endpoint.
+//! - [`telemetry`], [`shutdown`]: logging set-up and the stop signal.
+//! - [`proto`]: generated code.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod metrics;
+pub mod proto;
+pub mod queue;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::{Listeners, RunningServer, start};

@@ -1,0 +1,72 @@
+//! The contact-server daemon: parse flags, load the config, bind, serve until
+//! SIGINT or SIGTERM, drain, exit. Exits 64 on a configuration error.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Parser;
+use contact_server::{Config, Listeners, config::ConfigError, shutdown, telemetry};
+
+/// Exit code for a bad configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// A push-task server for the gRPC Contact pattern.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file; without it the built-in defaults are used.
+    #[arg(long, short, env = "CONTACT_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listen address (overrides server.grpc_addr).
+    #[arg(long, env = "CONTACT_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// Prometheus /metrics listen address (overrides server.metrics_addr).
+    #[arg(long, env = "CONTACT_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+}
+
+fn load(args: &Args) -> Result<Config, ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(addr) = args.grpc_addr {
+        config.server.grpc_addr = addr;
+    }
+    if let Some(addr) = args.metrics_addr {
+        config.server.metrics_addr = addr;
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match load(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("contact-server: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(&config.log.filter);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("contact-server: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    let server = contact_server::start(config, listeners)?;
+    let stop = server.shutdown_token();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        stop.cancel();
+    });
+    server.wait().await.context("server stopped with an error")
+}

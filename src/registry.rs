@@ -1,0 +1,308 @@
+//! The registry: one actor that knows every connected worker, fed by getTask
+//! registrations, sendStatus reports and (through each session's counters)
+//! tellResult acknowledgements.
+//!
+//! It is also the only writer of [`SessionIndex`], the lock-sharded map that
+//! request handlers read to find the session a tellResult or sendStatus call
+//! belongs to: by the `contact-client-id` the call names, or else by the
+//! connection it arrived on (a seed client opens all its calls on one
+//! channel). Readers clone a handle out and drop the map reference at once,
+//! never holding it across an `.await`.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use dashmap::DashMap;
+use metrics::Gauge;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span};
+
+use crate::{
+    domain::{ClientId, QueueName, SessionId},
+    error::Error,
+    session::SessionHandle,
+};
+
+/// Capacity of the registry's inbox; status reports wait when it is full.
+pub const REGISTRY_INBOX_CAPACITY: usize = 1024;
+
+/// Counters a session keeps about its worker and the registry reads.
+/// Each field has one writer (the session); atomics keep the hot path free
+/// of messages and locks.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Tasks pushed and not yet acknowledged.
+    pub in_flight: AtomicU32,
+    /// When the worker last acknowledged a task, in milliseconds since the Unix epoch.
+    pub last_ack_unix_ms: AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch, for wall-clock timestamps shown to operators.
+pub(crate) fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the registry keeps about one connected worker.
+#[derive(Debug)]
+pub struct WorkerRecord {
+    /// The worker.
+    pub client: ClientId,
+    /// Its getTask session.
+    pub session: SessionHandle,
+    /// The connection's peer address, when the transport knows it.
+    pub peer: Option<SocketAddr>,
+    /// Its queues.
+    pub queues: Arc<[QueueName]>,
+    /// Its in-flight limit.
+    pub max_in_flight: u32,
+    /// Shared counters, written by the session.
+    pub stats: Arc<WorkerStats>,
+}
+
+/// A connected worker, as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The worker's id.
+    pub client: ClientId,
+    /// The connection's peer address.
+    pub peer: Option<SocketAddr>,
+    /// Its queues.
+    pub queues: Vec<QueueName>,
+    /// Its in-flight limit.
+    pub max_in_flight: u32,
+    /// Tasks it holds unacknowledged.
+    pub in_flight: u32,
+    /// When it connected (ms since the Unix epoch).
+    pub connected_unix_ms: u64,
+    /// Its last sendStatus text.
+    pub last_status: String,
+    /// When it was last heard from on any call (ms since the Unix epoch).
+    pub last_heard_unix_ms: u64,
+}
+
+/// Who is connected, readable by request handlers without a message round trip.
+#[derive(Debug, Default)]
+pub struct SessionIndex {
+    by_client: DashMap<ClientId, SessionHandle>,
+    by_peer: DashMap<SocketAddr, ClientId>,
+}
+
+impl SessionIndex {
+    /// The session of the worker a call belongs to: the named client, or
+    /// else the one registered from the same connection.
+    pub fn resolve(
+        &self,
+        client: Option<&ClientId>,
+        peer: Option<SocketAddr>,
+    ) -> Option<SessionHandle> {
+        let client = match client {
+            Some(client) => client.clone(),
+            None => self.by_peer.get(&peer?)?.value().clone(),
+        };
+        self.by_client.get(&client).map(|s| s.value().clone())
+    }
+}
+
+// === Handle ===
+
+/// Cloneable handle to the registry actor.
+#[derive(Clone, Debug)]
+pub struct RegistryHandle {
+    tx: mpsc::Sender<RegistryMsg>,
+}
+
+impl RegistryHandle {
+    /// Starts the registry actor on `tracker`; it writes `index`.
+    pub fn spawn(index: Arc<SessionIndex>, tracker: &TaskTracker) -> Self {
+        let (tx, rx) = mpsc::channel(REGISTRY_INBOX_CAPACITY);
+        let actor = Registry {
+            rx,
+            index,
+            workers: HashMap::new(),
+            connected: crate::metrics::workers_connected(),
+        };
+        tracker.spawn(actor.run().instrument(info_span!("registry")));
+        Self { tx }
+    }
+
+    /// Registers a worker; refused when a worker with the same id is connected.
+    pub async fn register(&self, record: WorkerRecord) -> Result<(), Error> {
+        let (respond_to, response) = oneshot::channel();
+        self.tx
+            .send(RegistryMsg::Register { record, respond_to })
+            .await?;
+        response.await?
+    }
+
+    /// A session ended.
+    pub async fn session_closed(&self, client: ClientId, session: SessionId) -> Result<(), Error> {
+        Ok(self
+            .tx
+            .send(RegistryMsg::SessionClosed { client, session })
+            .await?)
+    }
+
+    /// A worker reported its status on sendStatus.
+    pub async fn status_reported(&self, client: ClientId, status: String) -> Result<(), Error> {
+        Ok(self
+            .tx
+            .send(RegistryMsg::StatusReported { client, status })
+            .await?)
+    }
+
+    /// Every connected worker, ordered by id.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, Error> {
+        let (respond_to, response) = oneshot::channel();
+        self.tx.send(RegistryMsg::Snapshot { respond_to }).await?;
+        Ok(response.await?)
+    }
+}
+
+// === Messages ===
+
+#[derive(Debug)]
+enum RegistryMsg {
+    /// A getTask stream opened.
+    Register {
+        record: WorkerRecord,
+        respond_to: oneshot::Sender<Result<(), Error>>,
+    },
+    /// A getTask stream ended.
+    SessionClosed {
+        client: ClientId,
+        session: SessionId,
+    },
+    /// A sendStatus message arrived.
+    StatusReported { client: ClientId, status: String },
+    /// List the workers.
+    Snapshot {
+        respond_to: oneshot::Sender<Vec<WorkerInfo>>,
+    },
+}
+
+// === Actor ===
+
+#[derive(Debug)]
+struct Worker {
+    record: WorkerRecord,
+    connected_unix_ms: u64,
+    last_status: String,
+    last_status_unix_ms: u64,
+}
+
+#[derive(Debug)]
+struct Registry {
+    rx: mpsc::Receiver<RegistryMsg>,
+    index: Arc<SessionIndex>,
+    workers: HashMap<ClientId, Worker>,
+    connected: Gauge,
+}
+
+impl Registry {
+    async fn run(mut self) {
+        while let Some(msg) = self.rx.recv().await {
+            match msg {
+                RegistryMsg::Register { record, respond_to } => {
+                    let _ = respond_to.send(self.handle_register(record));
+                }
+                RegistryMsg::SessionClosed { client, session } => {
+                    self.handle_session_closed(&client, session)
+                }
+                RegistryMsg::StatusReported { client, status } => {
+                    if let Some(worker) = self.workers.get_mut(&client) {
+                        worker.last_status = status;
+                        worker.last_status_unix_ms = unix_ms_now();
+                    }
+                }
+                RegistryMsg::Snapshot { respond_to } => {
+                    let _ = respond_to.send(self.snapshot());
+                }
+            }
+            self.connected.set(self.workers.len() as f64);
+        }
+        debug!("registry stopped");
+    }
+
+    fn handle_register(&mut self, record: WorkerRecord) -> Result<(), Error> {
+        if self.workers.contains_key(&record.client) {
+            return Err(Error::AlreadyExists(format!(
+                "a worker with client id {} is already connected",
+                record.client
+            )));
+        }
+        info!(
+            client.id = %record.client,
+            peer = ?record.peer,
+            max_in_flight = record.max_in_flight,
+            "worker registered"
+        );
+        self.index
+            .by_client
+            .insert(record.client.clone(), record.session.clone());
+        if let Some(peer) = record.peer {
+            self.index.by_peer.insert(peer, record.client.clone());
+        }
+        let now = unix_ms_now();
+        self.workers.insert(
+            record.client.clone(),
+            Worker {
+                record,
+                connected_unix_ms: now,
+                last_status: String::new(),
+                last_status_unix_ms: now,
+            },
+        );
+        Ok(())
+    }
+
+    fn handle_session_closed(&mut self, client: &ClientId, session: SessionId) {
+        let Some(worker) = self.workers.get(client) else {
+            return;
+        };
+        if worker.record.session.id() != session {
+            return;
+        }
+        info!(client.id = %client, "worker disconnected");
+        if let Some(worker) = self.workers.remove(client) {
+            self.index.by_client.remove(client);
+            if let Some(peer) = worker.record.peer {
+                self.index.by_peer.remove_if(&peer, |_, c| c == client);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<WorkerInfo> {
+        let mut workers: Vec<WorkerInfo> = self
+            .workers
+            .values()
+            .map(|w| {
+                let stats = &w.record.stats;
+                WorkerInfo {
+                    client: w.record.client.clone(),
+                    peer: w.record.peer,
+                    queues: w.record.queues.to_vec(),
+                    max_in_flight: w.record.max_in_flight,
+                    in_flight: stats.in_flight.load(Ordering::Relaxed),
+                    connected_unix_ms: w.connected_unix_ms,
+                    last_status: w.last_status.clone(),
+                    last_heard_unix_ms: w
+                        .last_status_unix_ms
+                        .max(stats.last_ack_unix_ms.load(Ordering::Relaxed)),
+                }
+            })
+            .collect();
+        workers.sort_by(|a, b| a.client.cmp(&b.client));
+        workers
+    }
+}

@@ -1,0 +1,292 @@
+//! Assembles a running server from a config and two bound listeners: starts
+//! the actors, serves gRPC (Contact, Tasks, Admin, Health) and `/metrics`,
+//! and runs the shutdown sequence.
+//!
+//! Listeners are bound by the caller ([`Listeners::bind`]) so that tests can
+//! bind `127.0.0.1:0`, learn the ports, and have nothing to wait for.
+//!
+//! Shutdown, once [`RunningServer::shutdown`] is called:
+//! 1. health turns NOT_SERVING; new getTask calls and submissions get UNAVAILABLE;
+//! 2. every session is told to drain: it takes no new tasks and ends its
+//!    stream once its worker has acknowledged everything it holds;
+//! 3. after `drain_timeout_secs`, sessions still holding tasks hand them back
+//!    to the queue and end;
+//! 4. open calls end, the listeners close, and the actors stop once their
+//!    last handles are gone. Steps 4's waits are capped by [`STOP_GRACE`].
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    proto::{
+        contact_server::ContactServer,
+        v1::{admin_server::AdminServer, tasks_server::TasksServer},
+    },
+    queue::{QueueHandle, QueuePolicy},
+    registry::{RegistryHandle, SessionIndex},
+    service::{AdminService, ContactService, Core, TasksService},
+    session::Notice,
+};
+
+/// How long the last shutdown steps (closing calls, stopping actors) may take.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error("cannot bind the {what} listener on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The metrics endpoint failed.
+    #[error("metrics endpoint failed: {0}")]
+    Metrics(std::io::Error),
+    /// A server task panicked or was cancelled.
+    #[error("server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The server's two listeners, bound before the server starts.
+#[derive(Debug)]
+pub struct Listeners {
+    grpc: TcpListener,
+    metrics: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses in `config`.
+    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { what, addr, source })
+        };
+        Ok(Self {
+            grpc: bind("gRPC", config.server.grpc_addr).await?,
+            metrics: bind("metrics", config.server.metrics_addr).await?,
+        })
+    }
+}
+
+/// A server started by [`start`].
+#[derive(Debug)]
+pub struct RunningServer {
+    grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+    join: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// Where gRPC is served.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where `/metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// Starts the shutdown sequence; [`RunningServer::wait`] sees it through.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A token that starts the shutdown sequence when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.join.await?
+    }
+}
+
+/// Starts the server on `listeners`. Must be called inside a tokio runtime.
+pub fn start(config: Config, listeners: Listeners) -> Result<RunningServer, ServerError> {
+    let local = |listener: &TcpListener, what, addr| {
+        listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { what, addr, source })
+    };
+    let grpc_addr = local(&listeners.grpc, "gRPC", config.server.grpc_addr)?;
+    let metrics_addr = local(&listeners.metrics, "metrics", config.server.metrics_addr)?;
+    let shutdown = CancellationToken::new();
+    let join = tokio::spawn(run(config, listeners, shutdown.clone()));
+    info!(%grpc_addr, %metrics_addr, "contact-server listening");
+    Ok(RunningServer {
+        grpc_addr,
+        metrics_addr,
+        shutdown,
+        join,
+    })
+}
+
+async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    // The recorder must exist before the actors resolve their metric handles.
+    let prometheus = crate::metrics::install();
+    let actors = TaskTracker::new();
+    let sessions = TaskTracker::new();
+    let index = Arc::new(SessionIndex::default());
+    let queue = QueueHandle::spawn(
+        QueuePolicy {
+            max_attempts: config.tasks.max_attempts,
+            max_finished_tasks: config.tasks.max_finished_tasks,
+        },
+        &actors,
+    );
+    let registry = RegistryHandle::spawn(index.clone(), &actors);
+    let (mut notice_tx, notice_rx) = async_broadcast::broadcast(4);
+    // Notices are states, newest wins: never block the broadcaster.
+    notice_tx.set_overflow(true);
+    let draining = CancellationToken::new();
+    let stopping = CancellationToken::new();
+    let core = Core {
+        queue: queue.clone(),
+        registry,
+        index,
+        notices: notice_rx.deactivate(),
+        draining: draining.clone(),
+        stopping: stopping.clone(),
+        sessions: sessions.clone(),
+        calls: TaskTracker::new(),
+        workers: config.workers.clone(),
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::Serving).await;
+    let max = config.server.max_message_bytes;
+    let contact = ContactServer::new(ContactService::new(core.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let tasks = TasksServer::new(TasksService::new(core.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let admin = AdminServer::new(AdminService::new(core.clone()));
+    let calls = core.calls.clone();
+    drop(core);
+
+    let keepalive = match config.server.http2_keepalive_secs {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    };
+    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let mut grpc = tokio::spawn(
+        Server::builder()
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(keepalive)
+            .add_service(health_service)
+            .add_service(contact)
+            .add_service(tasks)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned()),
+    );
+    let metrics = tokio::spawn(crate::metrics::serve(
+        listeners.metrics,
+        prometheus,
+        stopping.clone(),
+    ));
+
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        finished = &mut grpc => {
+            // The gRPC server stopped on its own: an error; stop the rest.
+            stopping.cancel();
+            let _ = metrics.await;
+            return finished?.map_err(ServerError::from);
+        }
+    }
+
+    info!("shutdown requested; draining");
+    set_health(&health, ServingStatus::NotServing).await;
+    draining.cancel();
+    let _ = queue.drain().await;
+    let _ = notice_tx.broadcast(Notice::Drain).await;
+    sessions.close();
+    let drain_timeout = config.drain_timeout();
+    if tokio::time::timeout(drain_timeout, sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            timeout_secs = drain_timeout.as_secs(),
+            "drain timeout: workers still hold tasks; handing them back to the queue"
+        );
+        let _ = notice_tx.broadcast(Notice::ShutdownNow).await;
+        if tokio::time::timeout(STOP_GRACE, sessions.wait())
+            .await
+            .is_err()
+        {
+            warn!("sessions did not stop within the grace period");
+        }
+    }
+
+    stopping.cancel();
+    let grpc_result = match tokio::time::timeout(STOP_GRACE, &mut grpc).await {
+        Ok(joined) => joined?.map_err(ServerError::from),
+        Err(_) => {
+            warn!("open connections did not close within the grace period");
+            grpc.abort();
+            Ok(())
+        }
+    };
+    calls.close();
+    if tokio::time::timeout(STOP_GRACE, calls.wait())
+        .await
+        .is_err()
+    {
+        warn!("streaming calls did not end within the grace period");
+    }
+    let metrics_result = match tokio::time::timeout(STOP_GRACE, metrics).await {
+        Ok(joined) => joined?.map_err(ServerError::Metrics),
+        Err(_) => Ok(()),
+    };
+    // The services (and their actor handles) are gone with the gRPC server,
+    // so the actors now drain their inboxes and stop.
+    drop(queue);
+    actors.close();
+    if tokio::time::timeout(STOP_GRACE, actors.wait())
+        .await
+        .is_err()
+    {
+        warn!("actors did not stop within the grace period");
+    }
+    info!("contact-server stopped");
+    grpc_result.and(metrics_result)
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    // "" is the whole server, which is what most probes ask about.
+    for service in [
+        "",
+        <ContactServer<ContactService> as NamedService>::NAME,
+        <TasksServer<TasksService> as NamedService>::NAME,
+        <AdminServer<AdminService> as NamedService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
+}

@@ -1,0 +1,187 @@
+//! `contact.v1.Tasks`: the producer API. Submissions go to the queue actor in
+//! batches; reads and waits are answered by it.
+
+use std::{pin::pin, time::Duration};
+
+use futures_util::FutureExt as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use super::{Core, MAX_STREAM_BATCH};
+use crate::{
+    domain::{NewTask, TaskId},
+    error::Error,
+    proto::v1::{self, tasks_server::Tasks},
+};
+
+/// The Tasks service facade.
+#[derive(Clone, Debug)]
+pub struct TasksService {
+    core: Core,
+}
+
+impl TasksService {
+    /// A facade over the server's actors.
+    pub fn new(core: Core) -> Self {
+        Self { core }
+    }
+}
+
+fn reply(answer: Result<TaskId, Status>) -> v1::SubmitReply {
+    match answer {
+        Ok(id) => v1::SubmitReply {
+            task_id: id.to_string(),
+            error: None,
+        },
+        Err(status) => v1::SubmitReply {
+            task_id: String::new(),
+            error: Some(v1::SubmitError {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            }),
+        },
+    }
+}
+
+/// Submits the valid requests of a batch in one queue call and answers
+/// every request, valid or not, in order.
+async fn submit_batch(core: &Core, requests: Vec<v1::SubmitRequest>) -> Vec<v1::SubmitReply> {
+    let checked: Vec<Result<NewTask, Error>> =
+        requests.into_iter().map(NewTask::try_from).collect();
+    let valid: Vec<NewTask> = checked
+        .iter()
+        .filter_map(|c| c.as_ref().ok().cloned())
+        .collect();
+    let mut accepted = match core.queue.submit(valid).await {
+        Ok(answers) => answers.into_iter(),
+        Err(error) => {
+            let status = Status::from(error);
+            return checked
+                .into_iter()
+                .map(|c| reply(Err(c.map_or_else(Status::from, |_| status.clone()))))
+                .collect();
+        }
+    };
+    checked
+        .into_iter()
+        .map(|c| match c {
+            Err(error) => reply(Err(error.into())),
+            Ok(_) => reply(
+                accepted
+                    .next()
+                    .unwrap_or(Err(Error::Unavailable("the task queue")))
+                    .map_err(Status::from),
+            ),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Tasks for TasksService {
+    type SubmitStreamStream = ReceiverStream<Result<v1::SubmitReply, Status>>;
+
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitReply>, Status> {
+        let task = NewTask::try_from(request.into_inner())?;
+        let answer = self
+            .core
+            .queue
+            .submit(vec![task])
+            .await?
+            .pop()
+            .unwrap_or(Err(Error::Unavailable("the task queue")))?;
+        Ok(Response::new(reply(Ok(answer))))
+    }
+
+    async fn submit_stream(
+        &self,
+        request: Request<Streaming<v1::SubmitRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (replies, replies_rx) = mpsc::channel(MAX_STREAM_BATCH);
+        let core = self.core.clone();
+        self.core.calls.spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    () = core.stopping.cancelled() => {
+                        let _ = replies.send(Err(Error::ShuttingDown.into())).await;
+                        break;
+                    }
+                    message = inbound.message() => message,
+                };
+                let mut batch = match first {
+                    Ok(Some(request)) => vec![request],
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(%status, "SubmitStream ended with an error");
+                        break;
+                    }
+                };
+                let mut trailing_error = None;
+                while batch.len() < MAX_STREAM_BATCH {
+                    match pin!(inbound.message()).now_or_never() {
+                        Some(Ok(Some(request))) => batch.push(request),
+                        Some(Err(status)) => {
+                            trailing_error = Some(status);
+                            break;
+                        }
+                        Some(Ok(None)) | None => break,
+                    }
+                }
+                for answer in submit_batch(&core, batch).await {
+                    if replies.send(Ok(answer)).await.is_err() {
+                        return;
+                    }
+                }
+                if let Some(status) = trailing_error {
+                    // A broken request stream (e.g. an oversized message) ends
+                    // the call with its status; the accepted tasks stand.
+                    let _ = replies.send(Err(status)).await;
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(replies_rx)))
+    }
+
+    async fn get(
+        &self,
+        request: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::TaskInfo>, Status> {
+        let id = TaskId::parse(&request.into_inner().task_id)?;
+        let info = self.core.queue.get(id).await?;
+        Ok(Response::new(info.into()))
+    }
+
+    async fn wait(
+        &self,
+        request: Request<v1::WaitRequest>,
+    ) -> Result<Response<v1::TaskInfo>, Status> {
+        let request = request.into_inner();
+        let id = TaskId::parse(&request.task_id)?;
+        let timeout = async {
+            match request.timeout_ms {
+                // No timeout of our own: the call's deadline (enforced by
+                // tonic from grpc-timeout) or shutdown ends the wait.
+                0 => std::future::pending().await,
+                ms => tokio::time::sleep(Duration::from_millis(ms)).await,
+            }
+        };
+        let info = tokio::select! {
+            info = self.core.queue.watch(id) => info?,
+            () = timeout => {
+                return Err(Error::DeadlineExceeded(format!(
+                    "task {id} did not finish within {} ms",
+                    request.timeout_ms
+                ))
+                .into());
+            }
+            () = self.core.stopping.cancelled() => return Err(Error::ShuttingDown.into()),
+        };
+        Ok(Response::new(info.into()))
+    }
+}
