@@ -161,8 +161,10 @@ async fn run(
     );
     let registry = RegistryHandle::spawn(index.clone(), &actors);
     let (mut notice_tx, notice_rx) = async_broadcast::broadcast(4);
-    // Notices are states, newest wins: never block the broadcaster.
+    // Notices are states, newest wins: never block the broadcaster, and do
+    // not wait for a session to exist before broadcasting.
     notice_tx.set_overflow(true);
+    notice_tx.set_await_active(false);
     let draining = CancellationToken::new();
     let stopping = CancellationToken::new();
     let core = Core {

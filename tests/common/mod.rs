@@ -1,0 +1,353 @@
+//! The integration-test harness: the real server on `127.0.0.1:0`, real gRPC
+//! clients, and `within` so every wait on the server has a timeout.
+
+#![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
+
+use std::{future::Future, time::Duration};
+
+use contact_server::{
+    Config, Listeners, RunningServer,
+    domain::{CLIENT_ID_KEY, MAX_IN_FLIGHT_KEY, QUEUES_KEY},
+    proto::{
+        self, Outcome,
+        contact_client::ContactClient,
+        v1::{self, admin_client::AdminClient, tasks_client::TasksClient},
+    },
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    Request, Status, Streaming,
+    transport::{Channel, Endpoint},
+};
+
+/// How long any single wait on the server may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, failing the test with `what` if it takes longer than [`TIMEOUT`].
+pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(TIMEOUT, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out after {TIMEOUT:?} waiting for {what}"),
+    }
+}
+
+/// A config for tests: every listener on an ephemeral loopback port.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    // Tests that end with workers still holding tasks should not wait the
+    // daemon's 30 s for them; drain tests set their own.
+    config.server.drain_timeout_secs = 1;
+    config
+}
+
+/// The real server, started in-process. Dropping it starts its shutdown, so
+/// a failing test does not leave it running.
+pub struct TestServer {
+    server: Option<RunningServer>,
+    pub grpc_addr: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with_config(test_config()).await
+    }
+
+    pub async fn with_config(config: Config) -> Self {
+        // Quiet unless RUST_LOG asks for more.
+        contact_server::telemetry::init("error");
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let server = contact_server::start(config, listeners).unwrap();
+        Self {
+            grpc_addr: server.grpc_addr(),
+            metrics_addr: server.metrics_addr(),
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// A new connection (its own HTTP/2 connection and peer address).
+    pub async fn channel(&self) -> Channel {
+        within(
+            "connect",
+            Endpoint::from_shared(self.url()).unwrap().connect(),
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    /// Starts the shutdown sequence without waiting for it.
+    pub fn begin_shutdown(&self) {
+        if let Some(server) = &self.server {
+            server.shutdown();
+        }
+    }
+
+    /// Shuts down and asserts the server stops cleanly in time.
+    pub async fn stop(mut self) {
+        let server = self.server.take().unwrap();
+        server.shutdown();
+        within("server to stop", server.wait()).await.unwrap();
+    }
+
+    /// Waits for a server whose shutdown has begun to stop cleanly.
+    pub async fn wait_stopped(mut self) {
+        let server = self.server.take().unwrap();
+        within("server to stop", server.wait()).await.unwrap();
+    }
+
+    /// Submits a text task to a queue and returns its id.
+    pub async fn submit(&self, queue: &str, text: &str) -> String {
+        let request = v1::SubmitRequest {
+            queue: queue.into(),
+            text: text.into(),
+            ..Default::default()
+        };
+        let reply = within("submit", self.tasks().await.submit(request))
+            .await
+            .unwrap();
+        reply.into_inner().task_id
+    }
+
+    pub async fn get(&self, task_id: &str) -> v1::TaskInfo {
+        let request = v1::GetRequest {
+            task_id: task_id.into(),
+        };
+        within("get", self.tasks().await.get(request))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits (server-side) for a task to finish.
+    pub async fn wait_finished(&self, task_id: &str) -> v1::TaskInfo {
+        let request = v1::WaitRequest {
+            task_id: task_id.into(),
+            timeout_ms: TIMEOUT.as_millis() as u64,
+        };
+        within("wait", self.tasks().await.wait(request))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Scrapes `/metrics` with a minimal HTTP/1.1 GET.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = within(
+            "metrics connect",
+            tokio::net::TcpStream::connect(self.metrics_addr),
+        )
+        .await
+        .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        within("metrics read", stream.read_to_string(&mut response))
+            .await
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.shutdown();
+        }
+    }
+}
+
+/// Options for a test worker's registration; `None` sends no metadata key.
+#[derive(Default, Clone)]
+pub struct WorkerOptions {
+    pub id: Option<String>,
+    pub queues: Option<String>,
+    pub max_in_flight: Option<u32>,
+}
+
+impl WorkerOptions {
+    pub fn id(id: &str) -> Self {
+        Self {
+            id: Some(id.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn max_in_flight(mut self, n: u32) -> Self {
+        self.max_in_flight = Some(n);
+        self
+    }
+
+    pub fn queues(mut self, queues: &str) -> Self {
+        self.queues = Some(queues.into());
+        self
+    }
+}
+
+/// A worker speaking the extended protocol: getTask with metadata and a
+/// long-lived tellResult call on its own connection.
+pub struct TestWorker {
+    pub id: String,
+    pub client: ContactClient<Channel>,
+    pub stream: Streaming<proto::ServerMsg>,
+    acks: Option<mpsc::Sender<proto::Result>>,
+    ack_call: tokio::task::JoinHandle<Result<tonic::Response<proto::Empty>, Status>>,
+}
+
+impl TestWorker {
+    pub async fn connect(server: &TestServer, options: WorkerOptions) -> Self {
+        Self::try_connect(server, options).await.unwrap()
+    }
+
+    pub async fn try_connect(server: &TestServer, options: WorkerOptions) -> Result<Self, Status> {
+        let mut client = ContactClient::new(server.channel().await);
+        let mut request = Request::new(proto::Empty {});
+        if let Some(id) = &options.id {
+            request
+                .metadata_mut()
+                .insert(CLIENT_ID_KEY, id.parse().unwrap());
+        }
+        if let Some(queues) = &options.queues {
+            request
+                .metadata_mut()
+                .insert(QUEUES_KEY, queues.parse().unwrap());
+        }
+        if let Some(n) = options.max_in_flight {
+            request
+                .metadata_mut()
+                .insert(MAX_IN_FLIGHT_KEY, n.to_string().parse().unwrap());
+        }
+        let response = within("getTask", client.get_task(request)).await?;
+        let id = response
+            .metadata()
+            .get(CLIENT_ID_KEY)
+            .expect("getTask answers with the client id")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let stream = response.into_inner();
+        let (acks, acks_rx) = mpsc::channel(1024);
+        let mut ack_request = Request::new(ReceiverStream::new(acks_rx));
+        ack_request
+            .metadata_mut()
+            .insert(CLIENT_ID_KEY, id.parse().unwrap());
+        let mut ack_client = client.clone();
+        let ack_call = tokio::spawn(async move { ack_client.tell_result(ack_request).await });
+        Ok(Self {
+            id,
+            client,
+            stream,
+            acks: Some(acks),
+            ack_call,
+        })
+    }
+
+    /// The next pushed task.
+    pub async fn next_task(&mut self) -> proto::ServerMsg {
+        within("a pushed task", self.stream.message())
+            .await
+            .unwrap()
+            .expect("getTask stream ended")
+    }
+
+    /// The stream's next event: a task, its end, or its error status.
+    pub async fn next_event(&mut self) -> Result<Option<proto::ServerMsg>, Status> {
+        within("a getTask stream event", self.stream.message()).await
+    }
+
+    pub async fn ack(&self, task_id: &str, outcome: Outcome, ret: &str) {
+        self.send_ack(proto::Result {
+            task_id: task_id.into(),
+            outcome: outcome.into(),
+            ret: ret.into(),
+            error: if outcome == Outcome::Done {
+                String::new()
+            } else {
+                format!("{ret} failed")
+            },
+            ..Default::default()
+        })
+        .await;
+    }
+
+    pub async fn send_ack(&self, message: proto::Result) {
+        within("queueing an ack", self.acks.as_ref().unwrap().send(message))
+            .await
+            .unwrap();
+    }
+
+    /// Closes the tellResult call and returns how the server answered it.
+    pub async fn finish_acks(mut self) -> Result<(), Status> {
+        self.acks.take();
+        within("tellResult to end", &mut self.ack_call)
+            .await
+            .unwrap()
+            .map(|_| ())
+    }
+}
+
+/// Connects `n` workers with the given in-flight limit.
+pub async fn workers(server: &TestServer, n: usize, max_in_flight: u32) -> Vec<TestWorker> {
+    let mut workers = Vec::with_capacity(n);
+    for i in 0..n {
+        let options = WorkerOptions::id(&format!("worker-{i}")).max_in_flight(max_in_flight);
+        workers.push(TestWorker::connect(server, options).await);
+    }
+    workers
+}
+
+/// Opens one tellResult call, sends `acks`, and returns the call's status.
+pub async fn tell_result_once(
+    server: &TestServer,
+    client_id: &str,
+    acks: Vec<proto::Result>,
+) -> Result<(), Status> {
+    let mut client = ContactClient::new(server.channel().await);
+    let mut request = Request::new(tokio_stream::iter(acks));
+    request
+        .metadata_mut()
+        .insert(CLIENT_ID_KEY, client_id.parse().unwrap());
+    within("tellResult", client.tell_result(request))
+        .await
+        .map(|_| ())
+}
+
+/// Waits until the server no longer lists worker `id` as connected: the
+/// server notices a dropped stream asynchronously, and this is the event.
+/// Polls with a short pause, bounded by [`TIMEOUT`].
+pub async fn until_disconnected(server: &TestServer, id: &str) {
+    let mut admin = server.admin().await;
+    within("worker to be seen as disconnected", async {
+        loop {
+            let workers = admin
+                .list_workers(v1::ListWorkersRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .workers;
+            if workers.iter().all(|w| w.client_id != id) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
