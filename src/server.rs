@@ -22,7 +22,7 @@ use tonic::{
     server::NamedService,
     transport::{Server, server::TcpIncoming},
 };
-use tonic_health::ServingStatus;
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
@@ -179,7 +179,7 @@ async fn run(
         workers: config.workers.clone(),
     };
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (mut health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
     let max = config.server.max_message_bytes;
     let contact = ContactServer::new(ContactService::new(core.clone()))
@@ -247,6 +247,9 @@ async fn run(
         }
     }
 
+    // Health watchers have seen NOT_SERVING; clearing the statuses ends
+    // their streams, which would otherwise keep connections open.
+    clear_health(&mut health).await;
     stopping.cancel();
     let grpc_result = match tokio::time::timeout(STOP_GRACE, &mut grpc).await {
         Ok(joined) => joined?.map_err(ServerError::from),
@@ -281,14 +284,23 @@ async fn run(
     grpc_result.and(metrics_result)
 }
 
-async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
-    // "" is the whole server, which is what most probes ask about.
-    for service in [
-        "",
-        <ContactServer<ContactService> as NamedService>::NAME,
-        <TasksServer<TasksService> as NamedService>::NAME,
-        <AdminServer<AdminService> as NamedService>::NAME,
-    ] {
+/// The names health reports on: "" is the whole server, which is what most
+/// probes ask about, then each service.
+const HEALTH_SERVICES: [&str; 4] = [
+    "",
+    <ContactServer<ContactService> as NamedService>::NAME,
+    <TasksServer<TasksService> as NamedService>::NAME,
+    <AdminServer<AdminService> as NamedService>::NAME,
+];
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
         health.set_service_status(service, status).await;
+    }
+}
+
+async fn clear_health(health: &mut HealthReporter) {
+    for service in HEALTH_SERVICES {
+        health.clear_service_status(service).await;
     }
 }

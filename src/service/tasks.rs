@@ -172,6 +172,8 @@ impl Tasks for TasksService {
             }
         };
         let info = tokio::select! {
+            // A result that is ready wins over a timeout or a shutdown at the same instant.
+            biased;
             info = self.core.queue.watch(id) => info?,
             () = timeout => {
                 return Err(Error::DeadlineExceeded(format!(

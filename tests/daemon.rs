@@ -1,0 +1,133 @@
+//! The `contact-server` binary itself: it refuses a bad config with exit code
+//! 64 and a message naming the key, and on SIGTERM it drains and exits 0.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use common::within;
+use contact_server::proto::v1::{SubmitRequest, tasks_client::TasksClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_contact-server");
+
+/// A config with an unknown key stops the daemon at start, naming the key.
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("contact-server-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[workers]\ndefault_max_in_flihgt = 3\n").unwrap();
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("default_max_in_flihgt"), "{stderr}");
+
+    std::fs::write(&path, "[tasks]\nmax_attempts = 0\n").unwrap();
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tasks.max_attempts"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The daemon serves on the addresses it is given, and SIGTERM makes it
+/// drain and exit 0.
+#[tokio::test]
+async fn daemon_serves_and_exits_0_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/contact-server.toml"),
+        ])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "contact_server=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = KillOnDrop {
+        pid: child.id(),
+        exited: false,
+    };
+    let stderr = child.stderr.take().unwrap();
+    // The daemon logs the addresses it bound; read them off its log.
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let log_reader = std::thread::spawn(move || {
+        let mut addr_tx = Some(addr_tx);
+        let mut log = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("grpc_addr=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap().to_owned();
+                if let Some(tx) = addr_tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let addr = within("the daemon's listening line", addr_rx)
+        .await
+        .unwrap();
+    let mut tasks = within("connect", TasksClient::connect(format!("http://{addr}")))
+        .await
+        .unwrap();
+    let reply = within("submit", tasks.submit(SubmitRequest::default()))
+        .await
+        .unwrap();
+    assert!(!reply.into_inner().task_id.is_empty());
+    drop(tasks);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = within(
+        "the daemon to exit",
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let log = log_reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("stop signal received"), "{log}");
+    assert!(log.contains("contact-server stopped"), "{log}");
+    guard.exited = true;
+}
+
+/// Kills the daemon (by the PID we started) if the test fails before it exits.
+struct KillOnDrop {
+    pid: u32,
+    exited: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !self.exited {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+        }
+    }
+}

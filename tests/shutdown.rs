@@ -1,0 +1,114 @@
+//! Graceful shutdown: health flips, new work is refused, workers finish what
+//! they hold (up to the drain timeout), streams end, and the server stops.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TestServer, TestWorker, WorkerOptions, test_config, within};
+use contact_server::proto::{
+    Outcome,
+    v1::{self, TaskState},
+};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// While draining, a worker's ack of a held task still lands; then its
+/// stream ends with UNAVAILABLE and the server stops without waiting out
+/// the (long) drain timeout.
+#[tokio::test]
+async fn shutdown_drains_held_tasks_then_stops() {
+    let mut config = test_config();
+    config.server.drain_timeout_secs = 60;
+    let server = TestServer::with_config(config).await;
+    let mut worker = TestWorker::connect(&server, WorkerOptions::id("w")).await;
+    let id = server.submit("default", "finish me").await;
+    assert_eq!(worker.next_task().await.task_id, id);
+
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = within(
+        "health watch",
+        health.watch(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let first = within("health", watch.message()).await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    server.begin_shutdown();
+    let next = within("health flip", watch.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing);
+
+    // New work is refused, clearly.
+    let refused = within(
+        "submit while draining",
+        server.tasks().await.submit(v1::SubmitRequest::default()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let refused = TestWorker::try_connect(&server, WorkerOptions::id("late"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+    // Reads still work while draining, and the held task can be finished.
+    assert_eq!(server.get(&id).await.state(), TaskState::Delivered);
+    let mut tasks = server.tasks().await;
+    let waiting = tokio::spawn({
+        let id = id.clone();
+        async move {
+            tasks
+                .wait(v1::WaitRequest {
+                    task_id: id,
+                    timeout_ms: 10_000,
+                })
+                .await
+        }
+    });
+    worker.ack(&id, Outcome::Done, "made it").await;
+    let finished = within("wait", waiting).await.unwrap().unwrap().into_inner();
+    assert_eq!(finished.state(), TaskState::Done);
+    let end = worker.next_event().await.unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+
+    server.wait_stopped().await;
+}
+
+/// A worker that never acknowledges cannot hold the server hostage: after
+/// the drain timeout its stream ends and the server stops.
+#[tokio::test]
+async fn drain_timeout_bounds_shutdown() {
+    let mut config = test_config();
+    config.server.drain_timeout_secs = 1;
+    let server = TestServer::with_config(config).await;
+    let mut worker = TestWorker::connect(&server, WorkerOptions::id("stuck")).await;
+    let id = server.submit("default", "never acked").await;
+    assert_eq!(worker.next_task().await.task_id, id);
+    server.begin_shutdown();
+    let end = worker.next_event().await.unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    server.wait_stopped().await;
+}
+
+/// Idle workers are released at once when the server stops.
+#[tokio::test]
+async fn idle_workers_end_promptly() {
+    let mut config = test_config();
+    config.server.drain_timeout_secs = 60;
+    let server = TestServer::with_config(config).await;
+    let mut worker = TestWorker::connect(&server, WorkerOptions::id("idle")).await;
+    server.begin_shutdown();
+    let end = worker.next_event().await.unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    server.wait_stopped().await;
+}
