@@ -236,7 +236,11 @@ async fn report_status(
         } else {
             format!("running {busy} tasks")
         };
-        tx.send(proto::ClientMsg { msg }).await?;
+        tx.send(proto::ClientMsg {
+            msg,
+            running: busy as u32,
+        })
+        .await?;
         match replies.message().await? {
             Some(reply) => info!(reply = %reply.ret, "status acknowledged"),
             None => return Ok(()),

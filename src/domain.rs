@@ -421,9 +421,27 @@ impl Registration {
 /// The most status text kept per worker, in bytes.
 pub const MAX_STATUS_LEN: usize = 1024;
 
-/// A worker's status text as kept: cut to [`MAX_STATUS_LEN`] bytes on a
-/// character boundary, so a chatty worker cannot grow the registry.
-pub fn status_text(mut text: String) -> String {
+/// What a worker reports on sendStatus.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusReport {
+    /// Status text, cut to [`MAX_STATUS_LEN`] bytes; empty for a heartbeat.
+    pub text: String,
+    /// Tasks the worker says it is running.
+    pub running: u32,
+}
+
+impl From<proto::ClientMsg> for StatusReport {
+    fn from(message: proto::ClientMsg) -> Self {
+        Self {
+            text: status_text(message.msg),
+            running: message.running,
+        }
+    }
+}
+
+/// Status text as kept: cut to [`MAX_STATUS_LEN`] bytes on a character
+/// boundary, so a chatty worker cannot grow the registry.
+fn status_text(mut text: String) -> String {
     if text.len() > MAX_STATUS_LEN {
         let mut end = MAX_STATUS_LEN;
         while !text.is_char_boundary(end) {
@@ -508,10 +526,13 @@ mod tests {
     /// Status text is cut on a character boundary, never mid-character.
     #[test]
     fn status_text_is_bounded() {
-        let long = "é".repeat(MAX_STATUS_LEN);
-        let kept = status_text(long);
-        assert!(kept.len() <= MAX_STATUS_LEN);
-        assert!(kept.chars().all(|c| c == 'é'));
+        let report = StatusReport::from(proto::ClientMsg {
+            msg: "é".repeat(MAX_STATUS_LEN),
+            running: 3,
+        });
+        assert!(report.text.len() <= MAX_STATUS_LEN);
+        assert!(report.text.chars().all(|c| c == 'é'));
+        assert_eq!(report.running, 3);
         assert_eq!(status_text("ok".into()), "ok");
     }
 

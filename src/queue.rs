@@ -399,9 +399,19 @@ impl Queue {
         if request.respond_to.is_closed() || request.max == 0 {
             return;
         }
-        if self.has_work_for(&request.client, &request.queues) {
-            self.serve(request);
-            return;
+        // Park even when tasks are ready: dispatch serves waiting sessions in
+        // arrival order, so a late asker never jumps the line.
+        if self
+            .direct
+            .get(&request.client)
+            .is_some_and(|d| !d.is_empty())
+        {
+            self.dirty_clients.insert(request.client.clone());
+        }
+        for queue in request.queues.iter() {
+            if self.ready.get(queue).is_some_and(|r| !r.is_empty()) {
+                self.dirty_queues.insert(queue.clone());
+            }
         }
         request.ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -424,14 +434,16 @@ impl Queue {
         self.parked.insert(request.session, request);
     }
 
-    fn has_work_for(&self, client: &ClientId, queues: &[QueueName]) -> bool {
-        self.direct.get(client).is_some_and(|d| !d.is_empty())
-            || queues
-                .iter()
-                .any(|q| self.ready.get(q).is_some_and(|r| !r.is_empty()))
+    fn is_current(&self, (session, ticket): (SessionId, u64)) -> bool {
+        self.parked
+            .get(&session)
+            .is_some_and(|r| r.ticket == ticket)
     }
 
-    /// Hands parked sessions the tasks that became pending this turn.
+    /// Hands parked sessions the tasks that became pending (or the sessions
+    /// that arrived) this turn. A burst is split evenly across the sessions
+    /// waiting on its queue, first come first served, instead of filling the
+    /// first session's whole credit.
     fn dispatch(&mut self) {
         for client in std::mem::take(&mut self.dirty_clients) {
             if self.direct.get(&client).is_none_or(VecDeque::is_empty) {
@@ -440,38 +452,40 @@ impl Queue {
             if let Some(session) = self.waiting_client.get(&client).copied()
                 && let Some(request) = self.parked.remove(&session)
             {
-                self.serve(request);
+                let max = request.max as usize;
+                self.serve(request, max);
             }
         }
         for queue in std::mem::take(&mut self.dirty_queues) {
-            loop {
-                if self.ready.get(&queue).is_none_or(VecDeque::is_empty) {
+            let mut waiters = self.waiting.get(&queue).map_or(0, |line| {
+                line.iter().filter(|entry| self.is_current(**entry)).count()
+            });
+            while waiters > 0 {
+                let ready = self.ready.get(&queue).map_or(0, VecDeque::len);
+                if ready == 0 {
                     break;
                 }
-                let Some((session, ticket)) =
-                    self.waiting.get_mut(&queue).and_then(VecDeque::pop_front)
-                else {
+                let Some(entry) = self.waiting.get_mut(&queue).and_then(VecDeque::pop_front) else {
                     break;
                 };
-                if self
-                    .parked
-                    .get(&session)
-                    .is_some_and(|r| r.ticket == ticket)
-                    && let Some(request) = self.parked.remove(&session)
-                {
-                    self.serve(request);
+                if !self.is_current(entry) {
+                    continue;
                 }
+                if let Some(request) = self.parked.remove(&entry.0) {
+                    self.serve(request, ready.div_ceil(waiters));
+                }
+                waiters -= 1;
             }
         }
     }
 
-    /// Answers a lease request with up to `max` tasks: the worker's own
-    /// tasks first, then its queues in order.
-    fn serve(&mut self, request: LeaseRequest) {
+    /// Answers a lease request with up to `limit` tasks (never more than it
+    /// asked for): the worker's own tasks first, then its queues in order.
+    fn serve(&mut self, request: LeaseRequest, limit: usize) {
         if self.waiting_client.get(&request.client) == Some(&request.session) {
             self.waiting_client.remove(&request.client);
         }
-        let max = request.max as usize;
+        let max = limit.min(request.max as usize);
         let mut ids = Vec::with_capacity(max.min(64));
         if let Some(line) = self.direct.get_mut(&request.client) {
             while ids.len() < max {
@@ -675,5 +689,265 @@ impl Queue {
                 what: "task",
                 id: id.to_string(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::domain::ClientId;
+
+    fn queue(max_attempts: u32) -> Queue {
+        let (_tx, rx) = mpsc::channel(1);
+        Queue::new(
+            rx,
+            QueuePolicy {
+                max_attempts,
+                max_finished_tasks: 100,
+            },
+        )
+    }
+
+    fn new_task(target: Target) -> NewTask {
+        NewTask {
+            target,
+            text: "t".into(),
+            payload: Bytes::new(),
+        }
+    }
+
+    fn submit(queue: &mut Queue, tasks: Vec<NewTask>) -> Vec<Result<TaskId, Error>> {
+        let (respond_to, mut answer) = oneshot::channel();
+        queue.handle(QueueMsg::Submit { tasks, respond_to });
+        queue.dispatch();
+        answer.try_recv().unwrap()
+    }
+
+    fn submit_n(queue: &mut Queue, n: usize) -> Vec<TaskId> {
+        let tasks = (0..n)
+            .map(|_| new_task(Target::Queue(QueueName::default_queue())))
+            .collect();
+        submit(queue, tasks)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    struct Worker {
+        session: SessionId,
+        client: ClientId,
+    }
+
+    fn worker(name: &str) -> Worker {
+        Worker {
+            session: SessionId::generate(),
+            client: ClientId::parse(name).unwrap(),
+        }
+    }
+
+    fn lease(queue: &mut Queue, worker: &Worker, max: u32) -> oneshot::Receiver<Vec<Delivery>> {
+        let (respond_to, answer) = oneshot::channel();
+        queue.handle(QueueMsg::Lease(LeaseRequest {
+            session: worker.session,
+            client: worker.client.clone(),
+            queues: Arc::new([QueueName::default_queue()]),
+            max,
+            respond_to,
+            ticket: 0,
+        }));
+        answer
+    }
+
+    fn ids(answer: &mut oneshot::Receiver<Vec<Delivery>>) -> Vec<TaskId> {
+        answer
+            .try_recv()
+            .unwrap()
+            .iter()
+            .map(|d| d.task_id)
+            .collect()
+    }
+
+    fn state(queue: &Queue, id: TaskId) -> (TaskState, u32) {
+        let info = queue.info(id).unwrap();
+        (info.state, info.attempts)
+    }
+
+    /// A burst is split evenly across the sessions already waiting, in the
+    /// order they asked, rather than filling the first one's credit.
+    #[test]
+    fn burst_is_split_across_waiting_sessions() {
+        let mut q = queue(5);
+        let workers: Vec<Worker> = ["a", "b", "c"].into_iter().map(worker).collect();
+        let mut answers: Vec<_> = workers.iter().map(|w| lease(&mut q, w, 8)).collect();
+        q.dispatch();
+        let tasks = submit_n(&mut q, 6);
+        let got: Vec<Vec<TaskId>> = answers.iter_mut().map(ids).collect();
+        assert_eq!(
+            got,
+            vec![
+                tasks[0..2].to_vec(),
+                tasks[2..4].to_vec(),
+                tasks[4..6].to_vec()
+            ]
+        );
+    }
+
+    /// Waiting sessions are served first come, first served.
+    #[test]
+    fn waiting_sessions_are_served_in_arrival_order() {
+        let mut q = queue(5);
+        let (a, b) = (worker("a"), worker("b"));
+        let mut first = lease(&mut q, &a, 1);
+        let mut second = lease(&mut q, &b, 1);
+        q.dispatch();
+        assert!(first.try_recv().is_err(), "nothing to hand out yet");
+        let one = submit_n(&mut q, 1);
+        assert_eq!(ids(&mut first), one);
+        let two = submit_n(&mut q, 1);
+        assert_eq!(ids(&mut second), two);
+        assert_eq!(state(&q, one[0]), (TaskState::Delivered, 1));
+    }
+
+    /// Tasks a worker held when its session ended go back to the front with
+    /// the attempt counted; at max_attempts they are dead-lettered instead.
+    #[test]
+    fn released_tasks_are_redelivered_then_dead_lettered() {
+        let mut q = queue(2);
+        let a = worker("a");
+        let tasks = submit_n(&mut q, 2);
+        let mut answer = lease(&mut q, &a, 1);
+        q.dispatch();
+        assert_eq!(ids(&mut answer), vec![tasks[0]]);
+        q.handle(QueueMsg::Release {
+            session: a.session,
+            worker: a.client.clone(),
+            delivered: vec![tasks[0]],
+            undelivered: vec![],
+        });
+        assert_eq!(state(&q, tasks[0]), (TaskState::Pending, 1));
+
+        let b = worker("b");
+        let mut answer = lease(&mut q, &b, 1);
+        q.dispatch();
+        assert_eq!(ids(&mut answer), vec![tasks[0]], "redelivered first");
+        q.handle(QueueMsg::Release {
+            session: b.session,
+            worker: b.client.clone(),
+            delivered: vec![tasks[0]],
+            undelivered: vec![],
+        });
+        let info = q.info(tasks[0]).unwrap();
+        assert_eq!((info.state, info.attempts), (TaskState::DeadLettered, 2));
+        assert!(
+            info.result.error.contains("max_attempts"),
+            "{}",
+            info.result.error
+        );
+    }
+
+    /// Tasks that never reached the worker (its session ended first) come
+    /// back without an attempt counted.
+    #[test]
+    fn undelivered_tasks_do_not_count_an_attempt() {
+        let mut q = queue(1);
+        let a = worker("a");
+        let answer = lease(&mut q, &a, 4);
+        drop(answer);
+        let tasks = submit_n(&mut q, 1);
+        assert_eq!(state(&q, tasks[0]), (TaskState::Pending, 0));
+
+        let mut answer = lease(&mut q, &a, 4);
+        q.dispatch();
+        assert_eq!(ids(&mut answer), tasks);
+        q.handle(QueueMsg::Release {
+            session: a.session,
+            worker: a.client.clone(),
+            delivered: vec![],
+            undelivered: tasks.clone(),
+        });
+        assert_eq!(state(&q, tasks[0]), (TaskState::Pending, 0));
+    }
+
+    /// Acks: done stores the result and wakes watchers; a failure below
+    /// max_attempts requeues; an ack from a worker that does not hold the
+    /// task changes nothing.
+    #[test]
+    fn completions_apply_only_for_the_holder() {
+        let mut q = queue(3);
+        let a = worker("a");
+        let tasks = submit_n(&mut q, 2);
+        let mut answer = lease(&mut q, &a, 2);
+        q.dispatch();
+        assert_eq!(ids(&mut answer), tasks);
+        let (respond_to, mut watched) = oneshot::channel();
+        q.handle(QueueMsg::Watch {
+            task: tasks[0],
+            respond_to,
+        });
+        assert!(watched.try_recv().is_err());
+
+        let result = TaskResult {
+            ret: "ok".into(),
+            ..Default::default()
+        };
+        q.handle(QueueMsg::Complete {
+            worker: ClientId::parse("intruder").unwrap(),
+            acks: vec![(tasks[0], Outcome::Done, result.clone())],
+        });
+        assert_eq!(state(&q, tasks[0]), (TaskState::Delivered, 1));
+        q.handle(QueueMsg::Complete {
+            worker: a.client.clone(),
+            acks: vec![
+                (tasks[0], Outcome::Done, result),
+                (tasks[1], Outcome::Failed, TaskResult::default()),
+            ],
+        });
+        let done = watched.try_recv().unwrap().unwrap();
+        assert_eq!(
+            (done.state, done.result.ret.as_str()),
+            (TaskState::Done, "ok")
+        );
+        assert_eq!(state(&q, tasks[1]), (TaskState::Pending, 1));
+    }
+
+    /// A task for a worker no one has registered is refused; a task for a
+    /// known worker waits for that worker only.
+    #[test]
+    fn targeted_tasks_wait_for_their_worker() {
+        let mut q = queue(3);
+        let (a, b) = (worker("a"), worker("b"));
+        let refused = submit(&mut q, vec![new_task(Target::Client(a.client.clone()))]);
+        assert!(matches!(refused[0], Err(Error::NotFound { .. })));
+
+        q.handle(QueueMsg::Attach {
+            client: a.client.clone(),
+        });
+        let id = submit(&mut q, vec![new_task(Target::Client(a.client.clone()))])[0]
+            .clone()
+            .unwrap();
+        let mut for_b = lease(&mut q, &b, 4);
+        q.dispatch();
+        assert!(for_b.try_recv().is_err(), "b must not get a's task");
+        let mut for_a = lease(&mut q, &a, 4);
+        q.dispatch();
+        let delivered = for_a.try_recv().unwrap();
+        assert_eq!(delivered[0].task_id, id);
+        assert_eq!(delivered[0].queue, None);
+    }
+
+    /// While draining, new tasks are refused and nothing already held is lost.
+    #[test]
+    fn draining_refuses_new_tasks() {
+        let mut q = queue(3);
+        let held = submit_n(&mut q, 1);
+        q.handle(QueueMsg::Drain);
+        let refused = submit(
+            &mut q,
+            vec![new_task(Target::Queue(QueueName::default_queue()))],
+        );
+        assert_eq!(refused, vec![Err(Error::ShuttingDown)]);
+        assert_eq!(state(&q, held[0]), (TaskState::Pending, 0));
     }
 }

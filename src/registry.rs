@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::{
-    domain::{ClientId, QueueName, SessionId},
+    domain::{ClientId, QueueName, SessionId, StatusReport},
     error::Error,
     session::SessionHandle,
 };
@@ -87,6 +87,8 @@ pub struct WorkerInfo {
     pub connected_unix_ms: u64,
     /// Its last sendStatus text.
     pub last_status: String,
+    /// The running count of its last status report.
+    pub reported_running: u32,
     /// When it was last heard from on any call (ms since the Unix epoch).
     pub last_heard_unix_ms: u64,
 }
@@ -154,7 +156,11 @@ impl RegistryHandle {
     }
 
     /// A worker reported its status on sendStatus.
-    pub async fn status_reported(&self, client: ClientId, status: String) -> Result<(), Error> {
+    pub async fn status_reported(
+        &self,
+        client: ClientId,
+        status: StatusReport,
+    ) -> Result<(), Error> {
         Ok(self
             .tx
             .send(RegistryMsg::StatusReported { client, status })
@@ -184,7 +190,10 @@ enum RegistryMsg {
         session: SessionId,
     },
     /// A sendStatus message arrived.
-    StatusReported { client: ClientId, status: String },
+    StatusReported {
+        client: ClientId,
+        status: StatusReport,
+    },
     /// List the workers.
     Snapshot {
         respond_to: oneshot::Sender<Vec<WorkerInfo>>,
@@ -198,6 +207,7 @@ struct Worker {
     record: WorkerRecord,
     connected_unix_ms: u64,
     last_status: String,
+    reported_running: u32,
     last_status_unix_ms: u64,
 }
 
@@ -221,7 +231,11 @@ impl Registry {
                 }
                 RegistryMsg::StatusReported { client, status } => {
                     if let Some(worker) = self.workers.get_mut(&client) {
-                        worker.last_status = status;
+                        // An empty report is a heartbeat: it keeps the text.
+                        if !status.text.is_empty() {
+                            worker.last_status = status.text;
+                        }
+                        worker.reported_running = status.running;
                         worker.last_status_unix_ms = unix_ms_now();
                     }
                 }
@@ -260,6 +274,7 @@ impl Registry {
                 record,
                 connected_unix_ms: now,
                 last_status: String::new(),
+                reported_running: 0,
                 last_status_unix_ms: now,
             },
         );
@@ -296,6 +311,7 @@ impl Registry {
                     in_flight: stats.in_flight.load(Ordering::Relaxed),
                     connected_unix_ms: w.connected_unix_ms,
                     last_status: w.last_status.clone(),
+                    reported_running: w.reported_running,
                     last_heard_unix_ms: w
                         .last_status_unix_ms
                         .max(stats.last_ack_unix_ms.load(Ordering::Relaxed)),

@@ -34,6 +34,7 @@ async fn answers_each_status_as_it_arrives() {
     for i in 0..5 {
         tx.send(proto::ClientMsg {
             msg: format!("busy {i}"),
+            running: i,
         })
         .await
         .unwrap();
@@ -43,6 +44,12 @@ async fn answers_each_status_as_it_arrives() {
             .unwrap();
         assert_eq!(reply.ret, "status recorded for worker pinger");
     }
+    // An empty message is a heartbeat: it is answered and keeps the text.
+    tx.send(proto::ClientMsg::default()).await.unwrap();
+    within("heartbeat reply", replies.message())
+        .await
+        .unwrap()
+        .unwrap();
     drop(tx);
     assert!(
         within("end of replies", replies.message())
@@ -61,6 +68,10 @@ async fn answers_each_status_as_it_arrives() {
     .workers;
     let pinger = workers.iter().find(|w| w.client_id == worker.id).unwrap();
     assert_eq!(pinger.last_status, "busy 4");
+    assert_eq!(
+        pinger.reported_running, 0,
+        "the heartbeat reported 0 running"
+    );
     assert!(pinger.last_heard_unix_ms >= pinger.connected_unix_ms);
     assert_eq!(pinger.queues, vec!["default".to_owned()]);
     server.stop().await;
@@ -74,6 +85,7 @@ async fn unregistered_callers_are_answered_not_recorded() {
     let mut client = ContactClient::new(server.channel().await);
     let messages = (0..3).map(|i| proto::ClientMsg {
         msg: format!("m{i}"),
+        ..Default::default()
     });
     let replies = within(
         "sendStatus",

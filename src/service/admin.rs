@@ -36,6 +36,7 @@ impl Admin for AdminService {
                 connected_unix_ms: w.connected_unix_ms,
                 last_status: w.last_status,
                 last_heard_unix_ms: w.last_heard_unix_ms,
+                reported_running: w.reported_running,
             })
             .collect();
         Ok(Response::new(v1::ListWorkersReply { workers }))

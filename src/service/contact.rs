@@ -88,7 +88,7 @@ impl Contact for ContactService {
                     message = inbound.message() => message,
                 };
                 let status = match message {
-                    Ok(Some(message)) => message.msg,
+                    Ok(Some(message)) => domain::StatusReport::from(message),
                     Ok(None) => break,
                     Err(status) => {
                         debug!(%status, "sendStatus stream ended with an error");
@@ -99,12 +99,7 @@ impl Contact for ContactService {
                     Some(session) => {
                         let client = session.client().clone();
                         let answer = format!("status recorded for worker {client}");
-                        if core
-                            .registry
-                            .status_reported(client, domain::status_text(status))
-                            .await
-                            .is_err()
-                        {
+                        if core.registry.status_reported(client, status).await.is_err() {
                             break;
                         }
                         answer
