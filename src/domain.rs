@@ -362,6 +362,8 @@ impl From<TaskInfo> for v1::TaskInfo {
 pub struct Registration {
     /// Its id.
     pub client_id: ClientId,
+    /// True when the server chose the id (the worker sent none).
+    pub generated_id: bool,
     /// The queues it takes tasks from.
     pub queues: Arc<[QueueName]>,
     /// How many unacknowledged tasks it may hold.
@@ -376,9 +378,9 @@ impl Registration {
         default_max_in_flight: u32,
         max_in_flight_cap: u32,
     ) -> Result<Self, Error> {
-        let client_id = match metadata_text(metadata, CLIENT_ID_KEY)? {
-            Some(id) => ClientId::parse(id)?,
-            None => ClientId::generate(),
+        let (client_id, generated_id) = match metadata_text(metadata, CLIENT_ID_KEY)? {
+            Some(id) => (ClientId::parse(id)?, false),
+            None => (ClientId::generate(), true),
         };
         let queues: Arc<[QueueName]> = match metadata_text(metadata, QUEUES_KEY)? {
             Some(list) => {
@@ -412,6 +414,7 @@ impl Registration {
         };
         Ok(Self {
             client_id,
+            generated_id,
             queues,
             max_in_flight,
         })
@@ -491,6 +494,7 @@ mod tests {
         let reg = Registration::from_metadata(&MetadataMap::new(), 8, 100).unwrap();
         assert_eq!(reg.queues.as_ref(), &[QueueName::default_queue()]);
         assert_eq!(reg.max_in_flight, 8);
+        assert!(reg.generated_id);
         assert!(Uuid::try_parse(reg.client_id.as_str()).is_ok());
     }
 
@@ -508,6 +512,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(reg.client_id.as_str(), "w-1");
+        assert!(!reg.generated_id);
         assert_eq!(reg.queues.len(), 2);
         assert_eq!(reg.max_in_flight, 3);
 

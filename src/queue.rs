@@ -114,24 +114,10 @@ impl QueueHandle {
         Ok(self.tx.send(QueueMsg::Complete { worker, acks }).await?)
     }
 
-    /// Hands back what a session held when it ended: `delivered` tasks were
-    /// pushed to the worker (a redelivery), `undelivered` never left the server.
-    pub async fn release(
-        &self,
-        session: SessionId,
-        worker: ClientId,
-        delivered: Vec<TaskId>,
-        undelivered: Vec<TaskId>,
-    ) -> Result<(), Error> {
-        Ok(self
-            .tx
-            .send(QueueMsg::Release {
-                session,
-                worker,
-                delivered,
-                undelivered,
-            })
-            .await?)
+    /// Hands back tasks a session holds: `delivered` tasks were pushed to the
+    /// worker (a redelivery), `undelivered` never left the server.
+    pub async fn release(&self, release: Release) -> Result<(), Error> {
+        Ok(self.tx.send(QueueMsg::Release(release)).await?)
     }
 
     /// A task's current state.
@@ -172,13 +158,8 @@ enum QueueMsg {
         worker: ClientId,
         acks: Vec<(TaskId, Outcome, TaskResult)>,
     },
-    /// A session ended and hands back what it held.
-    Release {
-        session: SessionId,
-        worker: ClientId,
-        delivered: Vec<TaskId>,
-        undelivered: Vec<TaskId>,
-    },
+    /// A session hands back tasks (all it holds, when it ends).
+    Release(Release),
     /// Read one task.
     Get {
         task: TaskId,
@@ -191,6 +172,22 @@ enum QueueMsg {
     },
     /// The server is stopping: refuse new tasks.
     Drain,
+}
+
+/// Tasks a session hands back to the queue.
+#[derive(Debug)]
+pub struct Release {
+    /// The session.
+    pub session: SessionId,
+    /// Its worker.
+    pub worker: ClientId,
+    /// Tasks pushed to the worker and not acknowledged: redelivered.
+    pub delivered: Vec<TaskId>,
+    /// Tasks leased but never pushed: back in line, no attempt counted.
+    pub undelivered: Vec<TaskId>,
+    /// The session ended and its worker's id was one the server made up, so
+    /// no one can target it again: forget it unless tasks wait for it.
+    pub forget_worker: bool,
 }
 
 #[derive(Debug)]
@@ -318,12 +315,7 @@ impl Queue {
                     self.handle_complete(&worker, task, outcome, result);
                 }
             }
-            QueueMsg::Release {
-                session,
-                worker,
-                delivered,
-                undelivered,
-            } => self.handle_release(session, &worker, delivered, undelivered),
+            QueueMsg::Release(release) => self.handle_release(release),
             QueueMsg::Get { task, respond_to } => {
                 let _ = respond_to.send(self.info(task));
             }
@@ -600,13 +592,19 @@ impl Queue {
         }
     }
 
-    fn handle_release(
-        &mut self,
-        session: SessionId,
-        worker: &ClientId,
-        delivered: Vec<TaskId>,
-        undelivered: Vec<TaskId>,
-    ) {
+    fn handle_release(&mut self, release: Release) {
+        let Release {
+            session,
+            worker,
+            delivered,
+            undelivered,
+            forget_worker,
+        } = release;
+        let worker = &worker;
+        if forget_worker && self.direct.get(worker).is_none_or(VecDeque::is_empty) {
+            self.known_clients.remove(worker);
+            self.direct.remove(worker);
+        }
         if let Some(request) = self.parked.remove(&session)
             && self.waiting_client.get(&request.client) == Some(&session)
         {
@@ -820,24 +818,26 @@ mod tests {
         let mut answer = lease(&mut q, &a, 1);
         q.dispatch();
         assert_eq!(ids(&mut answer), vec![tasks[0]]);
-        q.handle(QueueMsg::Release {
+        q.handle(QueueMsg::Release(Release {
             session: a.session,
             worker: a.client.clone(),
             delivered: vec![tasks[0]],
             undelivered: vec![],
-        });
+            forget_worker: false,
+        }));
         assert_eq!(state(&q, tasks[0]), (TaskState::Pending, 1));
 
         let b = worker("b");
         let mut answer = lease(&mut q, &b, 1);
         q.dispatch();
         assert_eq!(ids(&mut answer), vec![tasks[0]], "redelivered first");
-        q.handle(QueueMsg::Release {
+        q.handle(QueueMsg::Release(Release {
             session: b.session,
             worker: b.client.clone(),
             delivered: vec![tasks[0]],
             undelivered: vec![],
-        });
+            forget_worker: false,
+        }));
         let info = q.info(tasks[0]).unwrap();
         assert_eq!((info.state, info.attempts), (TaskState::DeadLettered, 2));
         assert!(
@@ -861,12 +861,13 @@ mod tests {
         let mut answer = lease(&mut q, &a, 4);
         q.dispatch();
         assert_eq!(ids(&mut answer), tasks);
-        q.handle(QueueMsg::Release {
+        q.handle(QueueMsg::Release(Release {
             session: a.session,
             worker: a.client.clone(),
             delivered: vec![],
             undelivered: tasks.clone(),
-        });
+            forget_worker: true,
+        }));
         assert_eq!(state(&q, tasks[0]), (TaskState::Pending, 0));
     }
 

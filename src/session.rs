@@ -29,7 +29,7 @@ use crate::{
     },
     error::Error,
     proto,
-    queue::QueueHandle,
+    queue::{QueueHandle, Release},
     registry::{RegistryHandle, WorkerRecord, WorkerStats, unix_ms_now},
 };
 
@@ -114,6 +114,7 @@ impl SessionHandle {
         let session = Session {
             id: handle.id,
             client: registration.client_id,
+            generated_id: registration.generated_id,
             queues: registration.queues,
             max_in_flight: registration.max_in_flight,
             inbox,
@@ -180,6 +181,7 @@ enum End {
 struct Session {
     id: SessionId,
     client: ClientId,
+    generated_id: bool,
     queues: Arc<[QueueName]>,
     max_in_flight: u32,
     inbox: mpsc::Receiver<SessionMsg>,
@@ -299,7 +301,7 @@ impl Session {
         }
         let _ = self
             .queue
-            .release(self.id, self.client.clone(), Vec::new(), unpushed)
+            .release(self.release(Vec::new(), unpushed, false))
             .await;
         true
     }
@@ -344,6 +346,21 @@ impl Session {
         answer
     }
 
+    fn release(
+        &self,
+        delivered: Vec<TaskId>,
+        undelivered: Vec<TaskId>,
+        forget_worker: bool,
+    ) -> Release {
+        Release {
+            session: self.id,
+            worker: self.client.clone(),
+            delivered,
+            undelivered,
+            forget_worker,
+        }
+    }
+
     /// Withdraws the outstanding lease request. Tasks already sent to it
     /// never reached the worker and go straight back.
     async fn cancel_lease(&mut self) {
@@ -355,7 +372,7 @@ impl Session {
             let ids = deliveries.iter().map(|d| d.task_id).collect();
             let _ = self
                 .queue
-                .release(self.id, self.client.clone(), Vec::new(), ids)
+                .release(self.release(Vec::new(), ids, false))
                 .await;
         }
     }
@@ -366,7 +383,7 @@ impl Session {
         debug!(?end, held = held.len(), "session ending");
         if let Err(error) = self
             .queue
-            .release(self.id, self.client.clone(), held, Vec::new())
+            .release(self.release(held, Vec::new(), self.generated_id))
             .await
         {
             warn!(%error, "queue stopped before the session's tasks were handed back");
