@@ -6,9 +6,10 @@
 //! worker fails it, asks to retry it, or goes away is `Pending` again.
 //!
 //! Sessions pull: a session asks for up to its free credit with a `Lease`
-//! request, answered at once when tasks are ready or parked until some arrive.
-//! Parked sessions are served first come, first served, which shares a queue
-//! fairly among its workers. Every answer goes back on the request's own
+//! request, which waits in line until tasks are ready (at the latest, at the
+//! end of the turn in which it arrived). Waiting sessions are served first
+//! come, first served, and a burst is split evenly among them, which shares a
+//! queue fairly among its workers. Every answer goes back on the request's own
 //! `oneshot`, so this actor never sends on a bounded channel and cannot take
 //! part in a cycle. If a session is gone when its answer is sent, the tasks
 //! come straight back; a session that ends hands back what it holds with a
@@ -437,6 +438,14 @@ impl Queue {
     /// waiting on its queue, first come first served, instead of filling the
     /// first session's whole credit.
     fn dispatch(&mut self) {
+        // Serving a session that has gone puts its tasks back in line, which
+        // marks them dirty again; go round until nothing is left to offer.
+        while !self.dirty_clients.is_empty() || !self.dirty_queues.is_empty() {
+            self.dispatch_dirty();
+        }
+    }
+
+    fn dispatch_dirty(&mut self) {
         for client in std::mem::take(&mut self.dirty_clients) {
             if self.direct.get(&client).is_none_or(VecDeque::is_empty) {
                 continue;

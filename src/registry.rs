@@ -58,6 +58,9 @@ pub(crate) fn unix_ms_now() -> u64 {
 pub struct WorkerRecord {
     /// The worker.
     pub client: ClientId,
+    /// True when the server chose the id: the worker can only be found by
+    /// its connection.
+    pub generated_id: bool,
     /// Its getTask session.
     pub session: SessionHandle,
     /// The connection's peer address, when the transport knows it.
@@ -255,6 +258,23 @@ impl Registry {
                 record.client
             )));
         }
+        // Calls without contact-client-id are linked to a worker by their
+        // connection, so one connection may carry one such link only.
+        let link_peer = match record.peer {
+            Some(peer) => match self.index.by_peer.get(&peer) {
+                Some(existing) if record.generated_id => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "worker {} is already registered on this connection; a second worker \
+                         on one connection must set contact-client-id",
+                        existing.value()
+                    )));
+                }
+                // A named worker is found by its id; the first link stays.
+                Some(_) => None,
+                None => Some(peer),
+            },
+            None => None,
+        };
         info!(
             client.id = %record.client,
             peer = ?record.peer,
@@ -264,7 +284,7 @@ impl Registry {
         self.index
             .by_client
             .insert(record.client.clone(), record.session.clone());
-        if let Some(peer) = record.peer {
+        if let Some(peer) = link_peer {
             self.index.by_peer.insert(peer, record.client.clone());
         }
         let now = unix_ms_now();

@@ -12,7 +12,7 @@
 //! 3. after `drain_timeout_secs`, sessions still holding tasks hand them back
 //!    to the queue and end;
 //! 4. open calls end, the listeners close, and the actors stop once their
-//!    last handles are gone. Steps 4's waits are capped by [`STOP_GRACE`].
+//!    last handles are gone. Step 4's waits are capped by [`STOP_GRACE`].
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

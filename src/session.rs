@@ -18,7 +18,10 @@ use std::{
     sync::{Arc, atomic::Ordering},
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    oneshot,
+};
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 use tracing::{Instrument, debug, info_span, warn};
@@ -98,17 +101,15 @@ impl SessionHandle {
             client: registration.client_id.clone(),
         };
         let stats = Arc::new(WorkerStats::default());
-        deps.registry
-            .register(WorkerRecord {
-                client: registration.client_id.clone(),
-                session: handle.clone(),
-                peer,
-                queues: registration.queues.clone(),
-                max_in_flight: registration.max_in_flight,
-                stats: stats.clone(),
-            })
-            .await?;
-        deps.queue.attach(registration.client_id.clone()).await?;
+        let record = WorkerRecord {
+            client: registration.client_id.clone(),
+            generated_id: registration.generated_id,
+            session: handle.clone(),
+            peer,
+            queues: registration.queues.clone(),
+            max_in_flight: registration.max_in_flight,
+            stats: stats.clone(),
+        };
         let span =
             info_span!("session", client.id = %registration.client_id, session.id = %handle.id);
         let session = Session {
@@ -127,7 +128,25 @@ impl SessionHandle {
             draining: false,
             stats,
         };
-        deps.tracker.spawn(session.run().instrument(span));
+        // Registration runs in the session's own task, so a caller that goes
+        // away mid-start (a reset stream, an expired deadline) cannot leave a
+        // registered worker without a session: once registered, the session
+        // runs, sees its stream gone, and deregisters itself.
+        let (started_tx, started) = oneshot::channel();
+        deps.tracker.spawn(
+            async move {
+                if let Err(error) = session.registry.register(record).await {
+                    let _ = started_tx.send(Err(error));
+                    return;
+                }
+                // A queue that is gone ends the session at its first lease.
+                let _ = session.queue.attach(session.client.clone()).await;
+                let _ = started_tx.send(Ok(()));
+                session.run().await;
+            }
+            .instrument(span),
+        );
+        started.await??;
         Ok(handle)
     }
 
@@ -175,6 +194,8 @@ enum End {
     Drained,
     /// The server is stopping now (or an actor it needs is gone).
     Shutdown,
+    /// The stream buffer is full: the worker does not read what it is sent.
+    NotReading,
 }
 
 #[derive(Debug)]
@@ -262,8 +283,8 @@ impl Session {
                     self.lease = None;
                     match deliveries {
                         Ok(deliveries) => {
-                            if self.push(deliveries).await {
-                                return End::Disconnected;
+                            if let Some(end) = self.push(deliveries).await {
+                                return end;
                             }
                         }
                         Err(_) => return End::Shutdown,
@@ -273,37 +294,46 @@ impl Session {
         }
     }
 
-    /// Pushes leased tasks down the stream. Returns true when the stream is
-    /// gone; whatever could not be pushed has been handed back already.
-    async fn push(&mut self, deliveries: Vec<Delivery>) -> bool {
+    /// Pushes leased tasks down the stream. Returns how the session must
+    /// end if the stream cannot take them; whatever was not pushed has been
+    /// handed back already.
+    async fn push(&mut self, deliveries: Vec<Delivery>) -> Option<End> {
+        let mut end = None;
         let mut unpushed = Vec::new();
         for delivery in deliveries {
-            if !unpushed.is_empty() {
+            if end.is_some() {
                 unpushed.push(delivery.task_id);
                 continue;
             }
-            // The stream buffer holds max_in_flight + 1 items and we never
-            // hold more than max_in_flight tasks, so `Full` cannot happen
-            // while the worker reads; either way the task is handed back.
             match self
                 .stream_tx
                 .try_send(Ok(proto::ServerMsg::from(&delivery)))
             {
                 Ok(()) => self.in_flight.push_back(delivery.task_id),
-                Err(_) => unpushed.push(delivery.task_id),
+                Err(TrySendError::Closed(_)) => {
+                    end = Some(End::Disconnected);
+                    unpushed.push(delivery.task_id);
+                }
+                // The buffer has a slot per task the worker may hold, so it
+                // is only full when the worker acks tasks (without ids) that
+                // it has not read. Such a worker is not reading: end it.
+                Err(TrySendError::Full(_)) => {
+                    warn!("worker acknowledges tasks it has not read; ending its session");
+                    end = Some(End::NotReading);
+                    unpushed.push(delivery.task_id);
+                }
             }
         }
         self.stats
             .in_flight
             .store(self.in_flight.len() as u32, Ordering::Relaxed);
-        if unpushed.is_empty() {
-            return false;
+        if !unpushed.is_empty() {
+            let _ = self
+                .queue
+                .release(self.release(Vec::new(), unpushed, false))
+                .await;
         }
-        let _ = self
-            .queue
-            .release(self.release(Vec::new(), unpushed, false))
-            .await;
-        true
+        end
     }
 
     async fn handle_acks(&mut self, acks: Vec<Ack>) -> Result<(), AckRejection> {
@@ -389,7 +419,7 @@ impl Session {
             warn!(%error, "queue stopped before the session's tasks were handed back");
         }
         let _ = self.registry.session_closed(self.client, self.id).await;
-        if end != End::Disconnected {
+        if matches!(end, End::Drained | End::Shutdown) {
             // The worker is still reading: tell it why the stream ends.
             let _ = self
                 .stream_tx

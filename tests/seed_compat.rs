@@ -209,3 +209,29 @@ fn test_copy_of_the_seed_is_unchanged() {
     let copy = std::fs::read(root.join("tests/proto/contact.seed.proto")).unwrap();
     assert_eq!(copy, original);
 }
+
+/// Acks without ids are linked by connection, so one connection carries at
+/// most one worker without an id: a second one is refused with a clear
+/// status, and the first keeps working.
+#[tokio::test]
+async fn second_unnamed_worker_on_one_connection_is_refused() {
+    let server = TestServer::start().await;
+    let mut stub = ContactClient::new(server.channel().await);
+    let mut first = within("getTask", stub.get_task(seed::Empty {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = within("second getTask", stub.get_task(seed::Empty {}))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("contact-client-id"), "{refused:?}");
+
+    let id = server.submit("default", "still served").await;
+    let task = within("pushed task", first.message()).await.unwrap().unwrap();
+    assert_eq!(task.task, "still served");
+    let ack = tokio_stream::iter(vec![seed::Result { ret: "ok".into() }]);
+    within("tellResult", stub.tell_result(ack)).await.unwrap();
+    assert_eq!(server.wait_finished(&id).await.state(), TaskState::Done);
+    server.stop().await;
+}

@@ -1,7 +1,7 @@
 //! `Contact`: the seed's worker-facing service. getTask opens a session,
 //! tellResult feeds acknowledgements to it, sendStatus feeds the registry.
 
-use std::{net::SocketAddr, pin::pin};
+use std::pin::pin;
 
 use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::{Core, MAX_STREAM_BATCH};
 use crate::{
-    domain::{self, Ack, CLIENT_ID_KEY, ClientId, Registration, TaskState},
+    domain::{self, Ack, CLIENT_ID_KEY, Registration, TaskState},
     error::Error,
     proto::{self, contact_server::Contact},
     session::{AckRejection, SessionHandle, StreamItem},
@@ -58,15 +58,6 @@ impl ContactService {
     }
 }
 
-/// The worker a tellResult or sendStatus call belongs to, by name or connection.
-fn caller(
-    core: &Core,
-    named: Option<&ClientId>,
-    peer: Option<SocketAddr>,
-) -> Option<SessionHandle> {
-    core.index.resolve(named, peer)
-}
-
 #[tonic::async_trait]
 impl Contact for ContactService {
     type sendStatusStream = ReceiverStream<Result<proto::Result, Status>>;
@@ -95,7 +86,7 @@ impl Contact for ContactService {
                         break;
                     }
                 };
-                let ret = match caller(&core, named.as_ref(), peer) {
+                let ret = match core.index.resolve(named.as_ref(), peer) {
                     Some(session) => {
                         let client = session.client().clone();
                         let answer = format!("status recorded for worker {client}");
@@ -162,6 +153,9 @@ impl Contact for ContactService {
         let named = domain::client_id_from_metadata(request.metadata())?;
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
+        // Bound to one session at the first ack: acks still in flight when
+        // that session ends must not land on the worker's next session.
+        let mut session: Option<SessionHandle> = None;
         loop {
             let first = tokio::select! {
                 () = self.core.stopping.cancelled() => return Err(Error::ShuttingDown.into()),
@@ -193,14 +187,20 @@ impl Contact for ContactService {
                 }
             }
             if !acks.is_empty() {
-                let session = caller(&self.core, named.as_ref(), peer).ok_or_else(|| {
-                    Status::failed_precondition(
-                        "no worker is registered for this call: open getTask first, \
-                         on the same channel or with contact-client-id",
-                    )
-                })?;
+                let session = match &session {
+                    Some(session) => session,
+                    None => session.insert(
+                        self.core.index.resolve(named.as_ref(), peer).ok_or(
+                            Error::FailedPrecondition(
+                                "no worker is registered for this call: open getTask first, \
+                             on the same channel or with contact-client-id"
+                                    .into(),
+                            ),
+                        )?,
+                    ),
+                };
                 if let Err(rejection) = session.ack(acks).await {
-                    return Err(self.rejection_status(&session, rejection).await);
+                    return Err(self.rejection_status(session, rejection).await);
                 }
             }
             if let Some(status) = bad_input {
