@@ -15,32 +15,31 @@ use contact_server::proto::v1::{SubmitRequest, tasks_client::TasksClient};
 
 const BIN: &str = env!("CARGO_BIN_EXE_contact-server");
 
-/// A config with an unknown key stops the daemon at start, naming the key.
-#[test]
-fn bad_config_exits_64_naming_the_key() {
+/// Runs the daemon on a config file holding `text`; it must refuse to start
+/// with exit code 64. Returns what it printed on stderr.
+fn refused_config(name: &str, text: &str) -> String {
     let dir = std::env::temp_dir().join(format!("contact-server-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bad.toml");
-    std::fs::write(&path, "[workers]\ndefault_max_in_flihgt = 3\n").unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
     let output = Command::new(BIN)
         .arg("--config")
         .arg(&path)
         .output()
         .unwrap();
+    std::fs::remove_file(&path).unwrap();
     assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("default_max_in_flihgt"), "{stderr}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
 
-    std::fs::write(&path, "[tasks]\nmax_attempts = 0\n").unwrap();
-    let output = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+/// A config with an unknown key or a bad value stops the daemon at start,
+/// with a message naming the key.
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let stderr = refused_config("typo.toml", "[workers]\ndefault_max_in_flihgt = 3\n");
+    assert!(stderr.contains("default_max_in_flihgt"), "{stderr}");
+    let stderr = refused_config("zero.toml", "[tasks]\nmax_attempts = 0\n");
     assert!(stderr.contains("tasks.max_attempts"), "{stderr}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The daemon serves on the addresses it is given, and SIGTERM makes it

@@ -224,11 +224,21 @@ async fn second_unnamed_worker_on_one_connection_is_refused() {
     let refused = within("second getTask", stub.get_task(seed::Empty {}))
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
-    assert!(refused.message().contains("contact-client-id"), "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("contact-client-id"),
+        "{refused:?}"
+    );
 
     let id = server.submit("default", "still served").await;
-    let task = within("pushed task", first.message()).await.unwrap().unwrap();
+    let task = within("pushed task", first.message())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(task.task, "still served");
     let ack = tokio_stream::iter(vec![seed::Result { ret: "ok".into() }]);
     within("tellResult", stub.tell_result(ack)).await.unwrap();

@@ -63,20 +63,9 @@ async fn shutdown_drains_held_tasks_then_stops() {
 
     // Reads still work while draining, and the held task can be finished.
     assert_eq!(server.get(&id).await.state(), TaskState::Delivered);
-    let mut tasks = server.tasks().await;
-    let waiting = tokio::spawn({
-        let id = id.clone();
-        async move {
-            tasks
-                .wait(v1::WaitRequest {
-                    task_id: id,
-                    timeout_ms: 10_000,
-                })
-                .await
-        }
-    });
+    let waiting = server.spawn_wait(&id).await;
     worker.ack(&id, Outcome::Done, "made it").await;
-    let finished = within("wait", waiting).await.unwrap().unwrap().into_inner();
+    let finished = within("wait", waiting).await.unwrap().unwrap();
     assert_eq!(finished.state(), TaskState::Done);
     let end = worker.next_event().await.unwrap_err();
     assert_eq!(end.code(), Code::Unavailable, "{end:?}");

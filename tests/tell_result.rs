@@ -22,18 +22,7 @@ async fn ack_then_get_and_wait_show_the_result() {
     let id = server.submit("default", "compute").await;
     let task = worker.next_task().await;
     // Wait before the ack: it must resolve once the ack lands.
-    let waiting = {
-        let mut tasks = server.tasks().await;
-        let id = id.clone();
-        tokio::spawn(async move {
-            tasks
-                .wait(v1::WaitRequest {
-                    task_id: id,
-                    timeout_ms: 10_000,
-                })
-                .await
-        })
-    };
+    let waiting = server.spawn_wait(&id).await;
     worker
         .send_ack(proto::Result {
             task_id: task.task_id.clone(),
@@ -43,7 +32,7 @@ async fn ack_then_get_and_wait_show_the_result() {
             ..Default::default()
         })
         .await;
-    let waited = within("wait", waiting).await.unwrap().unwrap().into_inner();
+    let waited = within("wait", waiting).await.unwrap().unwrap();
     assert_eq!(waited.state(), TaskState::Done);
     assert_eq!(waited.ret, "42");
     assert_eq!(waited.output.as_ref(), b"\x00\x01");
@@ -115,6 +104,14 @@ async fn ack_without_id_takes_the_oldest_task() {
     server.stop().await;
 }
 
+/// A done ack for `task_id`.
+fn ack_of(task_id: &str) -> proto::Result {
+    proto::Result {
+        task_id: task_id.into(),
+        ..Default::default()
+    }
+}
+
 /// Asserts `status` has `code`, then that the server still serves: a fresh
 /// task goes through a worker and is acknowledged.
 async fn assert_refused_then_serving(
@@ -153,26 +150,16 @@ async fn bad_acks_get_clear_statuses() {
     let status = tell_result_once(
         &server,
         "w",
-        vec![proto::Result {
-            task_id: uuid::Uuid::new_v4().to_string(),
-            ..Default::default()
-        }],
+        vec![ack_of(&uuid::Uuid::new_v4().to_string())],
     )
     .await
     .unwrap_err();
     assert_refused_then_serving(&server, &mut worker, status, Code::NotFound).await;
 
     // A task id that is not a UUID.
-    let status = tell_result_once(
-        &server,
-        "w",
-        vec![proto::Result {
-            task_id: "not-a-uuid".into(),
-            ..Default::default()
-        }],
-    )
-    .await
-    .unwrap_err();
+    let status = tell_result_once(&server, "w", vec![ack_of("not-a-uuid")])
+        .await
+        .unwrap_err();
     assert_refused_then_serving(&server, &mut worker, status, Code::InvalidArgument).await;
 
     // An outcome outside the enum.

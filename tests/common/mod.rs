@@ -145,6 +145,20 @@ impl TestServer {
             .into_inner()
     }
 
+    /// Starts a server-side Wait for a task in the background, so a test can
+    /// make the task finish meanwhile. Resolves to the finished task.
+    pub async fn spawn_wait(
+        &self,
+        task_id: &str,
+    ) -> tokio::task::JoinHandle<Result<v1::TaskInfo, Status>> {
+        let mut tasks = self.tasks().await;
+        let request = v1::WaitRequest {
+            task_id: task_id.into(),
+            timeout_ms: TIMEOUT.as_millis() as u64,
+        };
+        tokio::spawn(async move { Ok(tasks.wait(request).await?.into_inner()) })
+    }
+
     /// Scrapes `/metrics` with a minimal HTTP/1.1 GET.
     pub async fn scrape(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
