@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.workers {
         let channel = Endpoint::from_shared(url.clone())?.connect().await?;
         let mut client = ContactClient::new(channel);
-        let mut request = Request::new(proto::Empty {});
+        let mut request = Request::new(proto::Empty::default());
         request
             .metadata_mut()
             .insert(CLIENT_ID_KEY, format!("bench-{i}").parse()?);

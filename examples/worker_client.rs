@@ -113,7 +113,7 @@ async fn run_session(args: &Args, stop: &CancellationToken) -> anyhow::Result<()
         .with_context(|| format!("cannot connect to {}", args.server))?;
     let mut client = ContactClient::new(channel);
 
-    let mut request = Request::new(proto::Empty {});
+    let mut request = Request::new(proto::Empty::default());
     if let Some(id) = &args.id {
         request.metadata_mut().insert(CLIENT_ID_KEY, id.parse()?);
     }
@@ -239,6 +239,7 @@ async fn report_status(
         tx.send(proto::ClientMsg {
             msg,
             running: busy as u32,
+            op: None,
         })
         .await?;
         match replies.message().await? {

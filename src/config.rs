@@ -8,7 +8,7 @@
 //! `config/contact-server.toml` lists every key at its default, and a test
 //! keeps it equal to [`Config::default`].
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,31 @@ pub const DEFAULT_MAX_IN_FLIGHT_CAP: u32 = 1024;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// How many finished (done) tasks are kept for `Get`/`Wait`; the oldest go first.
 pub const DEFAULT_MAX_FINISHED_TASKS: usize = 100_000;
+/// Most pending tasks in one queue (or held for one worker); more is refused.
+pub const DEFAULT_MAX_QUEUE_DEPTH: usize = 1_000_000;
+/// Default execution lease of a delivery.
+pub const DEFAULT_LEASE_SECS: u64 = 60;
+/// The longest lease a task or an extension may ask for.
+pub const DEFAULT_MAX_LEASE_SECS: u64 = 3600;
+/// How long a task for an offline worker waits for it before it is
+/// dead-lettered as undeliverable.
+pub const DEFAULT_TARGET_TTL_SECS: u64 = 3600;
+/// How long an idempotency key is remembered.
+pub const DEFAULT_IDEMPOTENCY_WINDOW_SECS: u64 = 600;
+/// First retry delay after a failure.
+pub const DEFAULT_RETRY_INITIAL_DELAY_MS: u64 = 1000;
+/// Growth of the retry delay per attempt.
+pub const DEFAULT_RETRY_FACTOR: f64 = 2.0;
+/// Longest retry delay.
+pub const DEFAULT_RETRY_MAX_DELAY_MS: u64 = 60_000;
+/// How long a worker that asked for receipts has to confirm a task.
+pub const DEFAULT_RECEIPT_TIMEOUT_MS: u64 = 5000;
+/// How long a worker that asked for keepalives may stay silent.
+pub const DEFAULT_LIVENESS_TIMEOUT_SECS: u64 = 15;
+/// How long a dropped worker's tasks wait for it to resume.
+pub const DEFAULT_RESUME_GRACE_SECS: u64 = 5;
+/// The shortest keepalive interval a worker may ask for.
+pub const DEFAULT_MIN_KEEPALIVE_MS: u64 = 100;
 
 /// Why a configuration could not be used. Each message names the file and key.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +91,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Listeners and transport limits.
@@ -75,6 +100,8 @@ pub struct Config {
     pub workers: WorkersConfig,
     /// Task handling.
     pub tasks: TasksConfig,
+    /// Per-queue overrides of `[tasks]`, by queue name.
+    pub queues: BTreeMap<String, QueueConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -103,16 +130,63 @@ pub struct WorkersConfig {
     pub default_max_in_flight: u32,
     /// The highest in-flight limit a worker may ask for.
     pub max_in_flight_cap: u32,
+    /// Milliseconds a worker that asked for receipts has to confirm a task.
+    pub receipt_timeout_ms: u64,
+    /// Seconds a worker that asked for keepalives may stay silent before it
+    /// is expired and its tasks redelivered.
+    pub liveness_timeout_secs: u64,
+    /// Seconds a dropped worker (with its own id) has to resume its session.
+    pub resume_grace_secs: u64,
+    /// The shortest keepalive interval a worker may ask for, in ms.
+    pub min_keepalive_ms: u64,
 }
 
-/// `[tasks]`: task handling.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `[tasks]`: task handling, and the policy of every queue that has no
+/// `[queues.NAME]` override.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TasksConfig {
     /// Deliveries of a task before it is dead-lettered.
     pub max_attempts: u32,
     /// Finished tasks kept for `Get` and `Wait`.
     pub max_finished_tasks: usize,
+    /// Most pending tasks per queue (and per targeted worker).
+    pub max_queue_depth: usize,
+    /// Default execution lease, in seconds.
+    pub lease_secs: u64,
+    /// Longest lease a task or extension may ask for, in seconds.
+    pub max_lease_secs: u64,
+    /// Seconds a task for an offline worker waits before it is dead-lettered.
+    pub target_ttl_secs: u64,
+    /// Seconds an idempotency key is remembered.
+    pub idempotency_window_secs: u64,
+    /// First retry delay after a failure, in ms.
+    pub retry_initial_delay_ms: u64,
+    /// Growth of the retry delay per attempt.
+    pub retry_factor: f64,
+    /// Longest retry delay, in ms.
+    pub retry_max_delay_ms: u64,
+}
+
+/// `[queues.NAME]`: one queue's overrides; a key left out takes `[tasks]`'s value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Deliveries before dead-lettering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Most pending tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queue_depth: Option<usize>,
+    /// First retry delay, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_initial_delay_ms: Option<u64>,
+    /// Growth of the retry delay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_factor: Option<f64>,
+    /// Longest retry delay, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_max_delay_ms: Option<u64>,
 }
 
 /// `[log]`: logging.
@@ -147,6 +221,10 @@ impl Default for WorkersConfig {
         Self {
             default_max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_in_flight_cap: DEFAULT_MAX_IN_FLIGHT_CAP,
+            receipt_timeout_ms: DEFAULT_RECEIPT_TIMEOUT_MS,
+            liveness_timeout_secs: DEFAULT_LIVENESS_TIMEOUT_SECS,
+            resume_grace_secs: DEFAULT_RESUME_GRACE_SECS,
+            min_keepalive_ms: DEFAULT_MIN_KEEPALIVE_MS,
         }
     }
 }
@@ -156,6 +234,14 @@ impl Default for TasksConfig {
         Self {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             max_finished_tasks: DEFAULT_MAX_FINISHED_TASKS,
+            max_queue_depth: DEFAULT_MAX_QUEUE_DEPTH,
+            lease_secs: DEFAULT_LEASE_SECS,
+            max_lease_secs: DEFAULT_MAX_LEASE_SECS,
+            target_ttl_secs: DEFAULT_TARGET_TTL_SECS,
+            idempotency_window_secs: DEFAULT_IDEMPOTENCY_WINDOW_SECS,
+            retry_initial_delay_ms: DEFAULT_RETRY_INITIAL_DELAY_MS,
+            retry_factor: DEFAULT_RETRY_FACTOR,
+            retry_max_delay_ms: DEFAULT_RETRY_MAX_DELAY_MS,
         }
     }
 }
@@ -227,8 +313,74 @@ impl Config {
                 "must be from 1 to workers.max_in_flight_cap",
             ));
         }
-        if self.tasks.max_attempts == 0 {
+        if w.receipt_timeout_ms == 0 {
+            return Err(invalid(
+                "workers.receipt_timeout_ms",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if w.liveness_timeout_secs == 0 {
+            return Err(invalid(
+                "workers.liveness_timeout_secs",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if w.min_keepalive_ms == 0 {
+            return Err(invalid("workers.min_keepalive_ms", 0, "must be at least 1"));
+        }
+        let t = &self.tasks;
+        if t.max_attempts == 0 {
             return Err(invalid("tasks.max_attempts", 0, "must be at least 1"));
+        }
+        if t.max_queue_depth == 0 {
+            return Err(invalid("tasks.max_queue_depth", 0, "must be at least 1"));
+        }
+        if t.lease_secs == 0 || t.lease_secs > t.max_lease_secs {
+            return Err(invalid(
+                "tasks.lease_secs",
+                t.lease_secs,
+                "must be from 1 to tasks.max_lease_secs",
+            ));
+        }
+        if t.target_ttl_secs == 0 {
+            return Err(invalid("tasks.target_ttl_secs", 0, "must be at least 1"));
+        }
+        check_retry(
+            "tasks.retry_factor",
+            t.retry_factor,
+            "tasks.retry_max_delay_ms",
+            t.retry_initial_delay_ms,
+            t.retry_max_delay_ms,
+        )?;
+        for (name, queue) in &self.queues {
+            if crate::domain::QueueName::parse(name).is_err() {
+                return Err(invalid(
+                    "queues",
+                    name,
+                    "is not a queue name (letters, digits, '-', '_', '.', ':')",
+                ));
+            }
+            if queue.max_attempts == Some(0) {
+                return Err(invalid("queues.*.max_attempts", name, "must be at least 1"));
+            }
+            if queue.max_queue_depth == Some(0) {
+                return Err(invalid(
+                    "queues.*.max_queue_depth",
+                    name,
+                    "must be at least 1",
+                ));
+            }
+            check_retry(
+                "queues.*.retry_factor",
+                queue.retry_factor.unwrap_or(t.retry_factor),
+                "queues.*.retry_max_delay_ms",
+                queue
+                    .retry_initial_delay_ms
+                    .unwrap_or(t.retry_initial_delay_ms),
+                queue.retry_max_delay_ms.unwrap_or(t.retry_max_delay_ms),
+            )?;
         }
         if self
             .log
@@ -249,6 +401,30 @@ impl Config {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.server.drain_timeout_secs)
     }
+}
+
+fn check_retry(
+    factor_key: &'static str,
+    factor: f64,
+    max_key: &'static str,
+    initial_ms: u64,
+    max_ms: u64,
+) -> Result<(), ConfigError> {
+    if !(1.0..=100.0).contains(&factor) {
+        return Err(ConfigError::Invalid {
+            key: factor_key,
+            value: factor.to_string(),
+            reason: "must be from 1.0 to 100.0".into(),
+        });
+    }
+    if max_ms < initial_ms {
+        return Err(ConfigError::Invalid {
+            key: max_key,
+            value: max_ms.to_string(),
+            reason: "must be at least the initial retry delay".into(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -295,6 +471,19 @@ mod tests {
         );
         let err = Config::from_toml("[tasks]\nmax_attempts = -1\n", "t.toml").unwrap_err();
         assert!(err.to_string().contains("max_attempts"), "{err}");
+        let err =
+            Config::from_toml("[queues.\"bad name\"]\nmax_attempts = 2\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("bad name"), "{err}");
+        let err = Config::from_toml("[queues.mail]\nretry_factor = 0.5\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("queues.*.retry_factor"), "{err}");
+    }
+
+    /// A queue section overrides only the keys it names.
+    #[test]
+    fn queue_overrides_parse() {
+        let config = Config::from_toml("[queues.mail]\nmax_attempts = 9\n", "t.toml").unwrap();
+        assert_eq!(config.queues["mail"].max_attempts, Some(9));
+        assert_eq!(config.queues["mail"].retry_factor, None);
     }
 
     /// Keys left out keep their defaults.

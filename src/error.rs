@@ -28,6 +28,9 @@ pub enum Error {
     /// The request repeats something that already happened, e.g. a second ack.
     #[error("{0}")]
     AlreadyExists(String),
+    /// A limit is reached, e.g. a full queue; retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A wait ran out of time.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -59,6 +62,7 @@ impl From<Error> for Status {
             Error::NotFound { .. } => Status::not_found(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::AlreadyExists(_) => Status::already_exists(message),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(message),
             Error::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             Error::ShuttingDown | Error::Unavailable(_) => Status::unavailable(message),
         }

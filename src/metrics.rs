@@ -16,6 +16,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::DeadLetterReason;
+
 /// Counter: tasks accepted, by `target` (`queue` or `client`).
 pub const TASKS_SUBMITTED: &str = "contact_tasks_submitted_total";
 /// Counter: task deliveries pushed to workers (redeliveries included).
@@ -23,10 +25,24 @@ pub const TASKS_DISPATCHED: &str = "contact_tasks_dispatched_total";
 /// Counter: acknowledgements applied, by `outcome` (`done`, `failed`, `retry`).
 pub const TASKS_ACKNOWLEDGED: &str = "contact_tasks_acknowledged_total";
 /// Counter: tasks put back for another delivery, by `reason`
-/// (`worker_lost`, `failed`, `retry`).
+/// (`worker_lost`, `lease_expired`, `receipt_missed`, `failed`, `retry`).
 pub const TASKS_REDELIVERED: &str = "contact_tasks_redelivered_total";
-/// Counter: tasks given up on after `max_attempts`.
+/// Counter: tasks given up on, by `reason` (`max_attempts`,
+/// `failed_permanently`, `expired`, `undeliverable`).
 pub const TASKS_DEAD_LETTERED: &str = "contact_tasks_dead_lettered_total";
+/// Counter: tasks cancelled by producers.
+pub const TASKS_CANCELLED: &str = "contact_tasks_cancelled_total";
+/// Counter: deliveries whose receipt did not come in time.
+pub const RECEIPTS_MISSED: &str = "contact_receipts_missed_total";
+/// Counter: deliveries whose execution lease ran out.
+pub const LEASES_EXPIRED: &str = "contact_leases_expired_total";
+/// Counter: acks, receipts and extensions refused because their attempt was
+/// no longer current (or the task had been taken back).
+pub const STALE_ACKS_REFUSED: &str = "contact_stale_acks_refused_total";
+/// Counter: sessions resumed by a reconnecting worker.
+pub const SESSIONS_RESUMED: &str = "contact_sessions_resumed_total";
+/// Counter: sessions expired because their worker went silent.
+pub const SESSIONS_EXPIRED: &str = "contact_sessions_expired_total";
 /// Gauge: tasks waiting to be delivered.
 pub const QUEUE_DEPTH: &str = "contact_queue_depth";
 /// Gauge: tasks pushed to a worker and not yet acknowledged.
@@ -76,7 +92,37 @@ fn describe_all() {
     describe_counter!(
         TASKS_DEAD_LETTERED,
         Unit::Count,
-        "Tasks given up on after max_attempts deliveries."
+        "Tasks given up on, by reason."
+    );
+    describe_counter!(
+        TASKS_CANCELLED,
+        Unit::Count,
+        "Tasks cancelled by producers."
+    );
+    describe_counter!(
+        RECEIPTS_MISSED,
+        Unit::Count,
+        "Deliveries whose receipt did not come in time."
+    );
+    describe_counter!(
+        LEASES_EXPIRED,
+        Unit::Count,
+        "Deliveries whose execution lease ran out."
+    );
+    describe_counter!(
+        STALE_ACKS_REFUSED,
+        Unit::Count,
+        "Acks, receipts and extensions refused for an attempt no longer current."
+    );
+    describe_counter!(
+        SESSIONS_RESUMED,
+        Unit::Count,
+        "Sessions resumed by a reconnecting worker."
+    );
+    describe_counter!(
+        SESSIONS_EXPIRED,
+        Unit::Count,
+        "Sessions expired because their worker went silent."
     );
     describe_gauge!(QUEUE_DEPTH, Unit::Count, "Tasks waiting to be delivered.");
     describe_gauge!(
@@ -101,9 +147,12 @@ pub(crate) struct QueueMetrics {
     pub(crate) acked_failed: Counter,
     pub(crate) acked_retry: Counter,
     pub(crate) redelivered_worker_lost: Counter,
+    pub(crate) redelivered_lease_expired: Counter,
+    pub(crate) redelivered_receipt_missed: Counter,
     pub(crate) redelivered_failed: Counter,
     pub(crate) redelivered_retry: Counter,
-    pub(crate) dead_lettered: Counter,
+    dead_lettered: [Counter; 4],
+    pub(crate) cancelled: Counter,
     pub(crate) queue_depth: Gauge,
     pub(crate) in_flight: Gauge,
 }
@@ -118,11 +167,49 @@ impl QueueMetrics {
             acked_failed: counter!(TASKS_ACKNOWLEDGED, "outcome" => "failed"),
             acked_retry: counter!(TASKS_ACKNOWLEDGED, "outcome" => "retry"),
             redelivered_worker_lost: counter!(TASKS_REDELIVERED, "reason" => "worker_lost"),
+            redelivered_lease_expired: counter!(TASKS_REDELIVERED, "reason" => "lease_expired"),
+            redelivered_receipt_missed: counter!(TASKS_REDELIVERED, "reason" => "receipt_missed"),
             redelivered_failed: counter!(TASKS_REDELIVERED, "reason" => "failed"),
             redelivered_retry: counter!(TASKS_REDELIVERED, "reason" => "retry"),
-            dead_lettered: counter!(TASKS_DEAD_LETTERED),
+            dead_lettered: DEAD_LETTER_REASONS
+                .map(|reason| counter!(TASKS_DEAD_LETTERED, "reason" => reason.as_str())),
+            cancelled: counter!(TASKS_CANCELLED),
             queue_depth: gauge!(QUEUE_DEPTH),
             in_flight: gauge!(TASKS_IN_FLIGHT),
+        }
+    }
+
+    pub(crate) fn dead_lettered(&self, reason: DeadLetterReason) -> &Counter {
+        &self.dead_lettered[reason as usize]
+    }
+}
+
+/// Every reason, in declaration order, so `reason as usize` indexes it.
+const DEAD_LETTER_REASONS: [DeadLetterReason; 4] = [
+    DeadLetterReason::MaxAttempts,
+    DeadLetterReason::FailedPermanently,
+    DeadLetterReason::Expired,
+    DeadLetterReason::Undeliverable,
+];
+
+/// A session's metric handles.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionMetrics {
+    pub(crate) receipts_missed: Counter,
+    pub(crate) leases_expired: Counter,
+    pub(crate) stale_acks_refused: Counter,
+    pub(crate) sessions_resumed: Counter,
+    pub(crate) sessions_expired: Counter,
+}
+
+impl SessionMetrics {
+    pub(crate) fn new() -> Self {
+        Self {
+            receipts_missed: counter!(RECEIPTS_MISSED),
+            leases_expired: counter!(LEASES_EXPIRED),
+            stale_acks_refused: counter!(STALE_ACKS_REFUSED),
+            sessions_resumed: counter!(SESSIONS_RESUMED),
+            sessions_expired: counter!(SESSIONS_EXPIRED),
         }
     }
 }

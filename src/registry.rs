@@ -92,6 +92,8 @@ pub struct WorkerInfo {
     pub last_status: String,
     /// The running count of its last status report.
     pub reported_running: u32,
+    /// Its stream dropped and it may still resume.
+    pub detached: bool,
     /// When it was last heard from on any call (ms since the Unix epoch).
     pub last_heard_unix_ms: u64,
 }
@@ -141,13 +143,32 @@ impl RegistryHandle {
         Self { tx }
     }
 
-    /// Registers a worker; refused when a worker with the same id is connected.
-    pub async fn register(&self, record: WorkerRecord) -> Result<(), Error> {
+    /// Registers a worker; refused when a worker with the same id is
+    /// connected. A worker whose earlier session is detached (its stream
+    /// dropped, within the resume grace) replaces it: that session is
+    /// returned, for the new one to take over from or to release.
+    pub async fn register(
+        &self,
+        record: WorkerRecord,
+        resume: Option<SessionId>,
+    ) -> Result<Option<SessionHandle>, Error> {
         let (respond_to, response) = oneshot::channel();
         self.tx
-            .send(RegistryMsg::Register { record, respond_to })
+            .send(RegistryMsg::Register {
+                record,
+                resume,
+                respond_to,
+            })
             .await?;
         response.await?
+    }
+
+    /// A session's stream dropped; it waits for a resume.
+    pub async fn detached(&self, client: ClientId, session: SessionId) -> Result<(), Error> {
+        Ok(self
+            .tx
+            .send(RegistryMsg::Detached { client, session })
+            .await?)
     }
 
     /// A session ended.
@@ -185,7 +206,13 @@ enum RegistryMsg {
     /// A getTask stream opened.
     Register {
         record: WorkerRecord,
-        respond_to: oneshot::Sender<Result<(), Error>>,
+        resume: Option<SessionId>,
+        respond_to: oneshot::Sender<Result<Option<SessionHandle>, Error>>,
+    },
+    /// A session's stream dropped; it waits for a resume.
+    Detached {
+        client: ClientId,
+        session: SessionId,
     },
     /// A getTask stream ended.
     SessionClosed {
@@ -212,6 +239,8 @@ struct Worker {
     last_status: String,
     reported_running: u32,
     last_status_unix_ms: u64,
+    /// Its stream dropped; it may resume within the grace period.
+    detached: bool,
 }
 
 #[derive(Debug)]
@@ -226,9 +255,14 @@ impl Registry {
     async fn run(mut self) {
         while let Some(msg) = self.rx.recv().await {
             match msg {
-                RegistryMsg::Register { record, respond_to } => {
-                    let _ = respond_to.send(self.handle_register(record));
+                RegistryMsg::Register {
+                    record,
+                    resume,
+                    respond_to,
+                } => {
+                    let _ = respond_to.send(self.handle_register(record, resume));
                 }
+                RegistryMsg::Detached { client, session } => self.handle_detached(&client, session),
                 RegistryMsg::SessionClosed { client, session } => {
                     self.handle_session_closed(&client, session)
                 }
@@ -251,13 +285,25 @@ impl Registry {
         debug!("registry stopped");
     }
 
-    fn handle_register(&mut self, record: WorkerRecord) -> Result<(), Error> {
-        if self.workers.contains_key(&record.client) {
-            return Err(Error::AlreadyExists(format!(
-                "a worker with client id {} is already connected",
-                record.client
-            )));
-        }
+    fn handle_register(
+        &mut self,
+        record: WorkerRecord,
+        resume: Option<SessionId>,
+    ) -> Result<Option<SessionHandle>, Error> {
+        let previous = match self.workers.get(&record.client) {
+            Some(existing) if existing.detached => {
+                let previous = existing.record.session.clone();
+                self.workers.remove(&record.client);
+                Some(previous)
+            }
+            Some(_) => {
+                return Err(Error::AlreadyExists(format!(
+                    "a worker with client id {} is already connected",
+                    record.client
+                )));
+            }
+            None => None,
+        };
         // Calls without contact-client-id are linked to a worker by their
         // connection, so one connection may carry one such link only.
         let link_peer = match record.peer {
@@ -279,6 +325,7 @@ impl Registry {
             client.id = %record.client,
             peer = ?record.peer,
             max_in_flight = record.max_in_flight,
+            resuming = resume.is_some(),
             "worker registered"
         );
         self.index
@@ -296,9 +343,24 @@ impl Registry {
                 last_status: String::new(),
                 reported_running: 0,
                 last_status_unix_ms: now,
+                detached: false,
             },
         );
-        Ok(())
+        Ok(previous)
+    }
+
+    fn handle_detached(&mut self, client: &ClientId, session: SessionId) {
+        let Some(worker) = self.workers.get_mut(client) else {
+            return;
+        };
+        if worker.record.session.id() != session {
+            return;
+        }
+        worker.detached = true;
+        // The connection is gone, and with it the link of id-less calls.
+        if let Some(peer) = worker.record.peer {
+            self.index.by_peer.remove_if(&peer, |_, c| c == client);
+        }
     }
 
     fn handle_session_closed(&mut self, client: &ClientId, session: SessionId) {
@@ -332,6 +394,7 @@ impl Registry {
                     connected_unix_ms: w.connected_unix_ms,
                     last_status: w.last_status.clone(),
                     reported_running: w.reported_running,
+                    detached: w.detached,
                     last_heard_unix_ms: w
                         .last_status_unix_ms
                         .max(stats.last_ack_unix_ms.load(Ordering::Relaxed)),

@@ -34,11 +34,14 @@ use crate::{
     queue::{QueueHandle, QueuePolicy},
     registry::{RegistryHandle, SessionIndex},
     service::{AdminService, ContactService, Core, TasksService},
-    session::Notice,
+    session::{Notice, SessionTiming},
 };
 
 /// How long the last shutdown steps (closing calls, stopping actors) may take.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Server-wide notices buffered per session (drain, shutdown, broadcasts).
+const NOTICE_CAPACITY: usize = 1024;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -152,17 +155,12 @@ async fn run(
     let actors = TaskTracker::new();
     let sessions = TaskTracker::new();
     let index = Arc::new(SessionIndex::default());
-    let queue = QueueHandle::spawn(
-        QueuePolicy {
-            max_attempts: config.tasks.max_attempts,
-            max_finished_tasks: config.tasks.max_finished_tasks,
-        },
-        &actors,
-    );
+    let queue = QueueHandle::spawn(QueuePolicy::from_config(&config), &actors);
     let registry = RegistryHandle::spawn(index.clone(), &actors);
-    let (mut notice_tx, notice_rx) = async_broadcast::broadcast(4);
-    // Notices are states, newest wins: never block the broadcaster, and do
-    // not wait for a session to exist before broadcasting.
+    let (mut notice_tx, notice_rx) = async_broadcast::broadcast(NOTICE_CAPACITY);
+    // Never block the broadcaster on a slow session (one that falls this far
+    // behind misses a broadcast copy), and do not wait for a session to
+    // exist before broadcasting.
     notice_tx.set_overflow(true);
     notice_tx.set_await_active(false);
     let draining = CancellationToken::new();
@@ -172,11 +170,18 @@ async fn run(
         registry,
         index,
         notices: notice_rx.deactivate(),
+        notice_tx: notice_tx.clone(),
         draining: draining.clone(),
         stopping: stopping.clone(),
         sessions: sessions.clone(),
         calls: TaskTracker::new(),
         workers: config.workers.clone(),
+        timing: SessionTiming {
+            receipt_timeout: Duration::from_millis(config.workers.receipt_timeout_ms),
+            liveness_timeout: Duration::from_secs(config.workers.liveness_timeout_secs),
+            resume_grace: Duration::from_secs(config.workers.resume_grace_secs),
+            max_lease: Duration::from_secs(config.tasks.max_lease_secs),
+        },
     };
 
     let (mut health, health_service) = tonic_health::server::health_reporter();

@@ -35,6 +35,7 @@ async fn answers_each_status_as_it_arrives() {
         tx.send(proto::ClientMsg {
             msg: format!("busy {i}"),
             running: i,
+            op: None,
         })
         .await
         .unwrap();
@@ -78,7 +79,8 @@ async fn answers_each_status_as_it_arrives() {
 }
 
 /// A call with no registered worker still gets one reply per message, each
-/// saying the status was not recorded; a malformed client id is refused.
+/// refused with a code saying the status was not recorded; a malformed
+/// client id is refused.
 #[tokio::test]
 async fn unregistered_callers_are_answered_not_recorded() {
     let server = TestServer::start().await;
@@ -101,11 +103,9 @@ async fn unregistered_callers_are_answered_not_recorded() {
     .await
     .unwrap();
     assert_eq!(replies.len(), 3);
-    assert!(
-        replies
-            .iter()
-            .all(|r| r.ret.starts_with("status not recorded"))
-    );
+    assert!(replies.iter().all(|r| {
+        r.code == tonic::Code::FailedPrecondition as i32 && r.error.contains("status not recorded")
+    }));
 
     let mut request = Request::new(tokio_stream::iter(Vec::<proto::ClientMsg>::new()));
     request

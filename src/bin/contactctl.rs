@@ -4,7 +4,11 @@
 //! contactctl submit "resize image 7"                   # prints the task id
 //! contactctl submit --queue mail --wait "send report"  # waits for the result
 //! contactctl submit --to worker-1 "only for worker-1"
+//! contactctl submit --priority 5 --delay-ms 2000 --key order-17 "later, once"
 //! contactctl get <TASK_ID>
+//! contactctl cancel <TASK_ID>
+//! contactctl dead-letters --queue mail
+//! contactctl requeue <TASK_ID>
 //! contactctl wait <TASK_ID> --timeout 30
 //! contactctl workers
 //! ```
@@ -58,6 +62,37 @@ enum Cmd {
         /// With --wait: give up after this many seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Higher runs first.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        priority: i32,
+        /// Deliver no sooner than this many milliseconds from now.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Dead-letter it if no worker starts it within this many milliseconds.
+        #[arg(long, default_value_t = 0)]
+        ttl_ms: u64,
+        /// Idempotency key: resubmitting it returns the first task's id.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Cancel a task that is not finished.
+    Cancel {
+        /// The task id.
+        task_id: String,
+    },
+    /// List dead-lettered tasks, oldest first.
+    DeadLetters {
+        /// Only this queue's.
+        #[arg(long, short)]
+        queue: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Put a dead-lettered task back in its queue.
+    Requeue {
+        /// The task id.
+        task_id: String,
     },
     /// Print a task's state and result.
     Get {
@@ -108,6 +143,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             payload_file,
             wait,
             timeout,
+            priority,
+            delay_ms,
+            ttl_ms,
+            key,
         } => {
             let payload = match payload_file {
                 Some(path) => std::fs::read(&path)
@@ -120,6 +159,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     target_client_id: to.unwrap_or_default(),
                     text,
                     payload: payload.into(),
+                    priority,
+                    not_before_unix_ms: match delay_ms {
+                        0 => 0,
+                        ms => unix_ms_now().saturating_add(ms),
+                    },
+                    ttl_ms,
+                    idempotency_key: key.unwrap_or_default(),
+                    lease_ms: 0,
                 })
                 .await
                 .context("submit failed")?
@@ -140,6 +187,46 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Wait { task_id, timeout } => wait_and_print(&mut tasks, task_id, timeout).await,
+        Cmd::Cancel { task_id } => {
+            let info = tasks
+                .cancel(v1::CancelRequest { task_id })
+                .await
+                .context("cancel failed")?
+                .into_inner();
+            print_task(&info);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::DeadLetters { queue, limit } => {
+            let dead = tasks
+                .list_dead_letters(v1::ListDeadLettersRequest {
+                    queue: queue.unwrap_or_default(),
+                    limit,
+                })
+                .await
+                .context("listing dead letters failed")?
+                .into_inner()
+                .tasks;
+            println!(
+                "{:<38} {:<16} {:>8} {:<20} ERROR",
+                "TASK ID", "QUEUE", "ATTEMPTS", "REASON"
+            );
+            for task in dead {
+                println!(
+                    "{:<38} {:<16} {:>8} {:<20} {}",
+                    task.task_id, task.queue, task.attempts, task.dead_letter_reason, task.error
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Requeue { task_id } => {
+            let info = tasks
+                .requeue(v1::RequeueRequest { task_id })
+                .await
+                .context("requeue failed")?
+                .into_inner();
+            print_task(&info);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Workers => {
             let workers = AdminClient::new(channel)
                 .list_workers(v1::ListWorkersRequest {})
@@ -198,6 +285,7 @@ fn print_task(info: &v1::TaskInfo) {
         TaskState::Delivered => "delivered",
         TaskState::Done => "done",
         TaskState::DeadLettered => "dead-lettered",
+        TaskState::Cancelled => "cancelled",
     };
     println!("task:     {}", info.task_id);
     println!("state:    {state}");
@@ -219,4 +307,14 @@ fn print_task(info: &v1::TaskInfo) {
     if !info.error.is_empty() {
         println!("error:    {}", info.error);
     }
+    if !info.dead_letter_reason.is_empty() {
+        println!("reason:   {}", info.dead_letter_reason);
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

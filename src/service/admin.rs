@@ -37,6 +37,7 @@ impl Admin for AdminService {
                 last_status: w.last_status,
                 last_heard_unix_ms: w.last_heard_unix_ms,
                 reported_running: w.reported_running,
+                detached: w.detached,
             })
             .collect();
         Ok(Response::new(v1::ListWorkersReply { workers }))

@@ -1,25 +1,32 @@
 //! `Contact`: the seed's worker-facing service. getTask opens a session,
-//! tellResult feeds acknowledgements to it, sendStatus feeds the registry.
+//! tellResult and sendStatus feed operations to it, sendStatus also feeds
+//! the registry.
 
 use std::pin::pin;
 
 use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{
+    Request, Response, Status, Streaming,
+    metadata::{MetadataMap, MetadataValue},
+};
 use tracing::debug;
 
 use super::{Core, MAX_STREAM_BATCH};
 use crate::{
-    domain::{self, Ack, CLIENT_ID_KEY, Registration, TaskState},
+    domain::{
+        self, Ack, CLIENT_ID_KEY, ClientId, RESUMED_KEY, Registration, SESSION_ID_KEY,
+        StatusReport, TaskState, WorkerOp,
+    },
     error::Error,
     proto::{self, contact_server::Contact},
-    session::{AckRejection, SessionHandle, StreamItem},
+    session::{Rejection, SessionHandle, StreamItem},
 };
 
 /// Replies buffered per sendStatus call before the handler waits for the
 /// worker to read them.
-const STATUS_REPLY_BUFFER: usize = 16;
+const STATUS_REPLY_BUFFER: usize = 64;
 
 /// The Contact service facade.
 #[derive(Clone, Debug)]
@@ -32,29 +39,119 @@ impl ContactService {
     pub fn new(core: Core) -> Self {
         Self { core }
     }
+}
 
-    /// Turns a session's refusal of an ack into the status the worker gets,
-    /// asking the queue what became of the task when that tells more.
-    async fn rejection_status(&self, session: &SessionHandle, rejection: AckRejection) -> Status {
-        let error = match rejection {
-            AckRejection::NothingHeld => Error::FailedPrecondition(
-                "this worker holds no unacknowledged task for an ack without task_id".into(),
+/// Explains a refused operation, asking the queue what became of a task the
+/// session does not hold when that tells the worker more.
+async fn explain(
+    core: &Core,
+    worker: &ClientId,
+    rejection: Rejection,
+    attempt: Option<u32>,
+) -> Error {
+    let Rejection::NotHeld(id) = rejection else {
+        return rejection.into_error();
+    };
+    match core.queue.get(id).await {
+        Err(error) => error,
+        Ok(info) if info.state == TaskState::Done && info.worker.as_ref() == Some(worker) => {
+            Error::AlreadyExists(format!("task {id} was already acknowledged"))
+        }
+        Ok(info) if info.state == TaskState::Cancelled => {
+            Error::FailedPrecondition(format!("task {id} was cancelled"))
+        }
+        Ok(info) if attempt.is_some_and(|given| given < info.attempts) => {
+            metrics::counter!(crate::metrics::STALE_ACKS_REFUSED).increment(1);
+            Error::FailedPrecondition(format!(
+                "attempt {} of task {id} is no longer current (the task is on attempt {})",
+                attempt.unwrap_or(0),
+                info.attempts
+            ))
+        }
+        Ok(_) => Error::FailedPrecondition(format!("task {id} is not held by this worker")),
+    }
+}
+
+fn op_attempt(op: &WorkerOp) -> Option<u32> {
+    match op {
+        WorkerOp::Ack(ack) => ack.attempt,
+        WorkerOp::Extend { attempt, .. } => *attempt,
+        WorkerOp::Credit(_) => None,
+    }
+}
+
+fn op_task(op: &WorkerOp) -> String {
+    match op {
+        WorkerOp::Ack(ack) => ack.task_id.map(|t| t.to_string()).unwrap_or_default(),
+        WorkerOp::Extend { task_id, .. } => task_id.to_string(),
+        WorkerOp::Credit(_) => String::new(),
+    }
+}
+
+/// Answers one ClientMsg: applies its operation, records its status.
+async fn answer_status(
+    core: &Core,
+    named: Option<&ClientId>,
+    peer: Option<std::net::SocketAddr>,
+    message: proto::ClientMsg,
+) -> proto::Result {
+    let session = core.index.resolve(named, peer);
+    let op = match WorkerOp::from_message(message.op, core.workers.max_in_flight_cap) {
+        Ok(op) => op,
+        Err(error) => return refused(String::new(), error),
+    };
+    let Some(session) = session else {
+        return refused(
+            op.as_ref().map(op_task).unwrap_or_default(),
+            Error::FailedPrecondition(
+                "no worker is registered for this call (open getTask first, on the same \
+                 channel or with contact-client-id); status not recorded"
+                    .into(),
             ),
-            AckRejection::SessionEnded => Error::FailedPrecondition(
-                "this worker's getTask stream has ended; its tasks were handed back".into(),
-            ),
-            AckRejection::NotHeld(id) => match self.core.queue.get(id).await {
-                Err(error) => error,
-                Ok(info)
-                    if info.state == TaskState::Done
-                        && info.worker.as_ref() == Some(session.client()) =>
-                {
-                    Error::AlreadyExists(format!("task {id} was already acknowledged"))
-                }
-                Ok(_) => Error::FailedPrecondition(format!("task {id} is not held by this worker")),
-            },
+        );
+    };
+    let client = session.client().clone();
+    if op.is_none() || !message.msg.is_empty() {
+        let report = StatusReport::new(message.msg, message.running);
+        let _ = core.registry.status_reported(client.clone(), report).await;
+        session.heard();
+    }
+    let Some(op) = op else {
+        return proto::Result {
+            ret: format!("status recorded for worker {client}"),
+            ..Default::default()
         };
-        error.into()
+    };
+    let task_id = op_task(&op);
+    let attempt = op_attempt(&op);
+    let answer = match session.apply(vec![op], false).await {
+        Ok(mut answers) => answers.pop().unwrap_or(Err(Rejection::SessionEnded)),
+        Err(rejection) => Err(rejection),
+    };
+    match answer {
+        Ok(()) => proto::Result {
+            ret: "applied".into(),
+            task_id,
+            ..Default::default()
+        },
+        Err(rejection) => refused(task_id, explain(core, &client, rejection, attempt).await),
+    }
+}
+
+fn refused(task_id: String, error: Error) -> proto::Result {
+    let status = Status::from(error);
+    proto::Result {
+        task_id,
+        code: status.code() as i32,
+        error: status.message().to_owned(),
+        ..Default::default()
+    }
+}
+
+fn insert_header(metadata: &mut MetadataMap, key: &'static str, value: &str) {
+    // Ids are checked ASCII and counts are digits, so this always parses.
+    if let Ok(value) = MetadataValue::try_from(value) {
+        metadata.insert(key, value);
     }
 }
 
@@ -78,31 +175,15 @@ impl Contact for ContactService {
                     () = core.stopping.cancelled() => break,
                     message = inbound.message() => message,
                 };
-                let status = match message {
-                    Ok(Some(message)) => domain::StatusReport::from(message),
+                let message = match message {
+                    Ok(Some(message)) => message,
                     Ok(None) => break,
                     Err(status) => {
                         debug!(%status, "sendStatus stream ended with an error");
                         break;
                     }
                 };
-                let ret = match core.index.resolve(named.as_ref(), peer) {
-                    Some(session) => {
-                        let client = session.client().clone();
-                        let answer = format!("status recorded for worker {client}");
-                        if core.registry.status_reported(client, status).await.is_err() {
-                            break;
-                        }
-                        answer
-                    }
-                    None => "status not recorded: no worker is registered for this call \
-                             (open getTask first, on the same channel or with contact-client-id)"
-                        .to_owned(),
-                };
-                let reply = proto::Result {
-                    ret,
-                    ..Default::default()
-                };
+                let reply = answer_status(&core, named.as_ref(), peer, message).await;
                 if replies.send(Ok(reply)).await.is_err() {
                     break;
                 }
@@ -115,34 +196,32 @@ impl Contact for ContactService {
         &self,
         request: Request<proto::Empty>,
     ) -> Result<Response<Self::getTaskStream>, Status> {
-        let workers = &self.core.workers;
-        let registration = Registration::from_metadata(
-            request.metadata(),
-            workers.default_max_in_flight,
-            workers.max_in_flight_cap,
-        )?;
+        let peer = request.remote_addr();
+        let (metadata, _, body) = request.into_parts();
+        let registration = Registration::from_request(&metadata, body, &self.core.workers)?;
         // Subscribe before the check, so a drain that starts after the check
         // is still seen by the new session.
         let notices = self.core.notices.activate_cloned();
         if self.core.draining.is_cancelled() {
             return Err(Error::ShuttingDown.into());
         }
-        let client = registration.client_id.clone();
-        // One slot per task the worker may hold, plus one for the final status.
-        let (stream_tx, stream_rx) = mpsc::channel(registration.max_in_flight as usize + 1);
-        SessionHandle::start(
+        // A slot per task the worker may ever hold (credit can rise to the
+        // cap), plus one for a control message and one for the final status.
+        let capacity = self.core.workers.max_in_flight_cap as usize + 2;
+        let (stream_tx, stream_rx) = mpsc::channel(capacity);
+        let started = SessionHandle::start(
             registration,
-            request.remote_addr(),
+            peer,
             stream_tx,
             notices,
             &self.core.session_deps(),
         )
         .await?;
         let mut response = Response::new(ReceiverStream::new(stream_rx));
-        // Client ids are checked to be ASCII, so this always parses.
-        if let Ok(value) = client.as_str().parse() {
-            response.metadata_mut().insert(CLIENT_ID_KEY, value);
-        }
+        let headers = response.metadata_mut();
+        insert_header(headers, CLIENT_ID_KEY, started.client.as_str());
+        insert_header(headers, SESSION_ID_KEY, &started.session.to_string());
+        insert_header(headers, RESUMED_KEY, &started.resumed.to_string());
         Ok(response)
     }
 
@@ -164,19 +243,19 @@ impl Contact for ContactService {
             let Some(first) = first else { break };
             // Take what has already arrived too, without waiting, so a fast
             // worker's acks travel to its session in batches.
-            let mut acks = Vec::new();
+            let mut ops = Vec::new();
             let mut bad_input = None;
             let mut ended = false;
             let mut next = Some(first);
             while let Some(message) = next.take() {
                 match Ack::try_from(message) {
-                    Ok(ack) => acks.push(ack),
+                    Ok(ack) => ops.push(WorkerOp::Ack(ack)),
                     Err(error) => {
                         bad_input = Some(Status::from(error));
                         break;
                     }
                 }
-                if acks.len() >= MAX_STREAM_BATCH {
+                if ops.len() >= MAX_STREAM_BATCH {
                     break;
                 }
                 match pin!(inbound.message()).now_or_never() {
@@ -186,7 +265,7 @@ impl Contact for ContactService {
                     None => {}
                 }
             }
-            if !acks.is_empty() {
+            if !ops.is_empty() {
                 let session = match &session {
                     Some(session) => session,
                     None => session.insert(
@@ -199,8 +278,16 @@ impl Contact for ContactService {
                         )?,
                     ),
                 };
-                if let Err(rejection) = session.ack(acks).await {
-                    return Err(self.rejection_status(session, rejection).await);
+                let attempts: Vec<Option<u32>> = ops.iter().map(op_attempt).collect();
+                let answers = session
+                    .apply(ops, true)
+                    .await
+                    .map_err(|rejection| rejection.into_error())?;
+                for (answer, attempt) in answers.into_iter().zip(attempts) {
+                    if let Err(rejection) = answer {
+                        let error = explain(&self.core, session.client(), rejection, attempt).await;
+                        return Err(error.into());
+                    }
                 }
             }
             if let Some(status) = bad_input {
@@ -210,6 +297,6 @@ impl Contact for ContactService {
                 break;
             }
         }
-        Ok(Response::new(proto::Empty {}))
+        Ok(Response::new(proto::Empty::default()))
     }
 }

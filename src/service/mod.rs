@@ -10,7 +10,7 @@ use crate::{
     config::WorkersConfig,
     queue::QueueHandle,
     registry::{RegistryHandle, SessionIndex},
-    session::{Notice, SessionDeps},
+    session::{Notice, SessionDeps, SessionTiming},
 };
 
 mod admin;
@@ -36,6 +36,8 @@ pub struct Core {
     pub index: Arc<SessionIndex>,
     /// Server-wide notices; each session subscribes its own receiver.
     pub notices: async_broadcast::InactiveReceiver<Notice>,
+    /// Sends server-wide notices (broadcast tasks).
+    pub notice_tx: async_broadcast::Sender<Notice>,
     /// Cancelled when the server starts draining: no new work is taken.
     pub draining: CancellationToken,
     /// Cancelled when open calls must end.
@@ -46,6 +48,8 @@ pub struct Core {
     pub calls: TaskTracker,
     /// Worker limits.
     pub workers: WorkersConfig,
+    /// Session timeouts.
+    pub timing: SessionTiming,
 }
 
 impl Core {
@@ -54,6 +58,7 @@ impl Core {
             queue: self.queue.clone(),
             registry: self.registry.clone(),
             tracker: self.sessions.clone(),
+            timing: self.timing,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `contact.v1.Tasks`: the producer API. Submissions go to the queue actor in
 //! batches; reads and waits are answered by it.
 
-use std::{pin::pin, time::Duration};
+use std::{pin::pin, sync::Arc, time::Duration};
 
 use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
@@ -11,10 +11,17 @@ use tracing::debug;
 
 use super::{Core, MAX_STREAM_BATCH};
 use crate::{
-    domain::{NewTask, TaskId},
+    domain::{BroadcastId, NewTask, QueueName, TaskId},
     error::Error,
     proto::v1::{self, tasks_server::Tasks},
+    queue::BroadcastTask,
+    session::Notice,
 };
+
+/// Dead letters listed when the request names no limit.
+const DEFAULT_LIST_LIMIT: usize = 100;
+/// The most dead letters one call lists.
+const MAX_LIST_LIMIT: usize = 10_000;
 
 /// The Tasks service facade.
 #[derive(Clone, Debug)]
@@ -185,5 +192,85 @@ impl Tasks for TasksService {
             () = self.core.stopping.cancelled() => return Err(Error::ShuttingDown.into()),
         };
         Ok(Response::new(info.into()))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<v1::CancelRequest>,
+    ) -> Result<Response<v1::TaskInfo>, Status> {
+        let id = TaskId::parse(&request.into_inner().task_id)?;
+        let cancelled = self.core.queue.cancel(id).await?;
+        if let Some((worker, attempt)) = cancelled.holder
+            && let Some(session) = self.core.index.resolve(Some(&worker), None)
+        {
+            session.cancelled(id, attempt).await;
+        }
+        Ok(Response::new(cancelled.info.into()))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<v1::ListDeadLettersRequest>,
+    ) -> Result<Response<v1::ListDeadLettersReply>, Status> {
+        let request = request.into_inner();
+        let queue = match request.queue.as_str() {
+            "" => None,
+            name => Some(QueueName::parse(name)?),
+        };
+        let limit = match request.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => (n as usize).min(MAX_LIST_LIMIT),
+        };
+        let tasks = self.core.queue.dead_letters(queue, limit).await?;
+        Ok(Response::new(v1::ListDeadLettersReply {
+            tasks: tasks.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn requeue(
+        &self,
+        request: Request<v1::RequeueRequest>,
+    ) -> Result<Response<v1::TaskInfo>, Status> {
+        let id = TaskId::parse(&request.into_inner().task_id)?;
+        Ok(Response::new(self.core.queue.requeue(id).await?.into()))
+    }
+
+    async fn broadcast(
+        &self,
+        request: Request<v1::BroadcastRequest>,
+    ) -> Result<Response<v1::BroadcastReply>, Status> {
+        let request = request.into_inner();
+        let queue = match request.queue.as_str() {
+            "" => QueueName::default_queue(),
+            name => QueueName::parse(name)?,
+        };
+        let id = self.core.queue.open_broadcast().await?;
+        let task = BroadcastTask {
+            id,
+            queue,
+            text: request.text,
+            payload: request.payload,
+        };
+        // Each connected session of the queue submits its own copy.
+        let _ = self
+            .core
+            .notice_tx
+            .broadcast(Notice::Broadcast(Arc::new(task)))
+            .await;
+        Ok(Response::new(v1::BroadcastReply {
+            broadcast_id: id.to_string(),
+        }))
+    }
+
+    async fn get_broadcast(
+        &self,
+        request: Request<v1::GetBroadcastRequest>,
+    ) -> Result<Response<v1::BroadcastInfo>, Status> {
+        let id = BroadcastId::parse(&request.into_inner().broadcast_id)?;
+        let copies = self.core.queue.broadcast_copies(id).await?;
+        Ok(Response::new(v1::BroadcastInfo {
+            broadcast_id: id.to_string(),
+            copies: copies.into_iter().map(Into::into).collect(),
+        }))
     }
 }

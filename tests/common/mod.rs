@@ -40,6 +40,9 @@ pub fn test_config() -> Config {
     // Tests that end with workers still holding tasks should not wait the
     // daemon's 30 s for them; drain tests set their own.
     config.server.drain_timeout_secs = 1;
+    // A dropped worker's tasks are redelivered at once unless a test is about
+    // resuming.
+    config.workers.resume_grace_secs = 0;
     config
 }
 
@@ -233,7 +236,7 @@ impl TestWorker {
 
     pub async fn try_connect(server: &TestServer, options: WorkerOptions) -> Result<Self, Status> {
         let mut client = ContactClient::new(server.channel().await);
-        let mut request = Request::new(proto::Empty {});
+        let mut request = Request::new(proto::Empty::default());
         if let Some(id) = &options.id {
             request
                 .metadata_mut()

@@ -1,0 +1,925 @@
+//! The queue actor's state and handlers. Handlers are synchronous: nothing
+//! here awaits except the inbox and the next timer.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque, hash_map::Entry},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tracing::debug;
+
+use super::{
+    Cancelled, Completion, LeaseRequest, QueueMsg, QueuePolicy, Release, ReleaseReason,
+    lines::{Line, Timer, Timers},
+};
+use crate::{
+    domain::{
+        BroadcastId, ClientId, DeadLetterReason, Delivery, NewTask, Outcome, QueueName, SessionId,
+        Target, TaskId, TaskInfo, TaskResult, TaskState,
+    },
+    error::Error,
+    metrics::QueueMetrics,
+};
+
+/// Messages handled per turn before dispatching, so a burst of submits is
+/// handed to workers in batches rather than one by one.
+const MAX_MESSAGES_PER_TURN: usize = 256;
+
+/// Broadcast records kept for `GetBroadcast`; the oldest go first.
+const MAX_BROADCASTS: usize = 10_000;
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug)]
+struct TaskEntry {
+    target: Target,
+    text: Arc<str>,
+    payload: Bytes,
+    priority: i32,
+    lease: Duration,
+    state: TaskState,
+    attempts: u32,
+    /// Bumped whenever the task leaves or re-enters a line or timer, which
+    /// makes older line slots and timers stale.
+    generation: u32,
+    /// While pending with a delay: when it may go (and the same as wall time).
+    not_before: Option<(Instant, u64)>,
+    worker: Option<ClientId>,
+    result: TaskResult,
+    dead_letter: Option<(DeadLetterReason, u64)>,
+    broadcast: Option<BroadcastId>,
+}
+
+impl TaskEntry {
+    fn info(&self, id: TaskId) -> TaskInfo {
+        TaskInfo {
+            id,
+            state: self.state,
+            target: self.target.clone(),
+            attempts: self.attempts,
+            worker: self.worker.clone(),
+            result: self.result.clone(),
+            priority: self.priority,
+            not_before_unix_ms: self.not_before.map_or(0, |(_, ms)| ms),
+            dead_letter_reason: self.dead_letter.map(|(reason, _)| reason),
+            broadcast: self.broadcast,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Queue {
+    rx: mpsc::Receiver<QueueMsg>,
+    policy: QueuePolicy,
+    tasks: HashMap<TaskId, TaskEntry>,
+    /// Pending tasks ready to go, per queue and per targeted worker.
+    lines: HashMap<Target, Line>,
+    /// Pending tasks (ready or delayed) per queue / worker, against max depth.
+    depth: HashMap<Target, usize>,
+    timers: Timers,
+    /// Every worker id that has registered and may still be targeted.
+    known_clients: HashSet<ClientId>,
+    /// Workers with a session now.
+    online: HashSet<ClientId>,
+    /// Lease requests waiting for tasks, one per session.
+    parked: HashMap<SessionId, LeaseRequest>,
+    /// Waiting sessions per queue, first come first served. Entries whose
+    /// ticket no longer matches `parked` are stale and skipped.
+    waiting: HashMap<QueueName, VecDeque<(SessionId, u64)>>,
+    /// The parked session of each worker, for tasks targeted at it.
+    waiting_client: HashMap<ClientId, SessionId>,
+    /// Lines that gained tasks (or waiters) since the last dispatch.
+    dirty: HashSet<Target>,
+    /// Done and cancelled tasks, oldest first, forgotten past the limit.
+    finished: VecDeque<TaskId>,
+    /// Dead letters in the order they died.
+    dead: BTreeMap<u64, TaskId>,
+    idempotency: HashMap<String, TaskId>,
+    broadcasts: HashMap<BroadcastId, Vec<TaskId>>,
+    broadcast_order: VecDeque<BroadcastId>,
+    watchers: HashMap<TaskId, Vec<oneshot::Sender<Result<TaskInfo, Error>>>>,
+    next_ticket: u64,
+    next_dead_seq: u64,
+    pending_count: usize,
+    in_flight_count: usize,
+    draining: bool,
+    metrics: QueueMetrics,
+}
+
+impl Queue {
+    pub(super) fn new(rx: mpsc::Receiver<QueueMsg>, policy: QueuePolicy) -> Self {
+        Self {
+            rx,
+            policy,
+            tasks: HashMap::new(),
+            lines: HashMap::new(),
+            depth: HashMap::new(),
+            timers: Timers::default(),
+            known_clients: HashSet::new(),
+            online: HashSet::new(),
+            parked: HashMap::new(),
+            waiting: HashMap::new(),
+            waiting_client: HashMap::new(),
+            dirty: HashSet::new(),
+            finished: VecDeque::new(),
+            dead: BTreeMap::new(),
+            idempotency: HashMap::new(),
+            broadcasts: HashMap::new(),
+            broadcast_order: VecDeque::new(),
+            watchers: HashMap::new(),
+            next_ticket: 1,
+            next_dead_seq: 1,
+            pending_count: 0,
+            in_flight_count: 0,
+            draining: false,
+            metrics: QueueMetrics::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut batch = Vec::with_capacity(MAX_MESSAGES_PER_TURN);
+        loop {
+            let next_timer = self.timers.next();
+            let sleep = async {
+                match next_timer {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                received = self.rx.recv_many(&mut batch, MAX_MESSAGES_PER_TURN) => {
+                    if received == 0 {
+                        break;
+                    }
+                    for msg in batch.drain(..) {
+                        self.handle(msg);
+                    }
+                }
+                () = sleep => {}
+            }
+            self.fire_timers(Instant::now());
+            self.dispatch();
+            self.publish_gauges();
+        }
+        debug!(
+            pending = self.pending_count,
+            in_flight = self.in_flight_count,
+            "queue stopped"
+        );
+    }
+
+    fn publish_gauges(&self) {
+        self.metrics.queue_depth.set(self.pending_count as f64);
+        self.metrics.in_flight.set(self.in_flight_count as f64);
+    }
+
+    pub(super) fn handle(&mut self, msg: QueueMsg) {
+        match msg {
+            QueueMsg::Submit { tasks, respond_to } => {
+                let now = Instant::now();
+                let ids = tasks
+                    .into_iter()
+                    .map(|t| self.handle_submit(t, now))
+                    .collect();
+                // The producer may have gone; the tasks are accepted all the same.
+                let _ = respond_to.send(ids);
+            }
+            QueueMsg::Attach { client } => {
+                self.known_clients.insert(client.clone());
+                self.online.insert(client);
+            }
+            QueueMsg::Lease(request) => self.handle_lease(request),
+            QueueMsg::Complete { worker, acks } => {
+                for ack in acks {
+                    self.handle_complete(&worker, ack);
+                }
+            }
+            QueueMsg::Release(release) => self.handle_release(release),
+            QueueMsg::Get { task, respond_to } => {
+                let _ = respond_to.send(self.info(task));
+            }
+            QueueMsg::Watch { task, respond_to } => self.handle_watch(task, respond_to),
+            QueueMsg::Cancel { task, respond_to } => {
+                let _ = respond_to.send(self.handle_cancel(task));
+            }
+            QueueMsg::DeadLetters {
+                queue,
+                limit,
+                respond_to,
+            } => {
+                let _ = respond_to.send(self.dead_letters(queue.as_ref(), limit));
+            }
+            QueueMsg::Requeue { task, respond_to } => {
+                let _ = respond_to.send(self.handle_requeue(task));
+            }
+            QueueMsg::OpenBroadcast { respond_to } => {
+                let _ = respond_to.send(self.open_broadcast());
+            }
+            QueueMsg::BroadcastCopies {
+                broadcast,
+                respond_to,
+            } => {
+                let _ = respond_to.send(self.broadcast_copies(broadcast));
+            }
+            QueueMsg::Drain => self.draining = true,
+        }
+    }
+
+    // === Submission ===
+
+    fn handle_submit(&mut self, task: NewTask, now: Instant) -> Result<TaskId, Error> {
+        if self.draining {
+            return Err(Error::ShuttingDown);
+        }
+        if let Some(key) = &task.idempotency_key
+            && let Some(id) = self.idempotency.get(key)
+        {
+            return Ok(*id);
+        }
+        let target = task.target();
+        if let Target::Client(client) = &target
+            && !self.known_clients.contains(client)
+        {
+            return Err(Error::NotFound {
+                what: "worker",
+                id: client.to_string(),
+            });
+        }
+        if let Some(broadcast) = task.broadcast
+            && !self.broadcasts.contains_key(&broadcast)
+        {
+            return Err(Error::NotFound {
+                what: "broadcast",
+                id: broadcast.to_string(),
+            });
+        }
+        let max_depth = self.policy.limits(&target).max_depth;
+        if self.depth.get(&target).copied().unwrap_or(0) >= max_depth {
+            return Err(Error::ResourceExhausted(format!(
+                "{} is full ({max_depth} pending tasks)",
+                describe(&target)
+            )));
+        }
+        let id = TaskId::generate();
+        match &target {
+            Target::Queue(_) => self.metrics.submitted_queue.increment(1),
+            Target::Client(_) => self.metrics.submitted_client.increment(1),
+        }
+        if let Some(key) = task.idempotency_key {
+            self.idempotency.insert(key.clone(), id);
+            self.timers
+                .add(now + self.policy.idempotency_window, Timer::ForgetKey(key));
+        }
+        if let Some(ttl) = task.ttl {
+            self.timers.add(now + ttl, Timer::Expire(id));
+        }
+        if let Target::Client(_) = target {
+            self.timers
+                .add(now + self.policy.target_ttl, Timer::TargetTtl(id));
+        }
+        if let Some(broadcast) = task.broadcast
+            && let Some(copies) = self.broadcasts.get_mut(&broadcast)
+        {
+            copies.push(id);
+        }
+        let lease = task
+            .lease
+            .unwrap_or(self.policy.default_lease)
+            .min(self.policy.max_lease);
+        self.tasks.insert(
+            id,
+            TaskEntry {
+                target,
+                text: task.text.into(),
+                payload: task.payload,
+                priority: task.priority,
+                lease,
+                state: TaskState::Pending,
+                attempts: 0,
+                generation: 0,
+                not_before: None,
+                worker: None,
+                result: TaskResult::default(),
+                dead_letter: None,
+                broadcast: task.broadcast,
+            },
+        );
+        let delay = UNIX_EPOCH + Duration::from_millis(task.not_before_unix_ms);
+        match delay.duration_since(SystemTime::now()) {
+            Ok(wait) if task.not_before_unix_ms > 0 && !wait.is_zero() => {
+                self.make_pending_later(id, now + wait, task.not_before_unix_ms)
+            }
+            _ => self.make_pending(id, false),
+        }
+        Ok(id)
+    }
+
+    // === Lines ===
+
+    /// Puts a task in line: at the front when it was first in line before
+    /// (a lost delivery), else at the back of its priority.
+    fn make_pending(&mut self, id: TaskId, front: bool) {
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        entry.state = TaskState::Pending;
+        entry.worker = None;
+        entry.not_before = None;
+        entry.generation = entry.generation.wrapping_add(1);
+        let slot = (id, entry.generation);
+        let target = entry.target.clone();
+        self.lines
+            .entry(target.clone())
+            .or_default()
+            .push(entry.priority, slot, front);
+        *self.depth.entry(target.clone()).or_default() += 1;
+        self.pending_count += 1;
+        self.dirty.insert(target);
+    }
+
+    /// Makes a task pending, but not before `at`.
+    fn make_pending_later(&mut self, id: TaskId, at: Instant, at_unix_ms: u64) {
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        entry.state = TaskState::Pending;
+        entry.worker = None;
+        entry.not_before = Some((at, at_unix_ms));
+        entry.generation = entry.generation.wrapping_add(1);
+        let slot = (id, entry.generation);
+        *self.depth.entry(entry.target.clone()).or_default() += 1;
+        self.pending_count += 1;
+        self.timers.add(at, Timer::Ready(slot));
+    }
+
+    /// Takes a pending task out of the pending count; its line slot or timer
+    /// goes stale.
+    fn leave_pending(&mut self, id: TaskId) {
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        entry.generation = entry.generation.wrapping_add(1);
+        entry.not_before = None;
+        if let Some(depth) = self.depth.get_mut(&entry.target) {
+            *depth = depth.saturating_sub(1);
+        }
+        self.pending_count = self.pending_count.saturating_sub(1);
+    }
+
+    fn is_ready(&self, (id, generation): (TaskId, u32)) -> bool {
+        self.tasks.get(&id).is_some_and(|e| {
+            e.state == TaskState::Pending && e.generation == generation && e.not_before.is_none()
+        })
+    }
+
+    // === Timers ===
+
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Ready((id, generation)) => {
+                    let due = self.tasks.get(&id).is_some_and(|e| {
+                        e.state == TaskState::Pending && e.generation == generation
+                    });
+                    if due {
+                        // Counted as pending while it waited; count it again
+                        // as it enters its line.
+                        self.leave_pending(id);
+                        self.make_pending(id, false);
+                    }
+                }
+                Timer::Expire(id) => {
+                    // Only a task no worker has started expires.
+                    let unstarted = self
+                        .tasks
+                        .get(&id)
+                        .is_some_and(|e| e.state == TaskState::Pending && e.attempts == 0);
+                    if unstarted {
+                        self.leave_pending(id);
+                        self.dead_letter(id, DeadLetterReason::Expired);
+                    }
+                }
+                Timer::TargetTtl(id) => {
+                    let Some(entry) = self.tasks.get(&id) else {
+                        continue;
+                    };
+                    let Target::Client(client) = &entry.target else {
+                        continue;
+                    };
+                    if entry.state != TaskState::Pending {
+                        continue;
+                    }
+                    if self.online.contains(client) {
+                        // Online but busy: it is not undeliverable; look again later.
+                        self.timers
+                            .add(now + self.policy.target_ttl, Timer::TargetTtl(id));
+                    } else {
+                        self.leave_pending(id);
+                        self.dead_letter(id, DeadLetterReason::Undeliverable);
+                    }
+                }
+                Timer::ForgetKey(key) => {
+                    self.idempotency.remove(&key);
+                }
+            }
+        }
+    }
+
+    // === Leasing ===
+
+    fn handle_lease(&mut self, mut request: LeaseRequest) {
+        if request.respond_to.is_closed() || request.max == 0 {
+            return;
+        }
+        // Park even when tasks are ready: dispatch serves waiting sessions in
+        // arrival order, so a late asker never jumps the line.
+        let own = Target::Client(request.client.clone());
+        if self.lines.get(&own).is_some_and(|l| !l.is_empty()) {
+            self.dirty.insert(own);
+        }
+        for queue in request.queues.iter() {
+            let target = Target::Queue(queue.clone());
+            if self.lines.get(&target).is_some_and(|l| !l.is_empty()) {
+                self.dirty.insert(target);
+            }
+        }
+        request.ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let parked_count = self.parked.len() + 1;
+        for queue in request.queues.iter() {
+            let line = self.waiting.entry(queue.clone()).or_default();
+            line.push_back((request.session, request.ticket));
+            // A session parked on several queues but served from one leaves
+            // stale entries behind; sweep them before they pile up.
+            if line.len() > 2 * parked_count + 16 {
+                let parked = &self.parked;
+                let (session, ticket) = (request.session, request.ticket);
+                line.retain(|(s, t)| {
+                    (*s == session && *t == ticket) || parked.get(s).is_some_and(|r| r.ticket == *t)
+                });
+            }
+        }
+        self.waiting_client
+            .insert(request.client.clone(), request.session);
+        self.parked.insert(request.session, request);
+    }
+
+    fn is_current(&self, (session, ticket): (SessionId, u64)) -> bool {
+        self.parked
+            .get(&session)
+            .is_some_and(|r| r.ticket == ticket)
+    }
+
+    /// Hands parked sessions the tasks that became pending (or the sessions
+    /// that arrived) this turn. A burst is split evenly across the sessions
+    /// waiting on its queue, first come first served, instead of filling the
+    /// first session's whole credit.
+    pub(super) fn dispatch(&mut self) {
+        // Serving a session that has gone puts its tasks back in line, which
+        // marks them dirty again; go round until nothing is left to offer.
+        while !self.dirty.is_empty() {
+            for target in std::mem::take(&mut self.dirty) {
+                match target {
+                    Target::Client(client) => self.dispatch_client(client),
+                    Target::Queue(queue) => self.dispatch_queue(queue),
+                }
+            }
+        }
+    }
+
+    fn dispatch_client(&mut self, client: ClientId) {
+        if let Some(session) = self.waiting_client.get(&client).copied()
+            && let Some(request) = self.parked.remove(&session)
+        {
+            let max = request.max as usize;
+            self.serve(request, max);
+        }
+    }
+
+    fn dispatch_queue(&mut self, queue: QueueName) {
+        let target = Target::Queue(queue.clone());
+        let mut waiters = self.waiting.get(&queue).map_or(0, |line| {
+            line.iter().filter(|entry| self.is_current(**entry)).count()
+        });
+        while waiters > 0 {
+            let ready = self.depth.get(&target).copied().unwrap_or(0);
+            if self.lines.get(&target).is_none_or(Line::is_empty) || ready == 0 {
+                break;
+            }
+            let Some(entry) = self.waiting.get_mut(&queue).and_then(VecDeque::pop_front) else {
+                break;
+            };
+            if !self.is_current(entry) {
+                continue;
+            }
+            if let Some(request) = self.parked.remove(&entry.0) {
+                self.serve(request, ready.div_ceil(waiters));
+            }
+            waiters -= 1;
+        }
+    }
+
+    /// Takes up to `max` ready tasks from a line, skipping stale slots.
+    fn take_from(&mut self, target: &Target, max: usize, into: &mut Vec<TaskId>) {
+        while into.len() < max {
+            let Some(slot) = self.lines.get_mut(target).and_then(Line::pop) else {
+                break;
+            };
+            if self.is_ready(slot) {
+                into.push(slot.0);
+            }
+        }
+        if self.lines.get(target).is_some_and(Line::is_empty) {
+            self.lines.remove(target);
+        }
+    }
+
+    /// Answers a lease request with up to `limit` tasks (never more than it
+    /// asked for): the worker's own tasks first, then its queues in order.
+    /// With nothing to give (every slot was stale) the request waits again.
+    fn serve(&mut self, request: LeaseRequest, limit: usize) {
+        if self.waiting_client.get(&request.client) == Some(&request.session) {
+            self.waiting_client.remove(&request.client);
+        }
+        let max = limit.min(request.max as usize);
+        let mut ids = Vec::with_capacity(max.min(64));
+        self.take_from(&Target::Client(request.client.clone()), max, &mut ids);
+        for queue in request.queues.iter() {
+            if ids.len() >= max {
+                break;
+            }
+            self.take_from(&Target::Queue(queue.clone()), max, &mut ids);
+        }
+        if ids.is_empty() {
+            self.handle_lease(request);
+            return;
+        }
+        let mut deliveries = Vec::with_capacity(ids.len());
+        for id in ids {
+            self.leave_pending(id);
+            let Some(entry) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            entry.state = TaskState::Delivered;
+            entry.attempts += 1;
+            entry.worker = Some(request.client.clone());
+            deliveries.push(Delivery {
+                task_id: id,
+                text: entry.text.clone(),
+                payload: entry.payload.clone(),
+                queue: match &entry.target {
+                    Target::Queue(q) => Some(q.clone()),
+                    Target::Client(_) => None,
+                },
+                attempt: entry.attempts,
+                lease: entry.lease,
+                priority: entry.priority,
+                broadcast: entry.broadcast,
+            });
+        }
+        let count = deliveries.len();
+        self.in_flight_count += count;
+        match request.respond_to.send(deliveries) {
+            Ok(()) => self.metrics.dispatched.increment(count as u64),
+            Err(returned) => {
+                // The session ended before the answer reached it: nothing left
+                // the server, so the tasks go back to the front as they were.
+                let ids: Vec<TaskId> = returned.iter().map(|d| d.task_id).collect();
+                self.undo_deliveries(&ids);
+            }
+        }
+    }
+
+    /// Takes back tasks that were leased but never pushed to the worker.
+    fn undo_deliveries(&mut self, ids: &[TaskId]) {
+        for id in ids.iter().rev() {
+            if self.state(*id) != Some(TaskState::Delivered) {
+                continue;
+            }
+            if let Some(entry) = self.tasks.get_mut(id) {
+                entry.attempts = entry.attempts.saturating_sub(1);
+            }
+            self.in_flight_count = self.in_flight_count.saturating_sub(1);
+            self.make_pending(*id, true);
+        }
+    }
+
+    // === Acknowledgements and releases ===
+
+    /// True when `worker` holds attempt `attempt` of the task.
+    fn holds(&self, id: TaskId, worker: &ClientId, attempt: u32) -> bool {
+        self.tasks.get(&id).is_some_and(|e| {
+            e.state == TaskState::Delivered
+                && e.worker.as_ref() == Some(worker)
+                && e.attempts == attempt
+        })
+    }
+
+    fn handle_complete(&mut self, worker: &ClientId, ack: Completion) {
+        // The session checked the ack against what it holds, so a mismatch
+        // here means the task moved on meanwhile; the ack is stale.
+        if !self.holds(ack.task, worker, ack.attempt) {
+            debug!(task.id = %ack.task, client.id = %worker, "stale acknowledgement ignored");
+            return;
+        }
+        let id = ack.task;
+        self.in_flight_count = self.in_flight_count.saturating_sub(1);
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        entry.result = ack.result;
+        match ack.outcome {
+            Outcome::Done => {
+                self.metrics.acked_done.increment(1);
+                entry.state = TaskState::Done;
+                // The payload is not needed once the task is done.
+                entry.payload = Bytes::new();
+                self.finish(id);
+            }
+            Outcome::FailedPermanently => {
+                self.metrics.acked_failed.increment(1);
+                self.dead_letter(id, DeadLetterReason::FailedPermanently);
+            }
+            Outcome::Failed | Outcome::Retry => {
+                let (acked, redelivered) = if ack.outcome == Outcome::Failed {
+                    (&self.metrics.acked_failed, &self.metrics.redelivered_failed)
+                } else {
+                    (&self.metrics.acked_retry, &self.metrics.redelivered_retry)
+                };
+                acked.increment(1);
+                let limits = *self.policy.limits(&entry.target);
+                if entry.attempts >= limits.max_attempts {
+                    self.dead_letter(id, DeadLetterReason::MaxAttempts);
+                    return;
+                }
+                redelivered.increment(1);
+                let delay = match (ack.outcome, ack.retry_after) {
+                    (Outcome::Retry, Some(delay)) => delay.min(limits.retry.max),
+                    _ => limits.retry.delay(entry.attempts),
+                };
+                self.retry_later(id, delay);
+            }
+        }
+    }
+
+    fn retry_later(&mut self, id: TaskId, delay: Duration) {
+        if delay.is_zero() {
+            self.make_pending(id, false);
+            return;
+        }
+        let at_unix_ms = unix_ms(SystemTime::now() + delay);
+        self.make_pending_later(id, Instant::now() + delay, at_unix_ms);
+    }
+
+    fn handle_release(&mut self, release: Release) {
+        let Release {
+            session,
+            worker,
+            delivered,
+            reason,
+            undelivered,
+            session_ended,
+        } = release;
+        if let Some(forget) = session_ended {
+            self.online.remove(&worker);
+            let own = Target::Client(worker.clone());
+            if forget && self.depth.get(&own).is_none_or(|d| *d == 0) {
+                self.known_clients.remove(&worker);
+                self.lines.remove(&own);
+                self.depth.remove(&own);
+            }
+            if let Some(request) = self.parked.remove(&session)
+                && self.waiting_client.get(&request.client) == Some(&session)
+            {
+                self.waiting_client.remove(&request.client);
+            }
+        }
+        self.undo_deliveries(&undelivered);
+        for (id, attempt) in delivered.into_iter().rev() {
+            if !self.holds(id, &worker, attempt) {
+                continue;
+            }
+            self.in_flight_count = self.in_flight_count.saturating_sub(1);
+            let Some(entry) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            let max_attempts = self.policy.limits(&entry.target).max_attempts;
+            if entry.attempts >= max_attempts {
+                entry.result.error = format!(
+                    "{} on attempt {attempt}, the last of max_attempts ({max_attempts})",
+                    match reason {
+                        ReleaseReason::WorkerLost => "worker went away before acknowledging",
+                        ReleaseReason::LeaseExpired => "lease expired",
+                        ReleaseReason::ReceiptMissed => "receipt not confirmed in time",
+                    }
+                );
+                self.dead_letter(id, DeadLetterReason::MaxAttempts);
+            } else {
+                match reason {
+                    ReleaseReason::WorkerLost => &self.metrics.redelivered_worker_lost,
+                    ReleaseReason::LeaseExpired => &self.metrics.redelivered_lease_expired,
+                    ReleaseReason::ReceiptMissed => &self.metrics.redelivered_receipt_missed,
+                }
+                .increment(1);
+                self.make_pending(id, true);
+            }
+        }
+    }
+
+    // === Endings ===
+
+    fn dead_letter(&mut self, id: TaskId, reason: DeadLetterReason) {
+        let seq = self.next_dead_seq;
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        self.next_dead_seq += 1;
+        entry.state = TaskState::DeadLettered;
+        entry.dead_letter = Some((reason, seq));
+        self.dead.insert(seq, id);
+        self.metrics.dead_lettered(reason).increment(1);
+        self.notify_watchers(id);
+    }
+
+    /// Records a done or cancelled task and forgets the oldest ones past the
+    /// retention limit.
+    fn finish(&mut self, id: TaskId) {
+        self.notify_watchers(id);
+        self.finished.push_back(id);
+        while self.finished.len() > self.policy.max_finished_tasks {
+            if let Some(old) = self.finished.pop_front() {
+                self.tasks.remove(&old);
+            }
+        }
+    }
+
+    fn handle_cancel(&mut self, id: TaskId) -> Result<Cancelled, Error> {
+        let state = self.state(id).ok_or(Error::NotFound {
+            what: "task",
+            id: id.to_string(),
+        })?;
+        let holder = match state {
+            TaskState::Pending => {
+                self.leave_pending(id);
+                None
+            }
+            TaskState::Delivered => {
+                self.in_flight_count = self.in_flight_count.saturating_sub(1);
+                self.tasks
+                    .get(&id)
+                    .and_then(|e| Some((e.worker.clone()?, e.attempts)))
+            }
+            TaskState::DeadLettered => {
+                if let Some((_, seq)) = self.tasks.get(&id).and_then(|e| e.dead_letter) {
+                    self.dead.remove(&seq);
+                }
+                None
+            }
+            TaskState::Done | TaskState::Cancelled => {
+                return Err(Error::FailedPrecondition(format!(
+                    "task {id} is already {}",
+                    if state == TaskState::Done {
+                        "done"
+                    } else {
+                        "cancelled"
+                    }
+                )));
+            }
+        };
+        if let Some(entry) = self.tasks.get_mut(&id) {
+            entry.state = TaskState::Cancelled;
+            entry.payload = Bytes::new();
+        }
+        self.metrics.cancelled.increment(1);
+        self.finish(id);
+        Ok(Cancelled {
+            info: self.info(id)?,
+            holder,
+        })
+    }
+
+    fn handle_requeue(&mut self, id: TaskId) -> Result<TaskInfo, Error> {
+        let entry = self.tasks.get(&id).ok_or(Error::NotFound {
+            what: "task",
+            id: id.to_string(),
+        })?;
+        let Some((_, seq)) = entry
+            .dead_letter
+            .filter(|_| entry.state == TaskState::DeadLettered)
+        else {
+            return Err(Error::FailedPrecondition(format!(
+                "task {id} is not dead-lettered"
+            )));
+        };
+        let max_depth = self.policy.limits(&entry.target).max_depth;
+        if self.depth.get(&entry.target).copied().unwrap_or(0) >= max_depth {
+            return Err(Error::ResourceExhausted(format!(
+                "{} is full ({max_depth} pending tasks)",
+                describe(&entry.target)
+            )));
+        }
+        self.dead.remove(&seq);
+        if let Some(entry) = self.tasks.get_mut(&id) {
+            entry.dead_letter = None;
+            entry.attempts = 0;
+        }
+        self.make_pending(id, false);
+        self.info(id)
+    }
+
+    fn dead_letters(&self, queue: Option<&QueueName>, limit: usize) -> Vec<TaskInfo> {
+        self.dead
+            .values()
+            .filter_map(|id| Some((*id, self.tasks.get(id)?)))
+            .filter(|(_, entry)| match queue {
+                None => true,
+                Some(queue) => entry.target == Target::Queue(queue.clone()),
+            })
+            .take(limit)
+            .map(|(id, entry)| entry.info(id))
+            .collect()
+    }
+
+    fn open_broadcast(&mut self) -> Result<BroadcastId, Error> {
+        if self.draining {
+            return Err(Error::ShuttingDown);
+        }
+        let id = BroadcastId::generate();
+        self.broadcasts.insert(id, Vec::new());
+        self.broadcast_order.push_back(id);
+        while self.broadcast_order.len() > MAX_BROADCASTS {
+            if let Some(old) = self.broadcast_order.pop_front() {
+                self.broadcasts.remove(&old);
+            }
+        }
+        Ok(id)
+    }
+
+    fn broadcast_copies(&self, broadcast: BroadcastId) -> Result<Vec<TaskInfo>, Error> {
+        let copies = self.broadcasts.get(&broadcast).ok_or(Error::NotFound {
+            what: "broadcast",
+            id: broadcast.to_string(),
+        })?;
+        Ok(copies.iter().filter_map(|id| self.info(*id).ok()).collect())
+    }
+
+    // === Reads ===
+
+    fn notify_watchers(&mut self, id: TaskId) {
+        if let Some(watchers) = self.watchers.remove(&id) {
+            let info = self.info(id);
+            for watcher in watchers {
+                // A watcher that timed out has dropped its receiver; fine.
+                let _ = watcher.send(info.clone());
+            }
+        }
+    }
+
+    fn handle_watch(&mut self, id: TaskId, respond_to: oneshot::Sender<Result<TaskInfo, Error>>) {
+        match self.info(id) {
+            Ok(info) if !info.state.is_final() => match self.watchers.entry(id) {
+                Entry::Occupied(mut watchers) => {
+                    watchers.get_mut().retain(|w| !w.is_closed());
+                    watchers.get_mut().push(respond_to);
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(vec![respond_to]);
+                }
+            },
+            answer => {
+                let _ = respond_to.send(answer);
+            }
+        }
+    }
+
+    fn state(&self, id: TaskId) -> Option<TaskState> {
+        self.tasks.get(&id).map(|e| e.state)
+    }
+
+    pub(super) fn info(&self, id: TaskId) -> Result<TaskInfo, Error> {
+        self.tasks
+            .get(&id)
+            .map(|entry| entry.info(id))
+            .ok_or(Error::NotFound {
+                what: "task",
+                id: id.to_string(),
+            })
+    }
+}
+
+fn describe(target: &Target) -> String {
+    match target {
+        Target::Queue(queue) => format!("queue {queue}"),
+        Target::Client(client) => format!("the line of tasks for worker {client}"),
+    }
+}

@@ -1,0 +1,164 @@
+//! The queue's two orderings: lines of pending tasks (by priority, then
+//! first in first out) and the timer heap.
+//!
+//! Both are lazy: an entry carries the task's generation when it was added,
+//! and the actor skips entries whose task has moved on since (cancelled,
+//! expired, delivered by another path). That keeps removal O(1) without
+//! searching the lines.
+
+use std::{
+    cmp::{Ordering, Reverse},
+    collections::{BTreeMap, BinaryHeap, VecDeque},
+};
+
+use tokio::time::Instant;
+
+use crate::domain::TaskId;
+
+/// A task's place in a line, valid while the task's generation is `gen`.
+pub(super) type Slot = (TaskId, u32);
+
+/// Pending tasks of one queue (or of one worker), highest priority first,
+/// oldest first within a priority.
+#[derive(Debug, Default)]
+pub(super) struct Line {
+    by_priority: BTreeMap<Reverse<i32>, VecDeque<Slot>>,
+}
+
+impl Line {
+    /// Adds a task at the back of its priority, or at the front (a task that
+    /// was first in line before its delivery failed).
+    pub(super) fn push(&mut self, priority: i32, slot: Slot, front: bool) {
+        let bucket = self.by_priority.entry(Reverse(priority)).or_default();
+        if front {
+            bucket.push_front(slot);
+        } else {
+            bucket.push_back(slot);
+        }
+    }
+
+    /// The next slot, highest priority first. It may be stale.
+    pub(super) fn pop(&mut self) -> Option<Slot> {
+        let mut entry = self.by_priority.first_entry()?;
+        let slot = entry.get_mut().pop_front();
+        if entry.get().is_empty() {
+            entry.remove();
+        }
+        slot
+    }
+
+    /// True when no slot (stale or not) is left.
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_priority.is_empty()
+    }
+}
+
+/// What a timer does when it fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Timer {
+    /// A delayed task (not-before time or retry backoff) may go now.
+    Ready(Slot),
+    /// A task's TTL ran out: dead-letter it unless a worker started it.
+    Expire(TaskId),
+    /// A targeted task has waited its target TTL: dead-letter it if its
+    /// worker is offline.
+    TargetTtl(TaskId),
+    /// An idempotency key's window is over.
+    ForgetKey(String),
+}
+
+#[derive(Debug)]
+struct Entry {
+    at: Instant,
+    seq: u64,
+    timer: Timer,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Timers, earliest first.
+#[derive(Debug, Default)]
+pub(super) struct Timers {
+    heap: BinaryHeap<Reverse<Entry>>,
+    seq: u64,
+}
+
+impl Timers {
+    pub(super) fn add(&mut self, at: Instant, timer: Timer) {
+        self.seq += 1;
+        self.heap.push(Reverse(Entry {
+            at,
+            seq: self.seq,
+            timer,
+        }));
+    }
+
+    /// When the earliest timer fires.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse(entry)| entry.at)
+    }
+
+    /// The earliest timer due at `now`, removed.
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+        if self.next()? > now {
+            return None;
+        }
+        self.heap.pop().map(|Reverse(entry)| entry.timer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Higher priority first; FIFO within a priority; front pushes go first.
+    #[test]
+    fn line_orders_by_priority_then_age() {
+        let ids: Vec<TaskId> = (0..4).map(|_| TaskId::generate()).collect();
+        let mut line = Line::default();
+        line.push(0, (ids[0], 1), false);
+        line.push(5, (ids[1], 1), false);
+        line.push(0, (ids[2], 1), false);
+        line.push(0, (ids[3], 1), true);
+        let order: Vec<TaskId> = std::iter::from_fn(|| line.pop()).map(|s| s.0).collect();
+        assert_eq!(order, vec![ids[1], ids[3], ids[0], ids[2]]);
+        assert!(line.is_empty());
+    }
+
+    /// Timers come out earliest first, and only once due.
+    #[test]
+    fn timers_fire_in_order() {
+        let now = Instant::now();
+        let mut timers = Timers::default();
+        timers.add(now + Duration::from_secs(2), Timer::ForgetKey("b".into()));
+        timers.add(now + Duration::from_secs(1), Timer::ForgetKey("a".into()));
+        assert_eq!(timers.pop_due(now), None);
+        assert_eq!(timers.next(), Some(now + Duration::from_secs(1)));
+        let later = now + Duration::from_secs(3);
+        assert_eq!(timers.pop_due(later), Some(Timer::ForgetKey("a".into())));
+        assert_eq!(timers.pop_due(later), Some(Timer::ForgetKey("b".into())));
+        assert_eq!(timers.pop_due(later), None);
+    }
+}

@@ -1,0 +1,423 @@
+//! The task queue: one actor that owns every accepted task from submit to its
+//! end, which is where rule 2 ("nothing accepted is lost") lives.
+//!
+//! A task is `Pending` (in a named queue or held for one worker, maybe not
+//! before a time), then `Delivered` to one worker, then `Done`,
+//! `DeadLettered` or `Cancelled`. A task whose worker fails it, asks to retry
+//! it, lets its lease or receipt run out, or goes away is `Pending` again.
+//!
+//! Sessions pull: a session asks for up to its free credit with a `Lease`
+//! request, which waits in line until tasks are ready (at the latest, at the
+//! end of the turn in which it arrived). Waiting sessions are served first
+//! come, first served, and a burst is split evenly among them, which shares a
+//! queue fairly among its workers. Every answer goes back on the request's
+//! own `oneshot`, so this actor never sends on a bounded channel and cannot
+//! take part in a cycle. If a session is gone when its answer is sent, the
+//! tasks come straight back; a session hands back what it holds with a
+//! `Release`.
+//!
+//! Timers owned here: delayed tasks (producer's not-before time and retry
+//! backoff), task TTLs, the wait of a task for an offline worker, and
+//! idempotency keys. Execution leases and receipts are timed by the session
+//! that holds the task, which tells the queue when one runs out.
+//!
+//! The interface speaks only of ids and domain values, so a durable store can
+//! later sit under the maps in `actor.rs` without changing any caller.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span};
+
+use crate::{
+    config::Config,
+    domain::{
+        BroadcastId, ClientId, Delivery, NewTask, Outcome, QueueName, SessionId, Target, TaskId,
+        TaskInfo, TaskResult,
+    },
+    error::Error,
+};
+
+mod actor;
+mod lines;
+#[cfg(test)]
+mod tests;
+
+/// Capacity of the queue's inbox. Producers and sessions wait (backpressure)
+/// when it is full; it never drops a message.
+pub const QUEUE_INBOX_CAPACITY: usize = 4096;
+
+/// Retry backoff: `initial * factor^(attempt-1)`, at most `max`, with jitter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay after the first failure.
+    pub initial: Duration,
+    /// Growth per attempt.
+    pub factor: f64,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The delay before the next delivery after `attempts` deliveries, drawn
+    /// at random from the upper half of the exponential delay, so that tasks
+    /// failed together do not come back together.
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let exponent = attempts.saturating_sub(1).min(64) as i32;
+        let full = self.initial.as_secs_f64() * self.factor.powi(exponent);
+        let capped = full.min(self.max.as_secs_f64());
+        Duration::from_secs_f64(capped * (0.5 + fastrand::f64() / 2.0))
+    }
+}
+
+/// One queue's limits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QueueLimits {
+    /// Deliveries before a task is dead-lettered.
+    pub max_attempts: u32,
+    /// Most pending tasks.
+    pub max_depth: usize,
+    /// Backoff after failures.
+    pub retry: RetryPolicy,
+}
+
+/// Everything the queue enforces.
+#[derive(Clone, Debug)]
+pub struct QueuePolicy {
+    /// Done and cancelled tasks kept for `get`/`watch`.
+    pub max_finished_tasks: usize,
+    /// A delivery's lease when the task names none.
+    pub default_lease: Duration,
+    /// The longest lease a task may name.
+    pub max_lease: Duration,
+    /// How long a task waits for its offline target worker.
+    pub target_ttl: Duration,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+    /// Limits of queues without overrides, and of targeted tasks.
+    pub default_limits: QueueLimits,
+    /// Per-queue overrides.
+    pub per_queue: HashMap<QueueName, QueueLimits>,
+}
+
+impl QueuePolicy {
+    /// The policy a config describes (the config is validated already).
+    pub fn from_config(config: &Config) -> Self {
+        let t = &config.tasks;
+        let default_limits = QueueLimits {
+            max_attempts: t.max_attempts,
+            max_depth: t.max_queue_depth,
+            retry: RetryPolicy {
+                initial: Duration::from_millis(t.retry_initial_delay_ms),
+                factor: t.retry_factor,
+                max: Duration::from_millis(t.retry_max_delay_ms),
+            },
+        };
+        let per_queue = config
+            .queues
+            .iter()
+            .filter_map(|(name, q)| {
+                let name = QueueName::parse(name).ok()?;
+                let limits = QueueLimits {
+                    max_attempts: q.max_attempts.unwrap_or(default_limits.max_attempts),
+                    max_depth: q.max_queue_depth.unwrap_or(default_limits.max_depth),
+                    retry: RetryPolicy {
+                        initial: q
+                            .retry_initial_delay_ms
+                            .map_or(default_limits.retry.initial, Duration::from_millis),
+                        factor: q.retry_factor.unwrap_or(default_limits.retry.factor),
+                        max: q
+                            .retry_max_delay_ms
+                            .map_or(default_limits.retry.max, Duration::from_millis),
+                    },
+                };
+                Some((name, limits))
+            })
+            .collect();
+        Self {
+            max_finished_tasks: t.max_finished_tasks,
+            default_lease: Duration::from_secs(t.lease_secs),
+            max_lease: Duration::from_secs(t.max_lease_secs),
+            target_ttl: Duration::from_secs(t.target_ttl_secs),
+            idempotency_window: Duration::from_secs(t.idempotency_window_secs),
+            default_limits,
+            per_queue,
+        }
+    }
+
+    fn limits(&self, target: &Target) -> &QueueLimits {
+        match target {
+            Target::Queue(queue) => self.per_queue.get(queue).unwrap_or(&self.default_limits),
+            Target::Client(_) => &self.default_limits,
+        }
+    }
+}
+
+/// Why tasks are handed back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// The worker went away (stream dropped, expired, resumed without them).
+    WorkerLost,
+    /// The execution lease ran out.
+    LeaseExpired,
+    /// The worker did not confirm receipt in time.
+    ReceiptMissed,
+}
+
+/// Tasks a session hands back to the queue.
+#[derive(Debug)]
+pub struct Release {
+    /// The session.
+    pub session: SessionId,
+    /// Its worker.
+    pub worker: ClientId,
+    /// Tasks pushed to the worker, with their attempts: redelivered.
+    pub delivered: Vec<(TaskId, u32)>,
+    /// Why they come back.
+    pub reason: ReleaseReason,
+    /// Tasks leased but never pushed: back in line, no attempt counted.
+    pub undelivered: Vec<TaskId>,
+    /// Set when the session has ended: its worker is offline now, and (when
+    /// `true`) its id was one the server made up, so no one can target it
+    /// again: forget it unless tasks wait for it.
+    pub session_ended: Option<bool>,
+}
+
+/// One checked acknowledgement.
+#[derive(Debug)]
+pub struct Completion {
+    /// The task.
+    pub task: TaskId,
+    /// The attempt it acknowledges.
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What it produced.
+    pub result: TaskResult,
+    /// With `Retry`: the worker's own delay.
+    pub retry_after: Option<Duration>,
+}
+
+/// What a cancel found.
+#[derive(Debug)]
+pub struct Cancelled {
+    /// The task, now cancelled.
+    pub info: TaskInfo,
+    /// The worker that held it, to be told.
+    pub holder: Option<(ClientId, u32)>,
+}
+
+// === Handle ===
+
+/// Cloneable handle to the queue actor. The actor ends when the last handle drops.
+#[derive(Clone, Debug)]
+pub struct QueueHandle {
+    tx: mpsc::Sender<QueueMsg>,
+}
+
+impl QueueHandle {
+    /// Starts the queue actor on `tracker`.
+    pub fn spawn(policy: QueuePolicy, tracker: &TaskTracker) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_INBOX_CAPACITY);
+        let actor = actor::Queue::new(rx, policy);
+        tracker.spawn(actor.run().instrument(info_span!("queue")));
+        Self { tx }
+    }
+
+    async fn ask<T>(
+        &self,
+        message: impl FnOnce(oneshot::Sender<T>) -> QueueMsg,
+    ) -> Result<T, Error> {
+        let (respond_to, response) = oneshot::channel();
+        self.tx.send(message(respond_to)).await?;
+        Ok(response.await?)
+    }
+
+    /// Accepts tasks; one answer per task, in order.
+    pub async fn submit(&self, tasks: Vec<NewTask>) -> Result<Vec<Result<TaskId, Error>>, Error> {
+        self.ask(|respond_to| QueueMsg::Submit { tasks, respond_to })
+            .await
+    }
+
+    /// Tells the queue a worker is online, so tasks may target it by id.
+    pub async fn attach(&self, client: ClientId) -> Result<(), Error> {
+        Ok(self.tx.send(QueueMsg::Attach { client }).await?)
+    }
+
+    /// Asks for up to `max` tasks for `session`. The answer arrives on the
+    /// returned receiver once tasks are ready; dropping it (or closing it)
+    /// cancels the request and any tasks sent to it come back.
+    pub async fn lease(
+        &self,
+        session: SessionId,
+        client: ClientId,
+        queues: Arc<[QueueName]>,
+        max: u32,
+    ) -> Result<oneshot::Receiver<Vec<Delivery>>, Error> {
+        let (respond_to, response) = oneshot::channel();
+        self.tx
+            .send(QueueMsg::Lease(LeaseRequest {
+                session,
+                client,
+                queues,
+                max,
+                respond_to,
+                ticket: 0,
+            }))
+            .await?;
+        Ok(response)
+    }
+
+    /// Applies acknowledgements a session has checked.
+    pub async fn complete(&self, worker: ClientId, acks: Vec<Completion>) -> Result<(), Error> {
+        Ok(self.tx.send(QueueMsg::Complete { worker, acks }).await?)
+    }
+
+    /// Hands back tasks a session holds.
+    pub async fn release(&self, release: Release) -> Result<(), Error> {
+        Ok(self.tx.send(QueueMsg::Release(release)).await?)
+    }
+
+    /// A task's current state.
+    pub async fn get(&self, task: TaskId) -> Result<TaskInfo, Error> {
+        self.ask(|respond_to| QueueMsg::Get { task, respond_to })
+            .await?
+    }
+
+    /// Resolves when the task is finished (at once if it already is).
+    pub async fn watch(&self, task: TaskId) -> Result<TaskInfo, Error> {
+        self.ask(|respond_to| QueueMsg::Watch { task, respond_to })
+            .await?
+    }
+
+    /// Cancels a task that is not finished.
+    pub async fn cancel(&self, task: TaskId) -> Result<Cancelled, Error> {
+        self.ask(|respond_to| QueueMsg::Cancel { task, respond_to })
+            .await?
+    }
+
+    /// Dead-lettered tasks, oldest first.
+    pub async fn dead_letters(
+        &self,
+        queue: Option<QueueName>,
+        limit: usize,
+    ) -> Result<Vec<TaskInfo>, Error> {
+        self.ask(|respond_to| QueueMsg::DeadLetters {
+            queue,
+            limit,
+            respond_to,
+        })
+        .await
+    }
+
+    /// Puts a dead-lettered task back in line with its attempts reset.
+    pub async fn requeue(&self, task: TaskId) -> Result<TaskInfo, Error> {
+        self.ask(|respond_to| QueueMsg::Requeue { task, respond_to })
+            .await?
+    }
+
+    /// Opens a broadcast; sessions add one copy each with `submit`.
+    pub async fn open_broadcast(&self) -> Result<BroadcastId, Error> {
+        self.ask(|respond_to| QueueMsg::OpenBroadcast { respond_to })
+            .await?
+    }
+
+    /// The copies of a broadcast made so far.
+    pub async fn broadcast_copies(&self, broadcast: BroadcastId) -> Result<Vec<TaskInfo>, Error> {
+        self.ask(|respond_to| QueueMsg::BroadcastCopies {
+            broadcast,
+            respond_to,
+        })
+        .await?
+    }
+
+    /// Stops accepting new tasks; everything already accepted is still served.
+    pub async fn drain(&self) -> Result<(), Error> {
+        Ok(self.tx.send(QueueMsg::Drain).await?)
+    }
+}
+
+/// A broadcast task as sessions receive it, to submit their own copy.
+#[derive(Clone, Debug)]
+pub struct BroadcastTask {
+    /// The broadcast.
+    pub id: BroadcastId,
+    /// Workers of this queue get a copy.
+    pub queue: QueueName,
+    /// The task's text.
+    pub text: String,
+    /// The task's payload.
+    pub payload: Bytes,
+}
+
+// === Messages ===
+
+#[derive(Debug)]
+enum QueueMsg {
+    /// Accept new tasks.
+    Submit {
+        tasks: Vec<NewTask>,
+        respond_to: oneshot::Sender<Vec<Result<TaskId, Error>>>,
+    },
+    /// A worker is online.
+    Attach { client: ClientId },
+    /// A session wants tasks.
+    Lease(LeaseRequest),
+    /// A session applied acknowledgements.
+    Complete {
+        worker: ClientId,
+        acks: Vec<Completion>,
+    },
+    /// A session hands back tasks.
+    Release(Release),
+    /// Read one task.
+    Get {
+        task: TaskId,
+        respond_to: oneshot::Sender<Result<TaskInfo, Error>>,
+    },
+    /// Wait for one task to finish.
+    Watch {
+        task: TaskId,
+        respond_to: oneshot::Sender<Result<TaskInfo, Error>>,
+    },
+    /// Cancel one task.
+    Cancel {
+        task: TaskId,
+        respond_to: oneshot::Sender<Result<Cancelled, Error>>,
+    },
+    /// List dead letters.
+    DeadLetters {
+        queue: Option<QueueName>,
+        limit: usize,
+        respond_to: oneshot::Sender<Vec<TaskInfo>>,
+    },
+    /// Requeue a dead letter.
+    Requeue {
+        task: TaskId,
+        respond_to: oneshot::Sender<Result<TaskInfo, Error>>,
+    },
+    /// Start a broadcast record.
+    OpenBroadcast {
+        respond_to: oneshot::Sender<Result<BroadcastId, Error>>,
+    },
+    /// Read a broadcast's copies.
+    BroadcastCopies {
+        broadcast: BroadcastId,
+        respond_to: oneshot::Sender<Result<Vec<TaskInfo>, Error>>,
+    },
+    /// The server is stopping: refuse new tasks.
+    Drain,
+}
+
+#[derive(Debug)]
+struct LeaseRequest {
+    session: SessionId,
+    client: ClientId,
+    queues: Arc<[QueueName]>,
+    max: u32,
+    respond_to: oneshot::Sender<Vec<Delivery>>,
+    /// Tells a parked request from an older one of the same session.
+    ticket: u64,
+}

@@ -1,0 +1,773 @@
+//! The session actor's loop, state and handlers.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use tokio::{
+    sync::{
+        mpsc::{self, error::TrySendError},
+        oneshot,
+    },
+    time::Instant,
+};
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use super::{
+    GoneReason, Notice, Rejection, SessionDeps, SessionHandle, SessionMsg, SessionTiming,
+    StreamItem,
+};
+use crate::{
+    domain::{
+        AckKind, ClientId, Delivery, NewTask, QueueName, Registration, Resume, SessionId, Target,
+        TaskId, WorkerOp,
+    },
+    metrics::SessionMetrics,
+    proto,
+    queue::{Completion, QueueHandle, Release, ReleaseReason},
+    registry::{RegistryHandle, WorkerStats, unix_ms_now},
+};
+
+/// One task this session's worker holds (or held: a tombstone).
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    task: TaskId,
+    attempt: u32,
+    /// The task's lease length, for extensions that name none.
+    lease: Duration,
+    lease_until: Instant,
+    receipt_until: Option<Instant>,
+    /// Set when the task was taken back. The entry stays (a tombstone) so
+    /// that a seed client's positional acks stay aligned with its tasks.
+    gone: Option<GoneReason>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Deadline {
+    Lease,
+    Receipt,
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum End {
+    /// The worker closed the stream or its connection dropped (and it did
+    /// not resume in time).
+    Disconnected,
+    /// The server drained and this worker acknowledged everything.
+    Drained,
+    /// The server is stopping now (or an actor it needs is gone).
+    Shutdown,
+    /// The stream buffer is full: the worker does not read what it is sent.
+    NotReading,
+    /// The worker was silent past the liveness timeout.
+    Expired,
+    /// A resuming session took over.
+    HandedOver,
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    id: SessionId,
+    client: ClientId,
+    generated_id: bool,
+    queues: Arc<[QueueName]>,
+    max_in_flight: u32,
+    receipts: bool,
+    keepalive: Option<Duration>,
+    timing: SessionTiming,
+    inbox: mpsc::Receiver<SessionMsg>,
+    /// `None` while detached (the stream dropped, waiting for a resume).
+    stream_tx: Option<mpsc::Sender<StreamItem>>,
+    notices: async_broadcast::Receiver<Notice>,
+    pub(super) queue: QueueHandle,
+    pub(super) registry: RegistryHandle,
+    /// Delivered tasks, oldest first (seed acks take the front).
+    held: VecDeque<Held>,
+    /// Entries of `held` that are not tombstones.
+    live: usize,
+    deadlines: BinaryHeap<Reverse<(Instant, Deadline, TaskId, u32)>>,
+    /// The outstanding lease request, if any.
+    lease: Option<oneshot::Receiver<Vec<Delivery>>>,
+    draining: bool,
+    /// A receipt was missed: send nothing new until the worker shows life.
+    suspected: bool,
+    last_heard: Instant,
+    last_sent: Instant,
+    detached_until: Option<Instant>,
+    stats: Arc<WorkerStats>,
+    metrics: SessionMetrics,
+}
+
+impl Session {
+    pub(super) fn new(
+        id: SessionId,
+        registration: Registration,
+        inbox: mpsc::Receiver<SessionMsg>,
+        stream_tx: mpsc::Sender<StreamItem>,
+        notices: async_broadcast::Receiver<Notice>,
+        deps: &SessionDeps,
+        stats: Arc<WorkerStats>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            id,
+            client: registration.client_id,
+            generated_id: registration.generated_id,
+            queues: registration.queues,
+            max_in_flight: registration.max_in_flight,
+            receipts: registration.receipts,
+            keepalive: registration.keepalive,
+            timing: deps.timing,
+            inbox,
+            stream_tx: Some(stream_tx),
+            notices,
+            queue: deps.queue.clone(),
+            registry: deps.registry.clone(),
+            held: VecDeque::new(),
+            live: 0,
+            deadlines: BinaryHeap::new(),
+            lease: None,
+            draining: false,
+            suspected: false,
+            last_heard: now,
+            last_sent: now,
+            detached_until: None,
+            stats,
+            metrics: SessionMetrics::new(),
+        }
+    }
+
+    pub(super) fn client(&self) -> &ClientId {
+        &self.client
+    }
+
+    /// Workers that asked for receipts or keepalives understand messages
+    /// that are not tasks; seed clients never get one.
+    fn extended(&self) -> bool {
+        self.receipts || self.keepalive.is_some()
+    }
+
+    /// Takes over from this worker's previous session: the tasks the resume
+    /// names (at their attempts) stay with the worker, the rest go back.
+    /// Returns how many were kept.
+    pub(super) async fn take_over(
+        &mut self,
+        previous: SessionHandle,
+        resume: Option<Resume>,
+    ) -> usize {
+        let held = match resume {
+            Some(resume) if resume.session == previous.id() => resume.held,
+            _ => Vec::new(),
+        };
+        let resuming = !held.is_empty();
+        let taken = previous.hand_over(held).await;
+        for entry in taken {
+            self.track(entry);
+        }
+        if resuming {
+            self.metrics.sessions_resumed.increment(1);
+            info!(kept = self.live, "session resumed");
+        }
+        self.publish_in_flight();
+        self.live
+    }
+
+    pub(super) async fn run(mut self) {
+        let end = self.serve().await;
+        self.finish(end).await;
+    }
+
+    fn credit(&self) -> u32 {
+        self.max_in_flight.saturating_sub(self.live as u32)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next = self.deadlines.peek().map(|Reverse((at, ..))| *at);
+        let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        if let Some(until) = self.detached_until {
+            consider(until);
+        } else if let Some(keepalive) = self.keepalive {
+            consider(self.last_sent + keepalive);
+            consider(self.last_heard + self.timing.liveness_timeout);
+        }
+        next
+    }
+
+    async fn serve(&mut self) -> End {
+        loop {
+            if self.draining && self.live == 0 {
+                return End::Drained;
+            }
+            let attached = self.stream_tx.is_some();
+            if attached
+                && self.lease.is_none()
+                && !self.draining
+                && !self.suspected
+                && self.credit() > 0
+            {
+                match self
+                    .queue
+                    .lease(
+                        self.id,
+                        self.client.clone(),
+                        self.queues.clone(),
+                        self.credit(),
+                    )
+                    .await
+                {
+                    Ok(lease) => self.lease = Some(lease),
+                    Err(_) => return End::Shutdown,
+                }
+            }
+            let next = self.next_deadline();
+            let lease_slot = &mut self.lease;
+            let lease = async {
+                match lease_slot.as_mut() {
+                    Some(lease) => lease.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let stream_tx = self.stream_tx.clone();
+            let closed = async {
+                match &stream_tx {
+                    Some(tx) => tx.closed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let timer = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                notice = self.notices.recv() => match notice {
+                    Ok(Notice::Drain) => {
+                        self.draining = true;
+                        self.cancel_lease().await;
+                    }
+                    Ok(Notice::ShutdownNow) | Err(async_broadcast::RecvError::Closed) => {
+                        return End::Shutdown;
+                    }
+                    Ok(Notice::Broadcast(task)) => self.take_broadcast_copy(&task).await,
+                    // Drain and shutdown are repeated by the server; a missed
+                    // broadcast means this worker gets no copy of it.
+                    Err(async_broadcast::RecvError::Overflowed(missed)) => {
+                        warn!(missed, "session missed server notices");
+                    }
+                },
+                () = closed => {
+                    if let Some(end) = self.on_stream_closed().await {
+                        return end;
+                    }
+                }
+                msg = self.inbox.recv() => match msg {
+                    Some(msg) => {
+                        if let Some(end) = self.handle(msg).await {
+                            return end;
+                        }
+                    }
+                    // Unreachable while the registry holds our handle; if it
+                    // ever happens, nothing more can reach us, so stop.
+                    None => return End::Shutdown,
+                },
+                deliveries = lease => {
+                    self.lease = None;
+                    match deliveries {
+                        Ok(deliveries) => {
+                            if let Some(end) = self.push(deliveries).await {
+                                return end;
+                            }
+                        }
+                        Err(_) => return End::Shutdown,
+                    }
+                }
+                () = timer => {
+                    if let Some(end) = self.on_deadlines(Instant::now()).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stream is gone. A worker with its own id that holds tasks gets
+    /// the resume grace period; anyone else ends now.
+    async fn on_stream_closed(&mut self) -> Option<End> {
+        self.stream_tx = None;
+        self.cancel_lease().await;
+        let grace = self.timing.resume_grace;
+        if self.generated_id || self.live == 0 || grace.is_zero() || self.draining {
+            return Some(End::Disconnected);
+        }
+        debug!(held = self.live, "stream dropped; waiting for a resume");
+        self.detached_until = Some(Instant::now() + grace);
+        let _ = self.registry.detached(self.client.clone(), self.id).await;
+        None
+    }
+
+    async fn handle(&mut self, msg: SessionMsg) -> Option<End> {
+        match msg {
+            SessionMsg::Apply {
+                ops,
+                stop_at_error,
+                respond_to,
+            } => {
+                let answers = self.apply(ops, stop_at_error).await;
+                let _ = respond_to.send(answers);
+            }
+            SessionMsg::Heard => self.heard(),
+            SessionMsg::Cancelled { task, attempt } => {
+                if let Some(i) = self.position(task)
+                    && self.held[i].attempt == attempt
+                    && self.held[i].gone.is_none()
+                {
+                    self.bury(i, GoneReason::Cancelled);
+                    self.send_cancel(task, attempt);
+                    self.publish_in_flight();
+                }
+            }
+            SessionMsg::HandOver { held, respond_to } => {
+                let kept = self.hand_over(&held).await;
+                let _ = respond_to.send(kept);
+                return Some(End::HandedOver);
+            }
+        }
+        None
+    }
+
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+        self.suspected = false;
+    }
+
+    fn position(&self, task: TaskId) -> Option<usize> {
+        self.held.iter().position(|h| h.task == task)
+    }
+
+    /// Starts tracking a delivered (or taken-over) task.
+    fn track(&mut self, entry: Held) {
+        self.deadlines.push(Reverse((
+            entry.lease_until,
+            Deadline::Lease,
+            entry.task,
+            entry.attempt,
+        )));
+        if let Some(at) = entry.receipt_until {
+            self.deadlines
+                .push(Reverse((at, Deadline::Receipt, entry.task, entry.attempt)));
+        }
+        self.held.push_back(entry);
+        self.live += 1;
+    }
+
+    /// Turns a held task into a tombstone. Tombstones beyond the worker's
+    /// credit are dropped oldest first: they only serve positional acks.
+    fn bury(&mut self, i: usize, why: GoneReason) {
+        self.held[i].gone = Some(why);
+        self.live -= 1;
+        let limit = self.max_in_flight.max(16) as usize;
+        if self.held.len() - self.live > limit
+            && let Some(oldest) = self.held.iter().position(|h| h.gone.is_some())
+        {
+            self.held.remove(oldest);
+        }
+    }
+
+    fn publish_in_flight(&self) {
+        self.stats
+            .in_flight
+            .store(self.live as u32, Ordering::Relaxed);
+    }
+
+    /// Pushes leased tasks down the stream. Returns how the session must
+    /// end if the stream cannot take them; whatever was not pushed has been
+    /// handed back already.
+    async fn push(&mut self, deliveries: Vec<Delivery>) -> Option<End> {
+        let mut end = None;
+        let mut unpushed = Vec::new();
+        let now = Instant::now();
+        for delivery in deliveries {
+            let sent = match (&self.stream_tx, end) {
+                (Some(tx), None) => tx.try_send(Ok(delivery.to_message(self.receipts))),
+                _ => {
+                    unpushed.push(delivery.task_id);
+                    continue;
+                }
+            };
+            match sent {
+                Ok(()) => self.track(Held {
+                    task: delivery.task_id,
+                    attempt: delivery.attempt,
+                    lease: delivery.lease,
+                    lease_until: now + delivery.lease,
+                    receipt_until: self.receipts.then(|| now + self.timing.receipt_timeout),
+                    gone: None,
+                }),
+                Err(TrySendError::Closed(_)) => {
+                    end = Some(End::Disconnected);
+                    unpushed.push(delivery.task_id);
+                }
+                // The buffer has a slot per task the worker may hold, so it
+                // is only full when the worker acks tasks (without ids) that
+                // it has not read. Such a worker is not reading: end it.
+                Err(TrySendError::Full(_)) => {
+                    warn!("worker acknowledges tasks it has not read; ending its session");
+                    end = Some(End::NotReading);
+                    unpushed.push(delivery.task_id);
+                }
+            }
+        }
+        self.last_sent = now;
+        self.publish_in_flight();
+        if !unpushed.is_empty() {
+            self.release(Vec::new(), ReleaseReason::WorkerLost, unpushed, None)
+                .await;
+        }
+        end
+    }
+
+    async fn apply(
+        &mut self,
+        ops: Vec<WorkerOp>,
+        stop_at_error: bool,
+    ) -> Vec<Result<(), Rejection>> {
+        self.heard();
+        let now = Instant::now();
+        let mut answers = Vec::with_capacity(ops.len());
+        let mut completions = Vec::new();
+        for op in ops {
+            let answer = self.apply_one(op, now, &mut completions).await;
+            let refused = answer.is_err();
+            if let Err(Rejection::Stale { .. } | Rejection::Gone { .. }) = &answer {
+                self.metrics.stale_acks_refused.increment(1);
+            }
+            answers.push(answer);
+            if refused && stop_at_error {
+                break;
+            }
+        }
+        if !completions.is_empty() {
+            self.publish_in_flight();
+            self.stats
+                .last_ack_unix_ms
+                .store(unix_ms_now(), Ordering::Relaxed);
+            if self
+                .queue
+                .complete(self.client.clone(), completions)
+                .await
+                .is_err()
+            {
+                warn!("queue stopped before acknowledgements were applied");
+            }
+        }
+        answers
+    }
+
+    /// Finds the entry an op names and checks its attempt.
+    fn find(&self, task: Option<TaskId>, attempt: Option<u32>) -> Result<usize, Rejection> {
+        let i = match task {
+            None => {
+                if self.held.is_empty() {
+                    return Err(Rejection::NothingHeld);
+                }
+                0
+            }
+            Some(task) => self.position(task).ok_or(Rejection::NotHeld(task))?,
+        };
+        let entry = &self.held[i];
+        if let Some(why) = entry.gone {
+            return Err(Rejection::Gone {
+                task: entry.task,
+                why,
+            });
+        }
+        match attempt {
+            Some(given) if given != entry.attempt => Err(Rejection::Stale {
+                task: entry.task,
+                given,
+                held: entry.attempt,
+            }),
+            _ => Ok(i),
+        }
+    }
+
+    async fn apply_one(
+        &mut self,
+        op: WorkerOp,
+        now: Instant,
+        completions: &mut Vec<Completion>,
+    ) -> Result<(), Rejection> {
+        match op {
+            WorkerOp::Ack(ack) => {
+                let found = self.find(ack.task_id, ack.attempt);
+                if let Err(Rejection::Gone { .. }) = found
+                    && ack.task_id.is_none()
+                    && !matches!(ack.kind, AckKind::Receipt)
+                {
+                    // A positional ack consumes the tombstone it lines up with.
+                    self.held.pop_front();
+                }
+                let i = found?;
+                match ack.kind {
+                    AckKind::Receipt => {
+                        self.held[i].receipt_until = None;
+                    }
+                    AckKind::Outcome {
+                        outcome,
+                        result,
+                        retry_after,
+                    } => {
+                        if let Some(entry) = self.held.remove(i) {
+                            self.live -= 1;
+                            completions.push(Completion {
+                                task: entry.task,
+                                attempt: entry.attempt,
+                                outcome,
+                                result,
+                                retry_after,
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            }
+            WorkerOp::Extend {
+                task_id,
+                attempt,
+                lease,
+            } => {
+                let i = self.find(Some(task_id), attempt)?;
+                let entry = &mut self.held[i];
+                let until = now + lease.unwrap_or(entry.lease).min(self.timing.max_lease);
+                entry.lease_until = until;
+                let key = (until, Deadline::Lease, entry.task, entry.attempt);
+                self.deadlines.push(Reverse(key));
+                Ok(())
+            }
+            WorkerOp::Credit(credit) => {
+                self.max_in_flight = credit;
+                // The outstanding request asked for the old credit.
+                self.cancel_lease().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Fires due lease, receipt, liveness, keepalive and resume deadlines.
+    async fn on_deadlines(&mut self, now: Instant) -> Option<End> {
+        if let Some(until) = self.detached_until {
+            if now >= until {
+                debug!("no resume within the grace period");
+                return Some(End::Disconnected);
+            }
+        } else if let Some(keepalive) = self.keepalive {
+            if now >= self.last_heard + self.timing.liveness_timeout {
+                self.metrics.sessions_expired.increment(1);
+                warn!(
+                    timeout_secs = self.timing.liveness_timeout.as_secs(),
+                    "worker went silent; expiring its session"
+                );
+                return Some(End::Expired);
+            }
+            if now >= self.last_sent + keepalive {
+                self.send_control(proto::Kind::Keepalive, None);
+            }
+        }
+        let mut expired = Vec::new();
+        let mut missed = Vec::new();
+        while let Some(Reverse((at, kind, task, attempt))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(i) = self.position(task) else {
+                continue;
+            };
+            let entry = &self.held[i];
+            let current = entry.gone.is_none()
+                && entry.attempt == attempt
+                && match kind {
+                    Deadline::Lease => entry.lease_until == at,
+                    Deadline::Receipt => entry.receipt_until == Some(at),
+                };
+            if !current {
+                continue;
+            }
+            let why = match kind {
+                Deadline::Lease => {
+                    self.metrics.leases_expired.increment(1);
+                    expired.push((task, attempt));
+                    GoneReason::LeaseExpired
+                }
+                Deadline::Receipt => {
+                    self.metrics.receipts_missed.increment(1);
+                    missed.push((task, attempt));
+                    self.suspected = true;
+                    GoneReason::ReceiptMissed
+                }
+            };
+            self.bury(i, why);
+            self.send_cancel(task, attempt);
+        }
+        if !expired.is_empty() || !missed.is_empty() {
+            self.publish_in_flight();
+        }
+        if !expired.is_empty() {
+            self.release(expired, ReleaseReason::LeaseExpired, Vec::new(), None)
+                .await;
+        }
+        if !missed.is_empty() {
+            warn!(tasks = missed.len(), "receipt missed; worker suspected");
+            self.release(missed, ReleaseReason::ReceiptMissed, Vec::new(), None)
+                .await;
+        }
+        None
+    }
+
+    fn send_cancel(&mut self, task: TaskId, attempt: u32) {
+        if self.extended() {
+            self.send_control(proto::Kind::Cancel, Some((task, attempt)));
+        }
+    }
+
+    /// Sends a keepalive or cancel message if the stream has room; both are
+    /// hints, so a full buffer (the worker is busy reading tasks) skips them.
+    fn send_control(&mut self, kind: proto::Kind, task: Option<(TaskId, u32)>) {
+        let Some(tx) = &self.stream_tx else {
+            return;
+        };
+        let (task_id, attempt) = task.map_or((String::new(), 0), |(t, a)| (t.to_string(), a));
+        let message = proto::ServerMsg {
+            kind: kind.into(),
+            task_id,
+            attempt,
+            ..Default::default()
+        };
+        let _ = tx.try_send(Ok(message));
+        self.last_sent = Instant::now();
+    }
+
+    /// A server-wide broadcast: workers of its queue submit themselves a copy.
+    async fn take_broadcast_copy(&mut self, task: &crate::queue::BroadcastTask) {
+        if self.stream_tx.is_none() || self.draining || !self.queues.contains(&task.queue) {
+            return;
+        }
+        let copy = NewTask {
+            target: Some(Target::Client(self.client.clone())),
+            text: task.text.clone(),
+            payload: task.payload.clone(),
+            broadcast: Some(task.id),
+            ..Default::default()
+        };
+        match self.queue.submit(vec![copy]).await {
+            Ok(mut answers) => {
+                if let Some(Err(error)) = answers.pop() {
+                    warn!(%error, broadcast.id = %task.id, "broadcast copy refused");
+                }
+            }
+            Err(error) => warn!(%error, "queue stopped before a broadcast copy was made"),
+        }
+    }
+
+    /// Gives a resuming session the tasks it names; releases the rest.
+    async fn hand_over(&mut self, claimed: &[(TaskId, u32)]) -> Vec<Held> {
+        self.cancel_lease().await;
+        let mut kept = Vec::new();
+        let mut lost = Vec::new();
+        for entry in self.held.drain(..) {
+            if entry.gone.is_some() {
+                continue;
+            }
+            if claimed.contains(&(entry.task, entry.attempt)) {
+                kept.push(entry);
+            } else {
+                lost.push((entry.task, entry.attempt));
+            }
+        }
+        self.live = 0;
+        if !lost.is_empty() {
+            self.release(lost, ReleaseReason::WorkerLost, Vec::new(), None)
+                .await;
+        }
+        kept
+    }
+
+    async fn release(
+        &self,
+        delivered: Vec<(TaskId, u32)>,
+        reason: ReleaseReason,
+        undelivered: Vec<TaskId>,
+        session_ended: Option<bool>,
+    ) {
+        let release = Release {
+            session: self.id,
+            worker: self.client.clone(),
+            delivered,
+            reason,
+            undelivered,
+            session_ended,
+        };
+        if let Err(error) = self.queue.release(release).await {
+            warn!(%error, "queue stopped before tasks were handed back");
+        }
+    }
+
+    /// Withdraws the outstanding lease request. Tasks already sent to it
+    /// never reached the worker and go straight back.
+    async fn cancel_lease(&mut self) {
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        lease.close();
+        if let Ok(deliveries) = lease.try_recv() {
+            let ids = deliveries.iter().map(|d| d.task_id).collect();
+            self.release(Vec::new(), ReleaseReason::WorkerLost, ids, None)
+                .await;
+        }
+    }
+
+    async fn finish(mut self, end: End) {
+        self.cancel_lease().await;
+        let held: Vec<(TaskId, u32)> = self
+            .held
+            .drain(..)
+            .filter(|h| h.gone.is_none())
+            .map(|h| (h.task, h.attempt))
+            .collect();
+        debug!(?end, held = held.len(), "session ending");
+        self.live = 0;
+        self.publish_in_flight();
+        if end != End::HandedOver {
+            self.release(
+                held,
+                ReleaseReason::WorkerLost,
+                Vec::new(),
+                Some(self.generated_id),
+            )
+            .await;
+            let _ = self
+                .registry
+                .session_closed(self.client.clone(), self.id)
+                .await;
+        }
+        let status = match end {
+            End::Drained | End::Shutdown => Status::unavailable("server is shutting down"),
+            End::Expired => Status::unavailable(format!(
+                "no message from this worker for {} s; its tasks were redelivered",
+                self.timing.liveness_timeout.as_secs()
+            )),
+            End::Disconnected | End::NotReading | End::HandedOver => return,
+        };
+        // The worker is still reading: tell it why the stream ends.
+        if let Some(tx) = &self.stream_tx {
+            let _ = tx.try_send(Err(status));
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The session: one actor per worker session (a getTask stream, and the
+//! grace period after it drops). It owns the worker's credit, asks the queue
+//! for tasks only while it has credit, pushes them down the stream, and times
+//! what it holds: each delivery's execution lease and receipt, the worker's
+//! liveness, and the stream's keepalives.
+//!
+//! Every acknowledgement, receipt, extension and credit change reaches the
+//! session that holds the task (from tellResult or sendStatus handlers, on
+//! this session's inbox with a `oneshot` for the answer), so fencing by
+//! attempt needs no extra round trip.
+//!
+//! However the session ends (the worker leaves, crashes, goes silent or does
+//! not resume in time; the server drains), it hands every task it holds back
+//! to the queue before it exits. A worker that resumes takes over the tasks
+//! it still holds instead.
+//!
+//! Talks to: the queue (lease, complete, release, submit of broadcast copies)
+//! and the registry (detached, closed), both over their bounded inboxes;
+//! neither ever sends back to a session on a bounded channel.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+use tracing::{Instrument, info_span};
+
+use crate::{
+    domain::{ClientId, Registration, SessionId, TaskId, WorkerOp},
+    error::Error,
+    proto,
+    queue::{BroadcastTask, QueueHandle},
+    registry::{RegistryHandle, WorkerRecord, WorkerStats},
+};
+
+mod actor;
+
+use actor::{Held, Session};
+
+/// Capacity of a session's inbox (operations from tellResult and sendStatus
+/// handlers, cancellations).
+pub const SESSION_INBOX_CAPACITY: usize = 64;
+
+/// The item type of a getTask response stream.
+pub type StreamItem = Result<proto::ServerMsg, Status>;
+
+/// Server-wide notices, broadcast to every session.
+#[derive(Clone, Debug)]
+pub enum Notice {
+    /// Take no new tasks; end once everything held is acknowledged.
+    Drain,
+    /// End now, handing back whatever is held.
+    ShutdownNow,
+    /// Workers of this queue each submit themselves a copy of this task.
+    Broadcast(Arc<BroadcastTask>),
+}
+
+/// Why a session refused an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// This session holds no task with that id.
+    NotHeld(TaskId),
+    /// An ack without a task id, but nothing is unacknowledged.
+    NothingHeld,
+    /// The attempt named is not the one this worker holds.
+    Stale {
+        /// The task.
+        task: TaskId,
+        /// The attempt the worker named.
+        given: u32,
+        /// The attempt it holds.
+        held: u32,
+    },
+    /// The task was taken back from this worker.
+    Gone {
+        /// The task.
+        task: TaskId,
+        /// Why.
+        why: GoneReason,
+    },
+    /// The session has ended.
+    SessionEnded,
+}
+
+/// Why a session no longer holds a task it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneReason {
+    /// Its execution lease ran out.
+    LeaseExpired,
+    /// Its receipt did not come in time.
+    ReceiptMissed,
+    /// A producer cancelled it.
+    Cancelled,
+}
+
+impl GoneReason {
+    fn describe(self) -> &'static str {
+        match self {
+            GoneReason::LeaseExpired => "its lease expired",
+            GoneReason::ReceiptMissed => "its receipt was not confirmed in time",
+            GoneReason::Cancelled => "it was cancelled",
+        }
+    }
+}
+
+impl Rejection {
+    /// The error for a rejection the session can explain alone; `NotHeld`
+    /// needs the queue's view and is explained by the caller.
+    pub fn into_error(self) -> Error {
+        match self {
+            Rejection::NotHeld(task) => {
+                Error::FailedPrecondition(format!("task {task} is not held by this worker"))
+            }
+            Rejection::NothingHeld => Error::FailedPrecondition(
+                "this worker holds no unacknowledged task for an ack without task_id".into(),
+            ),
+            Rejection::Stale { task, given, held } => Error::FailedPrecondition(format!(
+                "attempt {given} of task {task} is not current; this worker holds attempt {held}"
+            )),
+            Rejection::Gone { task, why } => Error::FailedPrecondition(format!(
+                "task {task} was taken back from this worker: {}",
+                why.describe()
+            )),
+            Rejection::SessionEnded => Error::FailedPrecondition(
+                "this worker's session has ended; its tasks were handed back".into(),
+            ),
+        }
+    }
+}
+
+/// Session timing, from the `[workers]` config.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionTiming {
+    /// How long a worker has to confirm receipt.
+    pub receipt_timeout: Duration,
+    /// How long a keepalive worker may stay silent.
+    pub liveness_timeout: Duration,
+    /// How long a dropped worker's tasks wait for it to resume.
+    pub resume_grace: Duration,
+    /// The longest lease an extension may ask for.
+    pub max_lease: Duration,
+}
+
+/// What a session needs from the rest of the server.
+#[derive(Clone, Debug)]
+pub struct SessionDeps {
+    /// The task queue.
+    pub queue: QueueHandle,
+    /// The worker registry.
+    pub registry: RegistryHandle,
+    /// Where sessions are spawned and awaited at shutdown.
+    pub tracker: TaskTracker,
+    /// Timeouts.
+    pub timing: SessionTiming,
+}
+
+/// A started session, as getTask answers it.
+#[derive(Debug)]
+pub struct Started {
+    /// The worker's id.
+    pub client: ClientId,
+    /// The session's id, for a later resume.
+    pub session: SessionId,
+    /// How many held tasks a resume kept (0 without a resume).
+    pub resumed: usize,
+}
+
+// === Handle ===
+
+/// Cloneable handle to one session.
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    tx: mpsc::Sender<SessionMsg>,
+    id: SessionId,
+    client: ClientId,
+}
+
+impl SessionHandle {
+    /// Registers the worker and starts its session, which pushes into
+    /// `stream_tx`. A resuming worker takes over the tasks it still holds from
+    /// its earlier session. `notices` must be subscribed before the caller
+    /// checked that the server is not draining, so no notice is missed.
+    pub async fn start(
+        registration: Registration,
+        peer: Option<SocketAddr>,
+        stream_tx: mpsc::Sender<StreamItem>,
+        notices: async_broadcast::Receiver<Notice>,
+        deps: &SessionDeps,
+    ) -> Result<Started, Error> {
+        let (tx, inbox) = mpsc::channel(SESSION_INBOX_CAPACITY);
+        let handle = Self {
+            tx,
+            id: SessionId::generate(),
+            client: registration.client_id.clone(),
+        };
+        let stats = Arc::new(WorkerStats::default());
+        let record = WorkerRecord {
+            client: registration.client_id.clone(),
+            generated_id: registration.generated_id,
+            session: handle.clone(),
+            peer,
+            queues: registration.queues.clone(),
+            max_in_flight: registration.max_in_flight,
+            stats: stats.clone(),
+        };
+        let span =
+            info_span!("session", client.id = %registration.client_id, session.id = %handle.id);
+        let resume = registration.resume.clone();
+        let mut session = Session::new(
+            handle.id,
+            registration,
+            inbox,
+            stream_tx,
+            notices,
+            deps,
+            stats,
+        );
+        // Registration runs in the session's own task, so a caller that goes
+        // away mid-start (a reset stream, an expired deadline) cannot leave a
+        // registered worker without a session: once registered, the session
+        // runs, sees its stream gone, and ends itself.
+        let (started_tx, started) = oneshot::channel();
+        let started_info = (handle.client.clone(), handle.id);
+        deps.tracker.spawn(
+            async move {
+                let previous = match session
+                    .registry
+                    .register(record, resume.as_ref().map(|r| r.session))
+                    .await
+                {
+                    Ok(previous) => previous,
+                    Err(error) => {
+                        let _ = started_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let resumed = match previous {
+                    Some(previous) => session.take_over(previous, resume).await,
+                    None => 0,
+                };
+                // A queue that is gone ends the session at its first lease.
+                let _ = session.queue.attach(session.client().clone()).await;
+                let _ = started_tx.send(Ok(resumed));
+                session.run().await;
+            }
+            .instrument(span),
+        );
+        let resumed = started.await??;
+        Ok(Started {
+            client: started_info.0,
+            session: started_info.1,
+            resumed,
+        })
+    }
+
+    /// This session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The worker this session serves.
+    pub fn client(&self) -> &ClientId {
+        &self.client
+    }
+
+    /// Applies operations in order, answering each. With `stop_at_error`
+    /// (tellResult) nothing after the first refused operation is applied.
+    pub async fn apply(
+        &self,
+        ops: Vec<WorkerOp>,
+        stop_at_error: bool,
+    ) -> Result<Vec<Result<(), Rejection>>, Rejection> {
+        let (respond_to, response) = oneshot::channel();
+        self.tx
+            .send(SessionMsg::Apply {
+                ops,
+                stop_at_error,
+                respond_to,
+            })
+            .await
+            .map_err(|_| Rejection::SessionEnded)?;
+        response.await.map_err(|_| Rejection::SessionEnded)
+    }
+
+    /// The worker was heard from (a status report or heartbeat). Dropped if
+    /// the inbox is full: the inbox then holds proof of life already.
+    pub fn heard(&self) {
+        let _ = self.tx.try_send(SessionMsg::Heard);
+    }
+
+    /// A producer cancelled a task this session's worker holds.
+    pub async fn cancelled(&self, task: TaskId, attempt: u32) {
+        // A session that has ended already handed the task back; the queue
+        // has it as cancelled either way.
+        let _ = self.tx.send(SessionMsg::Cancelled { task, attempt }).await;
+    }
+
+    /// A resuming session takes over the tasks of `held` that this (old)
+    /// session still holds; the rest go back to the queue and this session
+    /// ends.
+    async fn hand_over(&self, held: Vec<(TaskId, u32)>) -> Vec<Held> {
+        let (respond_to, response) = oneshot::channel();
+        if self
+            .tx
+            .send(SessionMsg::HandOver { held, respond_to })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        response.await.unwrap_or_default()
+    }
+}
+
+// === Messages ===
+
+#[derive(Debug)]
+enum SessionMsg {
+    /// Operations from the worker's tellResult or sendStatus call.
+    Apply {
+        ops: Vec<WorkerOp>,
+        stop_at_error: bool,
+        respond_to: oneshot::Sender<Vec<Result<(), Rejection>>>,
+    },
+    /// The worker reported status.
+    Heard,
+    /// A producer cancelled a task this worker holds.
+    Cancelled { task: TaskId, attempt: u32 },
+    /// A new session of the same worker takes over.
+    HandOver {
+        held: Vec<(TaskId, u32)>,
+        respond_to: oneshot::Sender<Vec<Held>>,
+    },
+}
