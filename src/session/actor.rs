@@ -618,6 +618,9 @@ impl Session {
         }
         if !expired.is_empty() || !missed.is_empty() {
             self.publish_in_flight();
+            // Withdraw our own waiting request first, so the tasks go to
+            // another worker if one is waiting rather than straight back here.
+            self.cancel_lease().await;
         }
         if !expired.is_empty() {
             self.release(expired, ReleaseReason::LeaseExpired, Vec::new(), None)

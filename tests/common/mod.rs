@@ -7,7 +7,10 @@ use std::{future::Future, time::Duration};
 
 use contact_server::{
     Config, Listeners, RunningServer,
-    domain::{CLIENT_ID_KEY, MAX_IN_FLIGHT_KEY, QUEUES_KEY},
+    domain::{
+        CLIENT_ID_KEY, KEEPALIVE_MS_KEY, MAX_IN_FLIGHT_KEY, QUEUES_KEY, RECEIPTS_KEY, RESUMED_KEY,
+        SESSION_ID_KEY,
+    },
     proto::{
         self, Outcome,
         contact_client::ContactClient,
@@ -198,6 +201,10 @@ pub struct WorkerOptions {
     pub id: Option<String>,
     pub queues: Option<String>,
     pub max_in_flight: Option<u32>,
+    pub receipts: bool,
+    pub keepalive_ms: Option<u64>,
+    /// Resume this session, claiming these (task id, attempt) pairs.
+    pub resume: Option<(String, Vec<(String, u32)>)>,
 }
 
 impl WorkerOptions {
@@ -217,6 +224,48 @@ impl WorkerOptions {
         self.queues = Some(queues.into());
         self
     }
+
+    pub fn receipts(mut self) -> Self {
+        self.receipts = true;
+        self
+    }
+
+    pub fn keepalive_ms(mut self, ms: u64) -> Self {
+        self.keepalive_ms = Some(ms);
+        self
+    }
+
+    pub fn resume(mut self, session: &str, held: &[(&str, u32)]) -> Self {
+        let held = held.iter().map(|(t, a)| (t.to_string(), *a)).collect();
+        self.resume = Some((session.into(), held));
+        self
+    }
+}
+
+/// A sendStatus call used as a control channel: one reply per message.
+pub struct Control {
+    tx: mpsc::Sender<proto::ClientMsg>,
+    replies: Streaming<proto::Result>,
+}
+
+impl Control {
+    pub async fn send(&mut self, message: proto::ClientMsg) -> proto::Result {
+        within("queueing a control message", self.tx.send(message))
+            .await
+            .unwrap();
+        within("a control reply", self.replies.message())
+            .await
+            .unwrap()
+            .expect("sendStatus ended")
+    }
+
+    pub async fn op(&mut self, op: proto::client_msg::Op) -> proto::Result {
+        self.send(proto::ClientMsg {
+            op: Some(op),
+            ..Default::default()
+        })
+        .await
+    }
 }
 
 /// A worker speaking the extended protocol: getTask with metadata and a
@@ -225,6 +274,8 @@ pub struct TestWorker {
     pub id: String,
     pub client: ContactClient<Channel>,
     pub stream: Streaming<proto::ServerMsg>,
+    pub session_id: String,
+    pub resumed: usize,
     acks: Option<mpsc::Sender<proto::Result>>,
     ack_call: tokio::task::JoinHandle<Result<tonic::Response<proto::Empty>, Status>>,
 }
@@ -236,7 +287,30 @@ impl TestWorker {
 
     pub async fn try_connect(server: &TestServer, options: WorkerOptions) -> Result<Self, Status> {
         let mut client = ContactClient::new(server.channel().await);
-        let mut request = Request::new(proto::Empty::default());
+        let body = match &options.resume {
+            None => proto::Empty::default(),
+            Some((session, held)) => proto::Empty {
+                resume_session_id: session.clone(),
+                held: held
+                    .iter()
+                    .map(|(task_id, attempt)| proto::HeldTask {
+                        task_id: task_id.clone(),
+                        attempt: *attempt,
+                    })
+                    .collect(),
+            },
+        };
+        let mut request = Request::new(body);
+        if options.receipts {
+            request
+                .metadata_mut()
+                .insert(RECEIPTS_KEY, "true".parse().unwrap());
+        }
+        if let Some(ms) = options.keepalive_ms {
+            request
+                .metadata_mut()
+                .insert(KEEPALIVE_MS_KEY, ms.to_string().parse().unwrap());
+        }
         if let Some(id) = &options.id {
             request
                 .metadata_mut()
@@ -260,6 +334,16 @@ impl TestWorker {
             .to_str()
             .unwrap()
             .to_owned();
+        let header = |key: &str| {
+            response
+                .metadata()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let session_id = header(SESSION_ID_KEY);
+        let resumed = header(RESUMED_KEY).parse().unwrap_or(0);
         let stream = response.into_inner();
         let (acks, acks_rx) = mpsc::channel(1024);
         let mut ack_request = Request::new(ReceiverStream::new(acks_rx));
@@ -272,9 +356,25 @@ impl TestWorker {
             id,
             client,
             stream,
+            session_id,
+            resumed,
             acks: Some(acks),
             ack_call,
         })
+    }
+
+    /// Opens a sendStatus control channel on this worker's connection.
+    pub async fn control(&self) -> Control {
+        let (tx, rx) = mpsc::channel(16);
+        let mut request = Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert(CLIENT_ID_KEY, self.id.parse().unwrap());
+        let replies = within("sendStatus", self.client.clone().send_status(request))
+            .await
+            .unwrap()
+            .into_inner();
+        Control { tx, replies }
     }
 
     /// The next pushed task.
