@@ -607,3 +607,32 @@ async fn idempotent_submit_returns_the_first_task() {
     );
     server.stop().await;
 }
+
+/// A task whose lease ran out comes back to the same worker when no other
+/// is waiting; the new attempt is the worker's to finish, the old one is not.
+#[tokio::test]
+async fn a_task_can_return_to_the_worker_that_let_its_lease_lapse() {
+    let server = TestServer::start().await;
+    let mut worker = TestWorker::connect(&server, WorkerOptions::id("only").max_in_flight(1)).await;
+    let id = submit(
+        &server,
+        v1::SubmitRequest {
+            text: "again".into(),
+            lease_ms: 200,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(worker.next_task().await.attempt, 1);
+    let again = worker.next_task().await;
+    assert_eq!((again.task_id.as_str(), again.attempt), (id.as_str(), 2));
+    let mut control = worker.control().await;
+    assert_eq!(
+        control.op(ack_op(&id, 1)).await.code,
+        Code::FailedPrecondition as i32
+    );
+    assert_eq!(control.op(ack_op(&id, 2)).await.code, 0);
+    assert_eq!(server.wait_finished(&id).await.attempts, 2);
+    server.stop().await;
+}

@@ -324,8 +324,7 @@ impl Session {
             }
             SessionMsg::Heard => self.heard(),
             SessionMsg::Cancelled { task, attempt } => {
-                if let Some(i) = self.position(task)
-                    && self.held[i].attempt == attempt
+                if let Some(i) = self.position_of(task, attempt)
                     && self.held[i].gone.is_none()
                 {
                     self.bury(i, GoneReason::Cancelled);
@@ -347,8 +346,20 @@ impl Session {
         self.suspected = false;
     }
 
+    /// The entry for `task`: the live one if any, else its latest
+    /// tombstone. The same task can be here twice, dead and alive, when it
+    /// came back to this worker after its lease ran out.
     fn position(&self, task: TaskId) -> Option<usize> {
-        self.held.iter().position(|h| h.task == task)
+        self.held
+            .iter()
+            .position(|h| h.task == task && h.gone.is_none())
+            .or_else(|| self.held.iter().rposition(|h| h.task == task))
+    }
+
+    fn position_of(&self, task: TaskId, attempt: u32) -> Option<usize> {
+        self.held
+            .iter()
+            .position(|h| h.task == task && h.attempt == attempt)
     }
 
     /// Starts tracking a delivered (or taken-over) task.
@@ -587,12 +598,11 @@ impl Session {
                 break;
             }
             self.deadlines.pop();
-            let Some(i) = self.position(task) else {
+            let Some(i) = self.position_of(task, attempt) else {
                 continue;
             };
             let entry = &self.held[i];
             let current = entry.gone.is_none()
-                && entry.attempt == attempt
                 && match kind {
                     Deadline::Lease => entry.lease_until == at,
                     Deadline::Receipt => entry.receipt_until == Some(at),
