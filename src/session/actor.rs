@@ -1,8 +1,7 @@
 //! The session actor's loop, state and handlers.
 
 use std::{
-    cmp::Reverse,
-    collections::{BinaryHeap, VecDeque},
+    collections::{BTreeSet, VecDeque},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -90,7 +89,8 @@ pub(crate) struct Session {
     held: VecDeque<Held>,
     /// Entries of `held` that are not tombstones.
     live: usize,
-    deadlines: BinaryHeap<Reverse<(Instant, Deadline, TaskId, u32)>>,
+    /// Lease and receipt deadlines of held tasks, earliest first.
+    deadlines: BTreeSet<(Instant, Deadline, TaskId, u32)>,
     /// The outstanding lease request, if any.
     lease: Option<oneshot::Receiver<Vec<Delivery>>>,
     draining: bool,
@@ -130,7 +130,7 @@ impl Session {
             registry: deps.registry.clone(),
             held: VecDeque::new(),
             live: 0,
-            deadlines: BinaryHeap::new(),
+            deadlines: BTreeSet::new(),
             lease: None,
             draining: false,
             suspected: false,
@@ -187,7 +187,7 @@ impl Session {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut next = self.deadlines.peek().map(|Reverse((at, ..))| *at);
+        let mut next = self.deadlines.first().map(|(at, ..)| *at);
         let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         if let Some(until) = self.detached_until {
             consider(until);
@@ -364,23 +364,36 @@ impl Session {
 
     /// Starts tracking a delivered (or taken-over) task.
     fn track(&mut self, entry: Held) {
-        self.deadlines.push(Reverse((
-            entry.lease_until,
-            Deadline::Lease,
-            entry.task,
-            entry.attempt,
-        )));
-        if let Some(at) = entry.receipt_until {
-            self.deadlines
-                .push(Reverse((at, Deadline::Receipt, entry.task, entry.attempt)));
-        }
+        self.schedule(&entry);
         self.held.push_back(entry);
         self.live += 1;
+    }
+
+    fn schedule(&mut self, entry: &Held) {
+        let (task, attempt) = (entry.task, entry.attempt);
+        self.deadlines
+            .insert((entry.lease_until, Deadline::Lease, task, attempt));
+        if let Some(at) = entry.receipt_until {
+            self.deadlines
+                .insert((at, Deadline::Receipt, task, attempt));
+        }
+    }
+
+    fn unschedule(&mut self, entry: &Held) {
+        let (task, attempt) = (entry.task, entry.attempt);
+        self.deadlines
+            .remove(&(entry.lease_until, Deadline::Lease, task, attempt));
+        if let Some(at) = entry.receipt_until {
+            self.deadlines
+                .remove(&(at, Deadline::Receipt, task, attempt));
+        }
     }
 
     /// Turns a held task into a tombstone. Tombstones beyond the worker's
     /// credit are dropped oldest first: they only serve positional acks.
     fn bury(&mut self, i: usize, why: GoneReason) {
+        let entry = self.held[i].clone();
+        self.unschedule(&entry);
         self.held[i].gone = Some(why);
         self.live -= 1;
         let limit = self.max_in_flight.max(16) as usize;
@@ -528,7 +541,11 @@ impl Session {
                 let i = found?;
                 match ack.kind {
                     AckKind::Receipt => {
-                        self.held[i].receipt_until = None;
+                        if let Some(at) = self.held[i].receipt_until.take() {
+                            let entry = &self.held[i];
+                            let key = (at, Deadline::Receipt, entry.task, entry.attempt);
+                            self.deadlines.remove(&key);
+                        }
                     }
                     AckKind::Outcome {
                         outcome,
@@ -536,6 +553,7 @@ impl Session {
                         retry_after,
                     } => {
                         if let Some(entry) = self.held.remove(i) {
+                            self.unschedule(&entry);
                             self.live -= 1;
                             completions.push(Completion {
                                 task: entry.task,
@@ -556,10 +574,17 @@ impl Session {
             } => {
                 let i = self.find(Some(task_id), attempt)?;
                 let entry = &mut self.held[i];
+                let old = (
+                    entry.lease_until,
+                    Deadline::Lease,
+                    entry.task,
+                    entry.attempt,
+                );
                 let until = now + lease.unwrap_or(entry.lease).min(self.timing.max_lease);
                 entry.lease_until = until;
-                let key = (until, Deadline::Lease, entry.task, entry.attempt);
-                self.deadlines.push(Reverse(key));
+                let new = (until, Deadline::Lease, entry.task, entry.attempt);
+                self.deadlines.remove(&old);
+                self.deadlines.insert(new);
                 Ok(())
             }
             WorkerOp::Credit(credit) => {
@@ -593,11 +618,11 @@ impl Session {
         }
         let mut expired = Vec::new();
         let mut missed = Vec::new();
-        while let Some(Reverse((at, kind, task, attempt))) = self.deadlines.peek().copied() {
+        while let Some((at, kind, task, attempt)) = self.deadlines.first().copied() {
             if at > now {
                 break;
             }
-            self.deadlines.pop();
+            self.deadlines.pop_first();
             let Some(i) = self.position_of(task, attempt) else {
                 continue;
             };
