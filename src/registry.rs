@@ -291,7 +291,10 @@ impl Registry {
         resume: Option<SessionId>,
     ) -> Result<Option<SessionHandle>, Error> {
         let previous = match self.workers.get(&record.client) {
-            Some(existing) if existing.detached => {
+            // A detached session waits for its worker; a worker that names
+            // its session proves it owns it, even if the old stream has not
+            // been seen to drop yet (a half-open connection).
+            Some(existing) if existing.detached || resume == Some(existing.record.session.id()) => {
                 let previous = existing.record.session.clone();
                 self.workers.remove(&record.client);
                 Some(previous)

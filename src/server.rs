@@ -158,10 +158,10 @@ async fn run(
     let queue = QueueHandle::spawn(QueuePolicy::from_config(&config), &actors);
     let registry = RegistryHandle::spawn(index.clone(), &actors);
     let (mut notice_tx, notice_rx) = async_broadcast::broadcast(NOTICE_CAPACITY);
-    // Never block the broadcaster on a slow session (one that falls this far
-    // behind misses a broadcast copy), and do not wait for a session to
-    // exist before broadcasting.
-    notice_tx.set_overflow(true);
+    // No notice is ever dropped: a broadcaster waits for a session that is
+    // this far behind (sessions read notices before anything else). Nor does
+    // it wait for a session to exist.
+    notice_tx.set_overflow(false);
     notice_tx.set_await_active(false);
     let draining = CancellationToken::new();
     let stopping = CancellationToken::new();

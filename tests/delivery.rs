@@ -308,22 +308,10 @@ async fn dropped_worker_resumes_what_it_holds() {
     let session = first.session_id.clone();
     drop(first);
 
-    // Until the drop is noticed the old session is attached; retry on
-    // ALREADY_EXISTS, bounded by the harness timeout.
-    let resumed = within("resume", async {
-        loop {
-            let options = WorkerOptions::id("r").resume(&session, &[(kept.as_str(), 1)]);
-            match TestWorker::try_connect(&server, options).await {
-                Ok(worker) => return worker,
-                Err(status) if status.code() == Code::AlreadyExists => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                Err(status) => panic!("{status:?}"),
-            }
-        }
-    })
-    .await;
-    let mut resumed = resumed;
+    // Naming its session, the worker takes over even if the old stream has
+    // not been seen to drop yet.
+    let options = WorkerOptions::id("r").resume(&session, &[(kept.as_str(), 1)]);
+    let mut resumed = TestWorker::connect(&server, options).await;
     assert_eq!(resumed.resumed, 1);
     assert_ne!(resumed.session_id, session);
     // The task it did not claim comes back (to the only worker there is).
@@ -634,5 +622,86 @@ async fn a_task_can_return_to_the_worker_that_let_its_lease_lapse() {
     );
     assert_eq!(control.op(ack_op(&id, 2)).await.code, 0);
     assert_eq!(server.wait_finished(&id).await.attempts, 2);
+    server.stop().await;
+}
+
+/// A slow reader is not punished for it: when it stops reading, its
+/// receipts lapse and its tasks go back, but once it reads again it keeps
+/// its session and gets new work.
+#[tokio::test]
+async fn a_slow_reader_keeps_its_session() {
+    let mut config = test_config();
+    config.workers.receipt_timeout_ms = 100;
+    config.workers.max_in_flight_cap = 4;
+    let server = TestServer::with_config(config).await;
+    let mut slow = TestWorker::connect(
+        &server,
+        WorkerOptions::id("slow").receipts().max_in_flight(4),
+    )
+    .await;
+    for i in 0..4 {
+        server.submit("default", &format!("t{i}")).await;
+    }
+    // Not reading: the four receipts lapse (an event the metrics show).
+    within("receipts to lapse", async {
+        loop {
+            let text = server.scrape().await;
+            if text.contains("contact_receipts_missed_total 4") {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Now it reads: four tasks, then whatever cancels fitted the buffer.
+    let mut tasks = 0;
+    while tasks < 4 {
+        if slow.next_task().await.kind() == Kind::Task {
+            tasks += 1;
+        }
+    }
+    let mut control = slow.control().await;
+    assert_eq!(control.send(proto::ClientMsg::default()).await.code, 0);
+    let fresh = server.submit("default", "fresh").await;
+    // A well-behaved worker again: confirm and finish everything it gets.
+    loop {
+        let message = slow.next_task().await;
+        if message.kind() != Kind::Task {
+            continue;
+        }
+        let receipt = control.op(receipt_op(&message.task_id, message.attempt)).await;
+        assert_eq!(receipt.code, 0, "{receipt:?}");
+        assert_eq!(control.op(ack_op(&message.task_id, message.attempt)).await.code, 0);
+        if message.task_id == fresh {
+            break;
+        }
+    }
+    server.stop().await;
+}
+
+/// A worker without its own id can never come back under the id the server
+/// gave it, so tasks targeted at it are dead-lettered as undeliverable as
+/// soon as it goes.
+#[tokio::test]
+async fn tasks_for_a_vanished_anonymous_worker_are_undeliverable() {
+    let server = TestServer::start().await;
+    let mut anonymous = TestWorker::connect(&server, WorkerOptions::default()).await;
+    let id = submit(
+        &server,
+        v1::SubmitRequest {
+            target_client_id: anonymous.id.clone(),
+            text: "only for you".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(anonymous.next_task().await.task_id, id);
+    drop(anonymous);
+    let info = server.wait_finished(&id).await;
+    assert_eq!(
+        (info.state(), info.dead_letter_reason.as_str()),
+        (TaskState::DeadLettered, "undeliverable")
+    );
     server.stop().await;
 }

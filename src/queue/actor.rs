@@ -86,6 +86,8 @@ pub(super) struct Queue {
     lines: HashMap<Target, Line>,
     /// Pending tasks (ready or delayed) per queue / worker, against max depth.
     depth: HashMap<Target, usize>,
+    /// Pending tasks in each line now (not delayed), to split bursts evenly.
+    ready: HashMap<Target, usize>,
     timers: Timers,
     /// Every worker id that has registered and may still be targeted.
     known_clients: HashSet<ClientId>,
@@ -124,6 +126,7 @@ impl Queue {
             tasks: HashMap::new(),
             lines: HashMap::new(),
             depth: HashMap::new(),
+            ready: HashMap::new(),
             timers: Timers::default(),
             known_clients: HashSet::new(),
             online: HashSet::new(),
@@ -343,6 +346,7 @@ impl Queue {
             .or_default()
             .push(entry.priority, slot, front);
         *self.depth.entry(target.clone()).or_default() += 1;
+        *self.ready.entry(target.clone()).or_default() += 1;
         self.pending_count += 1;
         self.dirty.insert(target);
     }
@@ -369,7 +373,12 @@ impl Queue {
             return;
         };
         entry.generation = entry.generation.wrapping_add(1);
-        entry.not_before = None;
+        // A pending task without a delay is in its line.
+        if entry.not_before.take().is_none()
+            && let Some(ready) = self.ready.get_mut(&entry.target)
+        {
+            *ready = ready.saturating_sub(1);
+        }
         if let Some(depth) = self.depth.get_mut(&entry.target) {
             *depth = depth.saturating_sub(1);
         }
@@ -416,16 +425,17 @@ impl Queue {
                     let Target::Client(client) = &entry.target else {
                         continue;
                     };
-                    if entry.state != TaskState::Pending {
+                    if entry.state.is_final() {
                         continue;
                     }
-                    if self.online.contains(client) {
-                        // Online but busy: it is not undeliverable; look again later.
-                        self.timers
-                            .add(now + self.policy.target_ttl, Timer::TargetTtl(id));
-                    } else {
+                    if entry.state == TaskState::Pending && !self.online.contains(client) {
                         self.leave_pending(id);
                         self.dead_letter(id, DeadLetterReason::Undeliverable);
+                    } else {
+                        // Delivered, or waiting for a busy worker: not
+                        // undeliverable; look again later.
+                        self.timers
+                            .add(now + self.policy.target_ttl, Timer::TargetTtl(id));
                     }
                 }
                 Timer::ForgetKey(key) => {
@@ -512,7 +522,7 @@ impl Queue {
             line.iter().filter(|entry| self.is_current(**entry)).count()
         });
         while waiters > 0 {
-            let ready = self.depth.get(&target).copied().unwrap_or(0);
+            let ready = self.ready.get(&target).copied().unwrap_or(0);
             if self.lines.get(&target).is_none_or(Line::is_empty) || ready == 0 {
                 break;
             }
@@ -690,20 +700,6 @@ impl Queue {
             undelivered,
             session_ended,
         } = release;
-        if let Some(forget) = session_ended {
-            self.online.remove(&worker);
-            let own = Target::Client(worker.clone());
-            if forget && self.depth.get(&own).is_none_or(|d| *d == 0) {
-                self.known_clients.remove(&worker);
-                self.lines.remove(&own);
-                self.depth.remove(&own);
-            }
-            if let Some(request) = self.parked.remove(&session)
-                && self.waiting_client.get(&request.client) == Some(&session)
-            {
-                self.waiting_client.remove(&request.client);
-            }
-        }
         self.undo_deliveries(&undelivered);
         for (id, attempt) in delivered.into_iter().rev() {
             if !self.holds(id, &worker, attempt) {
@@ -733,6 +729,39 @@ impl Queue {
                 .increment(1);
                 self.make_pending(id, true);
             }
+        }
+        if let Some(forget) = session_ended {
+            self.worker_offline(session, &worker, forget);
+        }
+    }
+
+    /// A worker's session has ended (after its tasks were put back). A
+    /// worker whose id the server made up can never come back under it:
+    /// tasks that still wait for it are undeliverable, and it is forgotten.
+    fn worker_offline(&mut self, session: SessionId, worker: &ClientId, forget: bool) {
+        self.online.remove(worker);
+        if let Some(request) = self.parked.remove(&session)
+            && self.waiting_client.get(&request.client) == Some(&session)
+        {
+            self.waiting_client.remove(&request.client);
+        }
+        if !forget {
+            return;
+        }
+        let own = Target::Client(worker.clone());
+        if let Some(mut line) = self.lines.remove(&own) {
+            while let Some(slot) = line.pop() {
+                if self.is_ready(slot) {
+                    self.leave_pending(slot.0);
+                    self.dead_letter(slot.0, DeadLetterReason::Undeliverable);
+                }
+            }
+        }
+        // Delayed tasks for it (a retry backoff) meet their target TTL.
+        if self.depth.get(&own).is_none_or(|d| *d == 0) {
+            self.known_clients.remove(worker);
+            self.depth.remove(&own);
+            self.ready.remove(&own);
         }
     }
 
@@ -832,6 +861,12 @@ impl Queue {
         if let Some(entry) = self.tasks.get_mut(&id) {
             entry.dead_letter = None;
             entry.attempts = 0;
+        }
+        if let Some(Target::Client(_)) = self.tasks.get(&id).map(|e| &e.target) {
+            self.timers.add(
+                Instant::now() + self.policy.target_ttl,
+                Timer::TargetTtl(id),
+            );
         }
         self.make_pending(id, false);
         self.info(id)

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     domain::{
         AckKind, ClientId, Delivery, NewTask, QueueName, Registration, Resume, SessionId, Target,
-        TaskId, WorkerOp,
+        TaskId, TaskState, WorkerOp,
     },
     metrics::SessionMetrics,
     proto,
@@ -61,8 +61,6 @@ pub(super) enum End {
     Drained,
     /// The server is stopping now (or an actor it needs is gone).
     Shutdown,
-    /// The stream buffer is full: the worker does not read what it is sent.
-    NotReading,
     /// The worker was silent past the liveness timeout.
     Expired,
     /// A resuming session took over.
@@ -93,6 +91,9 @@ pub(crate) struct Session {
     deadlines: BTreeSet<(Instant, Deadline, TaskId, u32)>,
     /// The outstanding lease request, if any.
     lease: Option<oneshot::Receiver<Vec<Delivery>>>,
+    /// Cancels for tasks this session does not hold yet: they may be in the
+    /// outstanding lease's answer, and must not be pushed.
+    early_cancels: Vec<(TaskId, u32)>,
     draining: bool,
     /// A receipt was missed: send nothing new until the worker shows life.
     suspected: bool,
@@ -132,6 +133,7 @@ impl Session {
             live: 0,
             deadlines: BTreeSet::new(),
             lease: None,
+            early_cancels: Vec::new(),
             draining: false,
             suspected: false,
             last_heard: now,
@@ -166,7 +168,19 @@ impl Session {
         };
         let resuming = !held.is_empty();
         let taken = previous.hand_over(held).await;
-        for entry in taken {
+        for mut entry in taken {
+            // A cancel may have reached the old session after it handed
+            // over; only tasks the queue still has with this worker stay.
+            let current = self.queue.get(entry.task).await.is_ok_and(|info| {
+                info.state == TaskState::Delivered
+                    && info.worker.as_ref() == Some(&self.client)
+                    && info.attempts == entry.attempt
+            });
+            if !current {
+                continue;
+            }
+            // Claiming the task proves the worker received it.
+            entry.receipt_until = None;
             self.track(entry);
         }
         if resuming {
@@ -182,8 +196,25 @@ impl Session {
         self.finish(end).await;
     }
 
+    /// Slots kept free in the stream buffer: one for a control message,
+    /// one for the final status.
+    const RESERVED_SLOTS: usize = 2;
+
+    /// How many more tasks to ask for: the worker's free credit, but never
+    /// more than the stream buffer has room for (messages of tasks taken
+    /// back, keepalives and cancels also take slots until the worker reads).
     fn credit(&self) -> u32 {
-        self.max_in_flight.saturating_sub(self.live as u32)
+        let free = self.max_in_flight.saturating_sub(self.live as u32);
+        let room = self.stream_tx.as_ref().map_or(0, |tx| {
+            tx.capacity().saturating_sub(Self::RESERVED_SLOTS) as u32
+        });
+        free.min(room)
+    }
+
+    /// The worker has credit left but the stream buffer is full: it is slow
+    /// to read, and the session waits for it instead of asking for tasks.
+    fn waiting_for_room(&self) -> bool {
+        self.stream_tx.is_some() && self.max_in_flight > self.live as u32 && self.credit() == 0
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -225,6 +256,7 @@ impl Session {
                 }
             }
             let next = self.next_deadline();
+            let wait_for_room = self.waiting_for_room();
             let lease_slot = &mut self.lease;
             let lease = async {
                 match lease_slot.as_mut() {
@@ -237,6 +269,16 @@ impl Session {
                 match &stream_tx {
                     Some(tx) => tx.closed().await,
                     None => std::future::pending().await,
+                }
+            };
+            let room = async {
+                match &stream_tx {
+                    // The permit is dropped at once: this only waits for the
+                    // worker to read, then the loop asks for tasks again.
+                    Some(tx) if wait_for_room => {
+                        let _ = tx.reserve_many(Self::RESERVED_SLOTS + 1).await;
+                    }
+                    _ => std::future::pending().await,
                 }
             };
             let timer = async {
@@ -256,8 +298,8 @@ impl Session {
                         return End::Shutdown;
                     }
                     Ok(Notice::Broadcast(task)) => self.take_broadcast_copy(&task).await,
-                    // Drain and shutdown are repeated by the server; a missed
-                    // broadcast means this worker gets no copy of it.
+                    // The channel does not overflow (the server waits for
+                    // room instead), so this is never seen; nothing to do.
                     Err(async_broadcast::RecvError::Overflowed(missed)) => {
                         warn!(missed, "session missed server notices");
                     }
@@ -293,6 +335,7 @@ impl Session {
                         return end;
                     }
                 }
+                () = room => {}
             }
         }
     }
@@ -323,15 +366,17 @@ impl Session {
                 let _ = respond_to.send(answers);
             }
             SessionMsg::Heard => self.heard(),
-            SessionMsg::Cancelled { task, attempt } => {
-                if let Some(i) = self.position_of(task, attempt)
-                    && self.held[i].gone.is_none()
-                {
+            SessionMsg::Cancelled { task, attempt } => match self.position_of(task, attempt) {
+                Some(i) if self.held[i].gone.is_none() => {
                     self.bury(i, GoneReason::Cancelled);
                     self.send_cancel(task, attempt);
                     self.publish_in_flight();
                 }
-            }
+                Some(_) => {}
+                // Not here yet: it may be in the answer to our lease request.
+                None if self.lease.is_some() => self.early_cancels.push((task, attempt)),
+                None => {}
+            },
             SessionMsg::HandOver { held, respond_to } => {
                 let kept = self.hand_over(&held).await;
                 let _ = respond_to.send(kept);
@@ -414,12 +459,17 @@ impl Session {
     /// end if the stream cannot take them; whatever was not pushed has been
     /// handed back already.
     async fn push(&mut self, deliveries: Vec<Delivery>) -> Option<End> {
-        let mut end = None;
+        let mut closed = false;
         let mut unpushed = Vec::new();
         let now = Instant::now();
+        let early_cancels = std::mem::take(&mut self.early_cancels);
         for delivery in deliveries {
-            let sent = match (&self.stream_tx, end) {
-                (Some(tx), None) => tx.try_send(Ok(delivery.to_message(self.receipts))),
+            if early_cancels.contains(&(delivery.task_id, delivery.attempt)) {
+                // Cancelled while on its way here; the queue has it as such.
+                continue;
+            }
+            let sent = match &self.stream_tx {
+                Some(tx) if !closed => tx.try_send(Ok(delivery.to_message(self.receipts))),
                 _ => {
                     unpushed.push(delivery.task_id);
                     continue;
@@ -435,17 +485,13 @@ impl Session {
                     gone: None,
                 }),
                 Err(TrySendError::Closed(_)) => {
-                    end = Some(End::Disconnected);
+                    closed = true;
                     unpushed.push(delivery.task_id);
                 }
-                // The buffer has a slot per task the worker may hold, so it
-                // is only full when the worker acks tasks (without ids) that
-                // it has not read. Such a worker is not reading: end it.
-                Err(TrySendError::Full(_)) => {
-                    warn!("worker acknowledges tasks it has not read; ending its session");
-                    end = Some(End::NotReading);
-                    unpushed.push(delivery.task_id);
-                }
+                // Credit never asks for more than the buffer has room for,
+                // but a control message may have taken the last slot; the
+                // task simply goes back, undelivered.
+                Err(TrySendError::Full(_)) => unpushed.push(delivery.task_id),
             }
         }
         self.last_sent = now;
@@ -454,7 +500,10 @@ impl Session {
             self.release(Vec::new(), ReleaseReason::WorkerLost, unpushed, None)
                 .await;
         }
-        end
+        if closed {
+            return self.on_stream_closed().await;
+        }
+        None
     }
 
     async fn apply(
@@ -801,7 +850,7 @@ impl Session {
                 "no message from this worker for {} s; its tasks were redelivered",
                 self.timing.liveness_timeout.as_secs()
             )),
-            End::Disconnected | End::NotReading | End::HandedOver => return,
+            End::Disconnected | End::HandedOver => return,
         };
         // The worker is still reading: tell it why the stream ends.
         if let Some(tx) = &self.stream_tx {
