@@ -35,6 +35,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_MAX_FINISHED_TASKS: usize = 100_000;
 /// Most pending tasks in one queue (or held for one worker); more is refused.
 pub const DEFAULT_MAX_QUEUE_DEPTH: usize = 1_000_000;
+/// Most pending tasks in the whole server, whatever their queue.
+pub const DEFAULT_MAX_PENDING_TASKS: usize = 2_000_000;
 /// Default execution lease of a delivery.
 pub const DEFAULT_LEASE_SECS: u64 = 60;
 /// The longest lease a task or an extension may ask for.
@@ -152,6 +154,8 @@ pub struct TasksConfig {
     pub max_finished_tasks: usize,
     /// Most pending tasks per queue (and per targeted worker).
     pub max_queue_depth: usize,
+    /// Most pending tasks in the whole server.
+    pub max_pending_tasks: usize,
     /// Default execution lease, in seconds.
     pub lease_secs: u64,
     /// Longest lease a task or extension may ask for, in seconds.
@@ -235,6 +239,7 @@ impl Default for TasksConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             max_finished_tasks: DEFAULT_MAX_FINISHED_TASKS,
             max_queue_depth: DEFAULT_MAX_QUEUE_DEPTH,
+            max_pending_tasks: DEFAULT_MAX_PENDING_TASKS,
             lease_secs: DEFAULT_LEASE_SECS,
             max_lease_secs: DEFAULT_MAX_LEASE_SECS,
             target_ttl_secs: DEFAULT_TARGET_TTL_SECS,
@@ -336,6 +341,9 @@ impl Config {
         }
         if t.max_queue_depth == 0 {
             return Err(invalid("tasks.max_queue_depth", 0, "must be at least 1"));
+        }
+        if t.max_pending_tasks == 0 {
+            return Err(invalid("tasks.max_pending_tasks", 0, "must be at least 1"));
         }
         if t.lease_secs == 0 || t.lease_secs > t.max_lease_secs {
             return Err(invalid(

@@ -122,10 +122,12 @@ async fn expired_lease_redelivers_and_fences_the_old_attempt() {
     assert_eq!(server.wait_finished(&extended_id).await.worker_id, "slow");
 
     let metrics = server.scrape().await;
-    assert!(
-        metrics.contains("contact_leases_expired_total"),
-        "{metrics}"
-    );
+    for name in [
+        "contact_leases_expired_total",
+        "contact_stale_acks_refused_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from {metrics}");
+    }
     server.stop().await;
 }
 
@@ -669,9 +671,17 @@ async fn a_slow_reader_keeps_its_session() {
         if message.kind() != Kind::Task {
             continue;
         }
-        let receipt = control.op(receipt_op(&message.task_id, message.attempt)).await;
+        let receipt = control
+            .op(receipt_op(&message.task_id, message.attempt))
+            .await;
         assert_eq!(receipt.code, 0, "{receipt:?}");
-        assert_eq!(control.op(ack_op(&message.task_id, message.attempt)).await.code, 0);
+        assert_eq!(
+            control
+                .op(ack_op(&message.task_id, message.attempt))
+                .await
+                .code,
+            0
+        );
         if message.task_id == fresh {
             break;
         }

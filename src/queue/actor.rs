@@ -273,6 +273,12 @@ impl Queue {
                 describe(&target)
             )));
         }
+        if self.pending_count >= self.policy.max_pending_tasks {
+            return Err(Error::ResourceExhausted(format!(
+                "the server holds its maximum of {} pending tasks",
+                self.policy.max_pending_tasks
+            )));
+        }
         let id = TaskId::generate();
         match &target {
             Target::Queue(_) => self.metrics.submitted_queue.increment(1),

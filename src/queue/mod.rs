@@ -88,6 +88,8 @@ pub struct QueueLimits {
 pub struct QueuePolicy {
     /// Done and cancelled tasks kept for `get`/`watch`.
     pub max_finished_tasks: usize,
+    /// Most pending tasks in the whole server.
+    pub max_pending_tasks: usize,
     /// A delivery's lease when the task names none.
     pub default_lease: Duration,
     /// The longest lease a task may name.
@@ -138,6 +140,7 @@ impl QueuePolicy {
             .collect();
         Self {
             max_finished_tasks: t.max_finished_tasks,
+            max_pending_tasks: t.max_pending_tasks,
             default_lease: Duration::from_secs(t.lease_secs),
             max_lease: Duration::from_secs(t.max_lease_secs),
             target_ttl: Duration::from_secs(t.target_ttl_secs),

@@ -25,6 +25,7 @@ use crate::{
 fn policy(max_attempts: u32) -> QueuePolicy {
     QueuePolicy {
         max_finished_tasks: 100,
+        max_pending_tasks: 10_000,
         default_lease: Duration::from_secs(60),
         max_lease: Duration::from_secs(600),
         target_ttl: Duration::from_secs(30),
@@ -421,6 +422,21 @@ fn idempotent_submit() {
     q.fire_timers(Instant::now() + Duration::from_secs(11));
     let after = submit(&mut q, vec![keyed()])[0].clone().unwrap();
     assert_ne!(first, after);
+}
+
+/// The whole server refuses past its pending-task limit, whatever the queue.
+#[test]
+fn server_wide_limit_refuses() {
+    let mut p = policy(5);
+    p.max_pending_tasks = 2;
+    let mut q = queue_with(p);
+    let in_queue = |name: &str| NewTask {
+        target: Some(Target::Queue(QueueName::parse(name).unwrap())),
+        ..task()
+    };
+    let answers = submit(&mut q, vec![in_queue("a"), in_queue("b"), in_queue("c")]);
+    assert!(answers[0].is_ok() && answers[1].is_ok());
+    assert!(matches!(answers[2], Err(Error::ResourceExhausted(_))));
 }
 
 /// A full queue refuses with RESOURCE_EXHAUSTED and keeps what it has.
