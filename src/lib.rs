@@ -13,9 +13,9 @@
 //!
 //! ```text
 //!  producers ──Tasks──▶ ┌──────────┐ ◀──lease/complete/release── ┌─────────┐ ──getTask stream──▶ worker
-//!                       │  Queue   │ ───oneshot answers─────────▶ │ Session │ ◀──acks (tellResult)─ worker
-//!                       └──────────┘                              └─────────┘
-//!                                      ┌──────────┐ ◀── register/closed ──┘
+//!                       │  Queue   │ ───oneshot answers─────────▶ │ Session │ ◀──acks, receipts, extensions,
+//!                       └──────────┘                              └─────────┘    credit (tellResult, sendStatus)
+//!                                      ┌──────────┐ ◀── register/detached/closed ┘
 //!  worker ──sendStatus──────────────▶  │ Registry │ ──writes──▶ SessionIndex (read by handlers)
 //!                                      └──────────┘
 //! ```
@@ -25,8 +25,10 @@
 //! - [`config`]: the configuration tree, its defaults and validation.
 //! - [`domain`]: ids, tasks, acks; validation of everything a client sends.
 //! - [`error`]: the error type and its one mapping to gRPC statuses.
-//! - [`queue`]: the queue actor, owner of every accepted task.
-//! - [`session`]: one actor per getTask stream: credit, pushes, acks.
+//! - [`queue`]: the queue actor, owner of every accepted task: lines by
+//!   priority, delays and retries, TTLs, dead letters, idempotency keys.
+//! - [`session`]: one actor per worker session: credit, pushes, acks,
+//!   leases and receipts, liveness and keepalives, resume.
 //! - [`registry`]: the registry actor: connected workers and their status.
 //! - [`service`]: the gRPC facades (Contact, Tasks, Admin).
 //! - [`server`]: assembly, listeners and the shutdown sequence.
