@@ -1,0 +1,397 @@
+//! contact-bench: the benchmark. It starts contact-server as a child process
+//! (and a raw-tonic ceiling server beside it), drives the real protocol, and
+//! prints every figure beside the ceiling measured in the same run, with the
+//! CPU seconds and peak memory of each side, against the project's targets.
+//!
+//! ```text
+//! cargo build --release
+//! ./target/release/contact-bench                      # every scenario
+//! ./target/release/contact-bench --scenario saturation --tasks 2000000
+//! ./target/release/contact-bench --quick              # seconds; checks nothing is lost
+//! ```
+//!
+//! It is a measurement, not a test: only `--quick` fails, and only when a
+//! task was not completed.
+
+mod ceiling;
+mod load;
+mod procs;
+mod scenarios;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+
+use procs::{Proc, Usage};
+
+/// Benchmarks contact-server against a raw-tonic ceiling measured in the same run.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// A few seconds of every scenario with small numbers; exits non-zero if
+    /// any task is lost. No speed is asserted.
+    #[arg(long)]
+    quick: bool,
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    scenario: Scenario,
+    /// The contact-server binary (default: next to this one).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Saturation: tasks to push through.
+    #[arg(long, default_value_t = 1_000_000)]
+    tasks: u64,
+    /// Producers on SubmitStream.
+    #[arg(long, default_value_t = 2)]
+    producers: u64,
+    /// Workers on getTask / tellResult.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Each worker's credit (in-flight limit).
+    #[arg(long, default_value_t = 256)]
+    credit: u32,
+    /// Payload bytes per task.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Fixed load: the open-loop rate, tasks per second.
+    #[arg(long, default_value_t = 5000.0)]
+    rate: f64,
+    /// Fixed load: seconds per rate.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Connection scale: idle workers, one run per number.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
+    idle_workers: Vec<usize>,
+    /// Deep queue: tasks queued with no worker.
+    #[arg(long, default_value_t = 1_000_000)]
+    deep_tasks: u64,
+    /// Churn: tasks pushed while workers come and go.
+    #[arg(long, default_value_t = 200_000)]
+    churn_tasks: u64,
+    /// Churn: one worker drops its connection every this many milliseconds.
+    #[arg(long, default_value_t = 50)]
+    churn_every_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Internal: run the raw-tonic ceiling server (the benchmark starts it).
+    CeilingServer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    All,
+    Saturation,
+    Fixed,
+    Scale,
+    Deep,
+    Churn,
+}
+
+impl Args {
+    fn runs(&self, scenario: Scenario) -> bool {
+        self.scenario == Scenario::All || self.scenario == scenario
+    }
+
+    /// The quick mode's small numbers.
+    fn quick(mut self) -> Self {
+        self.tasks = 5_000;
+        self.rate = 500.0;
+        self.seconds = 1;
+        self.idle_workers = vec![50];
+        self.deep_tasks = 5_000;
+        self.churn_tasks = 3_000;
+        self.churn_every_ms = 20;
+        self
+    }
+}
+
+const SERVER_CONFIG: &str = r#"
+[server]
+drain_timeout_secs = 1
+[workers]
+resume_grace_secs = 0
+[tasks]
+max_queue_depth = 2000000
+max_pending_tasks = 3000000
+max_finished_tasks = 10000
+"#;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Some(Command::CeilingServer) => ceiling::serve().await,
+        None if args.quick => run(args.quick()).await,
+        None => run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("contact-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line of the report.
+struct Row {
+    name: String,
+    value: String,
+    versus_ceiling: String,
+    target: String,
+}
+
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, value: String, versus_ceiling: String, target: String) {
+        println!("  {name}: {value}  {versus_ceiling}  {target}");
+        self.rows.push(Row {
+            name: name.into(),
+            value,
+            versus_ceiling,
+            target,
+        });
+    }
+
+    fn print(&self) {
+        println!("\n| figure | value | vs raw-tonic ceiling | target |");
+        println!("|---|---|---|---|");
+        for row in &self.rows {
+            println!(
+                "| {} | {} | {} | {} |",
+                row.name, row.value, row.versus_ceiling, row.target
+            );
+        }
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+fn micros(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1000.0
+}
+
+fn usage_line(label: &str, usage: Usage, bench: Usage) -> String {
+    format!(
+        "{label}: server {:.1} CPU s, peak RSS {:.1} MiB; load generator {:.1} CPU s",
+        usage.cpu_secs,
+        usage.peak_rss_kib as f64 / 1024.0,
+        bench.cpu_secs
+    )
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let server_bin = procs::server_bin(args.server_bin.clone())?;
+    let dir = std::env::temp_dir().join(format!("contact-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let me = std::process::id().to_string();
+    let mut report = Report { rows: Vec::new() };
+    println!(
+        "contact-bench: {} tasks of {} bytes, {} producers, {} workers x {} credit{}",
+        args.tasks,
+        args.size,
+        args.producers,
+        args.workers,
+        args.credit,
+        if args.quick { " (quick)" } else { "" }
+    );
+
+    let ceiling = Proc::ceiling_server()?;
+    let mut ceiling_rate = None;
+    if args.runs(Scenario::Saturation) {
+        println!("saturation");
+        let before = (ceiling.usage()?, Usage::of(&me)?);
+        let raw =
+            ceiling::saturation(&ceiling.url(), args.tasks, args.workers as u64, args.size).await?;
+        let raw_usage = (
+            ceiling.usage()?.since(before.0),
+            Usage::of(&me)?.since(before.1),
+        );
+        println!("  {}", usage_line("ceiling", raw_usage.0, raw_usage.1));
+        ceiling_rate = Some(raw);
+
+        let server = Proc::contact_server(&server_bin, SERVER_CONFIG, &dir)?;
+        let before = (server.usage()?, Usage::of(&me)?);
+        let rate = scenarios::saturation(
+            &server.url(),
+            args.tasks,
+            args.producers,
+            args.workers,
+            args.credit,
+            args.size,
+        )
+        .await?;
+        let used = (
+            server.usage()?.since(before.0),
+            Usage::of(&me)?.since(before.1),
+        );
+        println!("  {}", usage_line("contact-server", used.0, used.1));
+        report.add(
+            "raw tonic ceiling (push + ack)",
+            format!("{raw:.0} tasks/s"),
+            "1.00".into(),
+            String::new(),
+        );
+        let ratio = rate / raw;
+        report.add(
+            "saturation",
+            format!("{rate:.0} tasks/s"),
+            format!("{ratio:.2}"),
+            format!(">= 0.25 of ceiling: {}", verdict(ratio >= 0.25)),
+        );
+        server.stop(Duration::from_secs(10))?;
+    }
+
+    if args.runs(Scenario::Fixed) {
+        println!("fixed load");
+        let duration = Duration::from_secs(args.seconds);
+        let mut rates = vec![(args.rate, 0.3, "p99 submit->receipt <= 0.3 ms")];
+        if let Some(saturation) = ceiling_rate.and_then(|_| report.rows.get(1)) {
+            let half = saturation
+                .value
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .map(|v| v / 2.0);
+            if let Some(half) = half.filter(|_| !args.quick) {
+                rates.push((half, 2.0, "p99 submit->receipt <= 2 ms"));
+            }
+        }
+        for (rate, target_ms, target) in rates {
+            let raw = ceiling::latency(&ceiling.url(), rate as u64, duration, args.size).await?;
+            let server = Proc::contact_server(&server_bin, SERVER_CONFIG, &dir)?;
+            let measured = scenarios::fixed_load(
+                &server.url(),
+                rate,
+                duration,
+                args.workers,
+                args.credit,
+                args.size,
+            )
+            .await?;
+            server.stop(Duration::from_secs(10))?;
+            for (label, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+                let receipt = micros(&measured.receipt, q);
+                let ack = micros(&measured.ack, q);
+                let ceiling_ms = micros(&raw, q);
+                let target = if label == "p99" {
+                    format!("{target}: {}", verdict(receipt <= target_ms))
+                } else {
+                    String::new()
+                };
+                report.add(
+                    &format!("{rate:.0}/s {label} submit->receipt"),
+                    format!("{receipt:.3} ms"),
+                    format!(
+                        "{:.1}x ceiling push ({ceiling_ms:.3} ms)",
+                        receipt / ceiling_ms.max(0.001)
+                    ),
+                    target,
+                );
+                report.add(
+                    &format!("{rate:.0}/s {label} submit->ack"),
+                    format!("{ack:.3} ms"),
+                    String::new(),
+                    String::new(),
+                );
+            }
+            println!("  {} tasks measured", measured.sent);
+        }
+    }
+    ceiling.stop(Duration::from_secs(5)).ok();
+
+    if args.runs(Scenario::Scale) {
+        println!("connection scale");
+        for &workers in &args.idle_workers {
+            let server = Proc::contact_server(&server_bin, SERVER_CONFIG, &dir)?;
+            let scale = scenarios::scale(&server, workers).await?;
+            let kib = scale.rss_per_worker_bytes / 1024.0;
+            report.add(
+                &format!("{workers} idle workers: RSS per worker"),
+                format!("{kib:.1} KiB"),
+                String::new(),
+                if workers >= 10_000 {
+                    format!("<= 16 KiB: {}", verdict(kib <= 16.0))
+                } else {
+                    String::new()
+                },
+            );
+            report.add(
+                &format!("{workers} idle workers: targeted task delivery"),
+                format!("{:.3} ms", scale.targeted_latency.as_secs_f64() * 1000.0),
+                String::new(),
+                String::new(),
+            );
+            server.stop(Duration::from_secs(10))?;
+        }
+    }
+
+    if args.runs(Scenario::Deep) {
+        println!("deep queue");
+        let server = Proc::contact_server(&server_bin, SERVER_CONFIG, &dir)?;
+        let deep =
+            scenarios::deep_queue(&server, args.deep_tasks, 64, args.workers, args.credit).await?;
+        let peak = server.usage()?.peak_rss_kib;
+        report.add(
+            &format!(
+                "{} queued 64-byte tasks: RSS per task beyond payload",
+                args.deep_tasks
+            ),
+            format!("{:.0} B", deep.bytes_per_task_beyond_payload),
+            String::new(),
+            format!(
+                "<= 256 B: {} (peak RSS {:.0} MiB)",
+                verdict(deep.bytes_per_task_beyond_payload <= 256.0),
+                peak as f64 / 1024.0
+            ),
+        );
+        report.add(
+            "deep queue: drain rate",
+            format!("{:.0} tasks/s", deep.drain_rate),
+            ceiling_rate
+                .map(|raw| format!("{:.2}", deep.drain_rate / raw))
+                .unwrap_or_default(),
+            String::new(),
+        );
+        server.stop(Duration::from_secs(10))?;
+    }
+
+    if args.runs(Scenario::Churn) {
+        println!("churn");
+        let server = Proc::contact_server(&server_bin, SERVER_CONFIG, &dir)?;
+        let churn = scenarios::churn(
+            &server,
+            args.churn_tasks,
+            args.workers,
+            args.credit,
+            Duration::from_millis(args.churn_every_ms),
+        )
+        .await?;
+        let lost = args.churn_tasks.saturating_sub(churn.done);
+        report.add(
+            &format!("churn ({} reconnects)", churn.reconnects),
+            format!("{:.0} tasks/s, {lost} lost", churn.throughput),
+            ceiling_rate
+                .map(|raw| format!("{:.2}", churn.throughput / raw))
+                .unwrap_or_default(),
+            format!("zero lost: {}", verdict(lost == 0)),
+        );
+        server.stop(Duration::from_secs(10))?;
+        anyhow::ensure!(lost == 0, "churn lost {lost} tasks");
+    }
+
+    report.print();
+    std::fs::remove_dir_all(&dir).context("removing the temporary config")?;
+    Ok(())
+}
