@@ -36,6 +36,7 @@
 //! - [`telemetry`], [`shutdown`]: logging set-up and the stop signal.
 //! - [`proto`]: generated code.
 
+mod alarm;
 pub mod config;
 pub mod domain;
 pub mod error;

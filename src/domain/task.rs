@@ -101,8 +101,8 @@ impl TryFrom<v1::SubmitRequest> for NewTask {
 pub struct Delivery {
     /// The task.
     pub task_id: TaskId,
-    /// Its text.
-    pub text: Arc<str>,
+    /// Its text, if it has any.
+    pub text: Option<Arc<str>>,
     /// Its payload.
     pub payload: Bytes,
     /// Its queue, or `None` for a task sent to the worker by id.
@@ -121,7 +121,7 @@ impl Delivery {
     /// The task message pushed to the worker.
     pub fn to_message(&self, receipt_required: bool) -> proto::ServerMsg {
         proto::ServerMsg {
-            task: self.text.to_string(),
+            task: self.text.as_deref().unwrap_or_default().to_owned(),
             task_id: self.task_id.to_string(),
             payload: self.payload.clone(),
             queue: self

@@ -8,6 +8,8 @@ use std::{
 };
 
 use bytes::Bytes;
+// Server-made random ids only: keys a client chooses keep std's SipHash.
+use rustc_hash::FxHashMap;
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
@@ -19,6 +21,7 @@ use super::{
     lines::{Line, Timer, Timers},
 };
 use crate::{
+    alarm::Alarm,
     domain::{
         BroadcastId, ClientId, DeadLetterReason, Delivery, NewTask, Outcome, QueueName, SessionId,
         Target, TaskId, TaskInfo, TaskResult, TaskState,
@@ -40,27 +43,61 @@ fn unix_ms(at: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// What the queue keeps per task. Kept small (a deep queue holds a million
+/// of these): fields most tasks never use live in `extra`, allocated on
+/// first use.
 #[derive(Debug)]
 struct TaskEntry {
     target: Target,
-    text: Arc<str>,
+    /// `None` for a task without text (most tasks with a payload).
+    text: Option<Arc<str>>,
     payload: Bytes,
     priority: i32,
-    lease: Duration,
+    lease_ms: u32,
     state: TaskState,
     attempts: u32,
     /// Bumped whenever the task leaves or re-enters a line or timer, which
     /// makes older line slots and timers stale.
     generation: u32,
+    worker: Option<ClientId>,
+    extra: Option<Box<Extra>>,
+}
+
+/// The rarely used part of a task.
+#[derive(Debug, Default)]
+struct Extra {
     /// While pending with a delay: when it may go (and the same as wall time).
     not_before: Option<(Instant, u64)>,
-    worker: Option<ClientId>,
     result: TaskResult,
     dead_letter: Option<(DeadLetterReason, u64)>,
     broadcast: Option<BroadcastId>,
 }
 
 impl TaskEntry {
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn not_before(&self) -> Option<(Instant, u64)> {
+        self.extra.as_ref().and_then(|e| e.not_before)
+    }
+
+    fn take_not_before(&mut self) -> Option<(Instant, u64)> {
+        self.extra.as_mut().and_then(|e| e.not_before.take())
+    }
+
+    fn dead_letter(&self) -> Option<(DeadLetterReason, u64)> {
+        self.extra.as_ref().and_then(|e| e.dead_letter)
+    }
+
+    fn broadcast(&self) -> Option<BroadcastId> {
+        self.extra.as_ref().and_then(|e| e.broadcast)
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(u64::from(self.lease_ms))
+    }
+
     fn info(&self, id: TaskId) -> TaskInfo {
         TaskInfo {
             id,
@@ -68,11 +105,15 @@ impl TaskEntry {
             target: self.target.clone(),
             attempts: self.attempts,
             worker: self.worker.clone(),
-            result: self.result.clone(),
+            result: self
+                .extra
+                .as_ref()
+                .map(|e| e.result.clone())
+                .unwrap_or_default(),
             priority: self.priority,
-            not_before_unix_ms: self.not_before.map_or(0, |(_, ms)| ms),
-            dead_letter_reason: self.dead_letter.map(|(reason, _)| reason),
-            broadcast: self.broadcast,
+            not_before_unix_ms: self.not_before().map_or(0, |(_, ms)| ms),
+            dead_letter_reason: self.dead_letter().map(|(reason, _)| reason),
+            broadcast: self.broadcast(),
         }
     }
 }
@@ -81,7 +122,7 @@ impl TaskEntry {
 pub(super) struct Queue {
     rx: mpsc::Receiver<QueueMsg>,
     policy: QueuePolicy,
-    tasks: HashMap<TaskId, TaskEntry>,
+    tasks: FxHashMap<TaskId, TaskEntry>,
     /// Pending tasks ready to go, per queue and per targeted worker.
     lines: HashMap<Target, Line>,
     /// Pending tasks (ready or delayed) per queue / worker, against max depth.
@@ -94,7 +135,7 @@ pub(super) struct Queue {
     /// Workers with a session now.
     online: HashSet<ClientId>,
     /// Lease requests waiting for tasks, one per session.
-    parked: HashMap<SessionId, LeaseRequest>,
+    parked: FxHashMap<SessionId, LeaseRequest>,
     /// Waiting sessions per queue, first come first served. Entries whose
     /// ticket no longer matches `parked` are stale and skipped.
     waiting: HashMap<QueueName, VecDeque<(SessionId, u64)>>,
@@ -107,9 +148,9 @@ pub(super) struct Queue {
     /// Dead letters in the order they died.
     dead: BTreeMap<u64, TaskId>,
     idempotency: HashMap<String, TaskId>,
-    broadcasts: HashMap<BroadcastId, Vec<TaskId>>,
+    broadcasts: FxHashMap<BroadcastId, Vec<TaskId>>,
     broadcast_order: VecDeque<BroadcastId>,
-    watchers: HashMap<TaskId, Vec<oneshot::Sender<Result<TaskInfo, Error>>>>,
+    watchers: FxHashMap<TaskId, Vec<oneshot::Sender<Result<TaskInfo, Error>>>>,
     next_ticket: u64,
     next_dead_seq: u64,
     pending_count: usize,
@@ -123,23 +164,23 @@ impl Queue {
         Self {
             rx,
             policy,
-            tasks: HashMap::new(),
+            tasks: FxHashMap::default(),
             lines: HashMap::new(),
             depth: HashMap::new(),
             ready: HashMap::new(),
             timers: Timers::default(),
             known_clients: HashSet::new(),
             online: HashSet::new(),
-            parked: HashMap::new(),
+            parked: FxHashMap::default(),
             waiting: HashMap::new(),
             waiting_client: HashMap::new(),
             dirty: HashSet::new(),
             finished: VecDeque::new(),
             dead: BTreeMap::new(),
             idempotency: HashMap::new(),
-            broadcasts: HashMap::new(),
+            broadcasts: FxHashMap::default(),
             broadcast_order: VecDeque::new(),
-            watchers: HashMap::new(),
+            watchers: FxHashMap::default(),
             next_ticket: 1,
             next_dead_seq: 1,
             pending_count: 0,
@@ -151,14 +192,9 @@ impl Queue {
 
     pub(super) async fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_MESSAGES_PER_TURN);
+        let mut alarm = Alarm::new();
         loop {
-            let next_timer = self.timers.next();
-            let sleep = async {
-                match next_timer {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            alarm.set(self.timers.next());
             tokio::select! {
                 received = self.rx.recv_many(&mut batch, MAX_MESSAGES_PER_TURN) => {
                     if received == 0 {
@@ -168,9 +204,11 @@ impl Queue {
                         self.handle(msg);
                     }
                 }
-                () = sleep => {}
+                () = alarm.fired() => {}
             }
-            self.fire_timers(Instant::now());
+            if self.timers.next().is_some_and(|at| at <= Instant::now()) {
+                self.fire_timers(Instant::now());
+            }
             self.dispatch();
             self.publish_gauges();
         }
@@ -305,30 +343,38 @@ impl Queue {
             .lease
             .unwrap_or(self.policy.default_lease)
             .min(self.policy.max_lease);
+        let extra = task.broadcast.map(|broadcast| {
+            Box::new(Extra {
+                broadcast: Some(broadcast),
+                ..Default::default()
+            })
+        });
         self.tasks.insert(
             id,
             TaskEntry {
                 target,
-                text: task.text.into(),
+                text: (!task.text.is_empty()).then(|| task.text.into()),
                 payload: task.payload,
                 priority: task.priority,
-                lease,
+                // The max lease is validated to fit (at most u32::MAX ms).
+                lease_ms: u32::try_from(lease.as_millis()).unwrap_or(u32::MAX),
                 state: TaskState::Pending,
                 attempts: 0,
                 generation: 0,
-                not_before: None,
                 worker: None,
-                result: TaskResult::default(),
-                dead_letter: None,
-                broadcast: task.broadcast,
+                extra,
             },
         );
-        let delay = UNIX_EPOCH + Duration::from_millis(task.not_before_unix_ms);
-        match delay.duration_since(SystemTime::now()) {
-            Ok(wait) if task.not_before_unix_ms > 0 && !wait.is_zero() => {
-                self.make_pending_later(id, now + wait, task.not_before_unix_ms)
-            }
-            _ => self.make_pending(id, false),
+        let wait = match task.not_before_unix_ms {
+            0 => None,
+            ms => (UNIX_EPOCH + Duration::from_millis(ms))
+                .duration_since(SystemTime::now())
+                .ok()
+                .filter(|wait| !wait.is_zero()),
+        };
+        match wait {
+            Some(wait) => self.make_pending_later(id, now + wait, task.not_before_unix_ms),
+            None => self.make_pending(id, false),
         }
         Ok(id)
     }
@@ -343,7 +389,7 @@ impl Queue {
         };
         entry.state = TaskState::Pending;
         entry.worker = None;
-        entry.not_before = None;
+        entry.take_not_before();
         entry.generation = entry.generation.wrapping_add(1);
         let slot = (id, entry.generation);
         let target = entry.target.clone();
@@ -364,7 +410,7 @@ impl Queue {
         };
         entry.state = TaskState::Pending;
         entry.worker = None;
-        entry.not_before = Some((at, at_unix_ms));
+        entry.extra().not_before = Some((at, at_unix_ms));
         entry.generation = entry.generation.wrapping_add(1);
         let slot = (id, entry.generation);
         *self.depth.entry(entry.target.clone()).or_default() += 1;
@@ -380,7 +426,7 @@ impl Queue {
         };
         entry.generation = entry.generation.wrapping_add(1);
         // A pending task without a delay is in its line.
-        if entry.not_before.take().is_none()
+        if entry.take_not_before().is_none()
             && let Some(ready) = self.ready.get_mut(&entry.target)
         {
             *ready = ready.saturating_sub(1);
@@ -393,7 +439,7 @@ impl Queue {
 
     fn is_ready(&self, (id, generation): (TaskId, u32)) -> bool {
         self.tasks.get(&id).is_some_and(|e| {
-            e.state == TaskState::Pending && e.generation == generation && e.not_before.is_none()
+            e.state == TaskState::Pending && e.generation == generation && e.not_before().is_none()
         })
     }
 
@@ -547,15 +593,24 @@ impl Queue {
 
     /// Takes up to `max` ready tasks from a line, skipping stale slots.
     fn take_from(&mut self, target: &Target, max: usize, into: &mut Vec<TaskId>) {
+        let Some(line) = self.lines.get_mut(target) else {
+            return;
+        };
         while into.len() < max {
-            let Some(slot) = self.lines.get_mut(target).and_then(Line::pop) else {
+            let Some((id, generation)) = line.pop() else {
                 break;
             };
-            if self.is_ready(slot) {
-                into.push(slot.0);
+            // `is_ready`, inlined to borrow the line and the tasks apart.
+            let ready = self.tasks.get(&id).is_some_and(|e| {
+                e.state == TaskState::Pending
+                    && e.generation == generation
+                    && e.not_before().is_none()
+            });
+            if ready {
+                into.push(id);
             }
         }
-        if self.lines.get(target).is_some_and(Line::is_empty) {
+        if line.is_empty() {
             self.lines.remove(target);
         }
     }
@@ -598,9 +653,9 @@ impl Queue {
                     Target::Client(_) => None,
                 },
                 attempt: entry.attempts,
-                lease: entry.lease,
+                lease: entry.lease(),
                 priority: entry.priority,
-                broadcast: entry.broadcast,
+                broadcast: entry.broadcast(),
             });
         }
         let count = deliveries.len();
@@ -653,13 +708,14 @@ impl Queue {
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };
-        entry.result = ack.result;
+        entry.extra().result = ack.result;
         match ack.outcome {
             Outcome::Done => {
                 self.metrics.acked_done.increment(1);
                 entry.state = TaskState::Done;
-                // The payload is not needed once the task is done.
+                // Payload and text are not needed once the task is done.
                 entry.payload = Bytes::new();
+                entry.text = None;
                 self.finish(id);
             }
             Outcome::FailedPermanently => {
@@ -717,7 +773,7 @@ impl Queue {
             };
             let max_attempts = self.policy.limits(&entry.target).max_attempts;
             if entry.attempts >= max_attempts {
-                entry.result.error = format!(
+                entry.extra().result.error = format!(
                     "{} on attempt {attempt}, the last of max_attempts ({max_attempts})",
                     match reason {
                         ReleaseReason::WorkerLost => "worker went away before acknowledging",
@@ -780,7 +836,7 @@ impl Queue {
         };
         self.next_dead_seq += 1;
         entry.state = TaskState::DeadLettered;
-        entry.dead_letter = Some((reason, seq));
+        entry.extra().dead_letter = Some((reason, seq));
         self.dead.insert(seq, id);
         self.metrics.dead_lettered(reason).increment(1);
         self.notify_watchers(id);
@@ -815,7 +871,7 @@ impl Queue {
                     .and_then(|e| Some((e.worker.clone()?, e.attempts)))
             }
             TaskState::DeadLettered => {
-                if let Some((_, seq)) = self.tasks.get(&id).and_then(|e| e.dead_letter) {
+                if let Some((_, seq)) = self.tasks.get(&id).and_then(TaskEntry::dead_letter) {
                     self.dead.remove(&seq);
                 }
                 None
@@ -849,7 +905,7 @@ impl Queue {
             id: id.to_string(),
         })?;
         let Some((_, seq)) = entry
-            .dead_letter
+            .dead_letter()
             .filter(|_| entry.state == TaskState::DeadLettered)
         else {
             return Err(Error::FailedPrecondition(format!(
@@ -865,7 +921,7 @@ impl Queue {
         }
         self.dead.remove(&seq);
         if let Some(entry) = self.tasks.get_mut(&id) {
-            entry.dead_letter = None;
+            entry.extra().dead_letter = None;
             entry.attempts = 0;
         }
         if let Some(Target::Client(_)) = self.tasks.get(&id).map(|e| &e.target) {

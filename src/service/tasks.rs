@@ -55,32 +55,33 @@ fn reply(answer: Result<TaskId, Status>) -> v1::SubmitReply {
 /// Submits the valid requests of a batch in one queue call and answers
 /// every request, valid or not, in order.
 async fn submit_batch(core: &Core, requests: Vec<v1::SubmitRequest>) -> Vec<v1::SubmitReply> {
-    let checked: Vec<Result<NewTask, Error>> =
-        requests.into_iter().map(NewTask::try_from).collect();
-    let valid: Vec<NewTask> = checked
-        .iter()
-        .filter_map(|c| c.as_ref().ok().cloned())
-        .collect();
+    // Each request's own refusal, or `None` when it goes to the queue.
+    let mut refusals: Vec<Option<Error>> = Vec::with_capacity(requests.len());
+    let mut valid = Vec::with_capacity(requests.len());
+    for request in requests {
+        match NewTask::try_from(request) {
+            Ok(task) => {
+                valid.push(task);
+                refusals.push(None);
+            }
+            Err(error) => refusals.push(Some(error)),
+        }
+    }
     let mut accepted = match core.queue.submit(valid).await {
         Ok(answers) => answers.into_iter(),
-        Err(error) => {
-            let status = Status::from(error);
-            return checked
-                .into_iter()
-                .map(|c| reply(Err(c.map_or_else(Status::from, |_| status.clone()))))
-                .collect();
-        }
+        // The queue is gone (the server is stopping): every task is refused.
+        Err(error) => vec![Err(error); refusals.len()].into_iter(),
     };
-    checked
+    refusals
         .into_iter()
-        .map(|c| match c {
-            Err(error) => reply(Err(error.into())),
-            Ok(_) => reply(
-                accepted
+        .map(|refusal| {
+            let answer = match refusal {
+                Some(error) => Err(error),
+                None => accepted
                     .next()
-                    .unwrap_or(Err(Error::Unavailable("the task queue")))
-                    .map_err(Status::from),
-            ),
+                    .unwrap_or(Err(Error::Unavailable("the task queue"))),
+            };
+            reply(answer.map_err(Status::from))
         })
         .collect()
 }

@@ -21,6 +21,7 @@ use super::{
     StreamItem,
 };
 use crate::{
+    alarm::Alarm,
     domain::{
         AckKind, ClientId, Delivery, NewTask, QueueName, Registration, Resume, SessionId, Target,
         TaskId, TaskState, WorkerOp,
@@ -99,6 +100,8 @@ pub(crate) struct Session {
     suspected: bool,
     last_heard: Instant,
     last_sent: Instant,
+    /// Fires at `next_deadline()`.
+    alarm: Alarm,
     detached_until: Option<Instant>,
     stats: Arc<WorkerStats>,
     metrics: SessionMetrics,
@@ -138,6 +141,7 @@ impl Session {
             suspected: false,
             last_heard: now,
             last_sent: now,
+            alarm: Alarm::new(),
             detached_until: None,
             stats,
             metrics: SessionMetrics::new(),
@@ -281,12 +285,8 @@ impl Session {
                     _ => std::future::pending().await,
                 }
             };
-            let timer = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            self.alarm.set(next);
+            let timer = self.alarm.fired();
             tokio::select! {
                 biased;
                 notice = self.notices.recv() => match notice {
