@@ -19,6 +19,7 @@ use tracing::debug;
 use super::{
     Cancelled, Completion, LeaseRequest, QueueMsg, QueuePolicy, Release, ReleaseReason,
     lines::{Line, Timer, Timers},
+    table::TaskTable,
 };
 use crate::{
     alarm::Alarm,
@@ -122,7 +123,7 @@ impl TaskEntry {
 pub(super) struct Queue {
     rx: mpsc::Receiver<QueueMsg>,
     policy: QueuePolicy,
-    tasks: FxHashMap<TaskId, TaskEntry>,
+    tasks: TaskTable<TaskEntry>,
     /// Pending tasks ready to go, per queue and per targeted worker.
     lines: HashMap<Target, Line>,
     /// Pending tasks (ready or delayed) per queue / worker, against max depth.
@@ -164,7 +165,7 @@ impl Queue {
         Self {
             rx,
             policy,
-            tasks: FxHashMap::default(),
+            tasks: TaskTable::default(),
             lines: HashMap::new(),
             depth: HashMap::new(),
             ready: HashMap::new(),

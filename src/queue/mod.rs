@@ -42,6 +42,7 @@ use crate::{
 
 mod actor;
 mod lines;
+mod table;
 #[cfg(test)]
 mod tests;
 
