@@ -6,7 +6,7 @@ use std::pin::pin;
 
 use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{StreamExt as _, adapters::Map, wrappers::ReceiverStream};
 use tonic::{
     Request, Response, Status, Streaming,
     metadata::{MetadataMap, MetadataValue},
@@ -23,6 +23,9 @@ use crate::{
     proto::{self, contact_server::Contact},
     session::{Rejection, SessionHandle, StreamItem},
 };
+
+/// What tonic streams on getTask.
+type StreamResult = Result<proto::ServerMsg, Status>;
 
 /// Replies buffered per sendStatus call before the handler waits for the
 /// worker to read them.
@@ -158,7 +161,7 @@ fn insert_header(metadata: &mut MetadataMap, key: &'static str, value: &str) {
 #[tonic::async_trait]
 impl Contact for ContactService {
     type sendStatusStream = ReceiverStream<Result<proto::Result, Status>>;
-    type getTaskStream = ReceiverStream<StreamItem>;
+    type getTaskStream = Map<ReceiverStream<StreamItem>, fn(StreamItem) -> StreamResult>;
 
     async fn send_status(
         &self,
@@ -217,7 +220,9 @@ impl Contact for ContactService {
             &self.core.session_deps(),
         )
         .await?;
-        let mut response = Response::new(ReceiverStream::new(stream_rx));
+        let stream: Self::getTaskStream =
+            ReceiverStream::new(stream_rx).map(StreamItem::into_result as fn(_) -> _);
+        let mut response = Response::new(stream);
         let headers = response.metadata_mut();
         insert_header(headers, CLIENT_ID_KEY, started.client.as_str());
         insert_header(headers, SESSION_ID_KEY, &started.session.to_string());

@@ -469,7 +469,9 @@ impl Session {
                 continue;
             }
             let sent = match &self.stream_tx {
-                Some(tx) if !closed => tx.try_send(Ok(delivery.to_message(self.receipts))),
+                Some(tx) if !closed => tx.try_send(StreamItem::Message(Box::new(
+                    delivery.to_message(self.receipts),
+                ))),
                 _ => {
                     unpushed.push(delivery.task_id);
                     continue;
@@ -737,7 +739,7 @@ impl Session {
             attempt,
             ..Default::default()
         };
-        let _ = tx.try_send(Ok(message));
+        let _ = tx.try_send(StreamItem::Message(Box::new(message)));
         self.last_sent = Instant::now();
     }
 
@@ -854,7 +856,7 @@ impl Session {
         };
         // The worker is still reading: tell it why the stream ends.
         if let Some(tx) = &self.stream_tx {
-            let _ = tx.try_send(Err(status));
+            let _ = tx.try_send(StreamItem::End(Box::new(status)));
         }
     }
 }

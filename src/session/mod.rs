@@ -41,8 +41,26 @@ use actor::{Held, Session};
 /// handlers, cancellations).
 pub const SESSION_INBOX_CAPACITY: usize = 64;
 
-/// The item type of a getTask response stream.
-pub type StreamItem = Result<proto::ServerMsg, Status>;
+/// What a session puts in its getTask stream's buffer: boxed, so that each
+/// buffer slot is two words. Every worker's buffer has room for the server's
+/// credit cap, and an idle worker's memory is dominated by such buffers.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// A message to the worker.
+    Message(Box<proto::ServerMsg>),
+    /// The stream ends with this status.
+    End(Box<Status>),
+}
+
+impl StreamItem {
+    /// The item as tonic streams it.
+    pub fn into_result(self) -> Result<proto::ServerMsg, Status> {
+        match self {
+            StreamItem::Message(message) => Ok(*message),
+            StreamItem::End(status) => Err(*status),
+        }
+    }
+}
 
 /// Server-wide notices, broadcast to every session.
 #[derive(Clone, Debug)]
