@@ -16,10 +16,12 @@ use anyhow::Context as _;
 use contact_server::proto::{self, contact_client::ContactClient, contact_server::ContactServer};
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    Request, Response, Status, Streaming, metadata::MetadataMap, transport::server::TcpIncoming,
+};
 
-use crate::load::{self, Schedule};
+use crate::load;
 
 const COUNT_KEY: &str = "bench-count";
 const BYTES_KEY: &str = "bench-bytes";
@@ -60,20 +62,26 @@ impl proto::contact_server::Contact for RawServer {
         let size = number(request.metadata(), BYTES_KEY) as usize;
         let rate = number(request.metadata(), RATE_KEY);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let message = move |i: u64, stamp| proto::ServerMsg {
+            task_id: i.to_string(),
+            payload: load::payload(size, stamp),
+            ..Default::default()
+        };
         tokio::spawn(async move {
-            let mut schedule = (rate > 0).then(|| Schedule::new(rate as f64));
-            for i in 0..count {
-                let stamp = match schedule.as_mut() {
-                    Some(schedule) => schedule.next().await,
-                    None => load::now_nanos(),
-                };
-                let message = proto::ServerMsg {
-                    task_id: i.to_string(),
-                    payload: load::payload(size, stamp),
-                    ..Default::default()
-                };
-                if tx.send(Ok(message)).await.is_err() {
-                    return;
+            if rate > 0 {
+                let mut scheduled = load::schedule(rate as f64, count, |stamp| stamp);
+                let mut i = 0;
+                while let Some(stamp) = scheduled.recv().await {
+                    if tx.send(Ok(message(i, stamp))).await.is_err() {
+                        return;
+                    }
+                    i += 1;
+                }
+            } else {
+                for i in 0..count {
+                    if tx.send(Ok(message(i, load::now_nanos()))).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -97,9 +105,11 @@ impl proto::contact_server::Contact for RawServer {
 pub(crate) async fn serve() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     eprintln!("ceiling listening on {}", listener.local_addr()?);
+    // As contact-server does: no Nagle delay on small pushes.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(ContactServer::new(RawServer::default()))
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(incoming)
         .await?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use tokio::time::Instant;
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 /// Wall-clock nanoseconds: comparable across the processes of one machine.
@@ -44,34 +44,34 @@ pub(crate) fn record_since(histogram: &mut Histogram<u64>, payload: &[u8]) {
     }
 }
 
-/// Open-loop sending: the i-th send is due at start + i / rate, whatever
+/// Open-loop sending: the i-th item is due at start + i / rate, whatever
 /// happened to earlier ones, and carries that due time as its stamp, so a
-/// stall shows up as latency instead of being hidden (no coordinated omission).
-#[derive(Debug)]
-pub(crate) struct Schedule {
-    start: Instant,
-    start_nanos: u64,
-    interval: Duration,
-    sent: u64,
-}
-
-impl Schedule {
-    pub(crate) fn new(rate: f64) -> Self {
-        Self {
-            start: Instant::now(),
-            start_nanos: now_nanos(),
-            interval: Duration::from_secs_f64(1.0 / rate.max(1.0)),
-            sent: 0,
+/// stall shows up as latency instead of being hidden (no coordinated
+/// omission). A dedicated thread keeps the schedule: tokio's timer ticks in
+/// whole milliseconds, which alone would add up to a millisecond of latency.
+pub(crate) fn schedule<T: Send + 'static>(
+    rate: f64,
+    count: u64,
+    make: impl Fn(u64) -> T + Send + 'static,
+) -> mpsc::Receiver<T> {
+    let (tx, rx) = mpsc::channel(4096);
+    std::thread::spawn(move || {
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+        let start = std::time::Instant::now();
+        let start_nanos = now_nanos();
+        for i in 0..count {
+            let offset = interval.mul_f64(i as f64);
+            let due = start + offset;
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if tx.blocking_send(make(start_nanos + offset.as_nanos() as u64)).is_err() {
+                return;
+            }
         }
-    }
-
-    /// Waits until the next send is due; returns its due time as a stamp.
-    pub(crate) async fn next(&mut self) -> u64 {
-        let offset = self.interval.mul_f64(self.sent as f64);
-        self.sent += 1;
-        tokio::time::sleep_until(self.start + offset).await;
-        self.start_nanos + offset.as_nanos() as u64
-    }
+    });
+    rx
 }
 
 pub(crate) async fn connect(url: &str) -> anyhow::Result<Channel> {

@@ -30,10 +30,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Streaming, transport::Channel};
 
-use crate::{
-    load::{self, Schedule},
-    procs::Proc,
-};
+use crate::{load, procs::Proc};
 
 /// Workers multiplexed per HTTP/2 connection in the scale scenario (the
 /// server allows 200 streams per connection).
@@ -257,13 +254,11 @@ pub(crate) async fn fixed_load(
         }
         anyhow::Ok(accepted)
     });
-    let mut schedule = Schedule::new(rate);
-    for _ in 0..total {
-        let stamp = schedule.next().await;
-        let request = v1::SubmitRequest {
-            payload: load::payload(size, stamp),
-            ..Default::default()
-        };
+    let mut scheduled = load::schedule(rate, total, move |stamp| v1::SubmitRequest {
+        payload: load::payload(size, stamp),
+        ..Default::default()
+    });
+    while let Some(request) = scheduled.recv().await {
         requests
             .send(request)
             .await
