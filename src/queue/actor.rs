@@ -119,17 +119,31 @@ impl TaskEntry {
     }
 }
 
+/// One queue's (or one targeted worker's) pending tasks.
+#[derive(Debug, Default)]
+struct TargetState {
+    /// Tasks ready to go (slots may be stale).
+    line: Line,
+    /// Pending tasks, ready or delayed, against the maximum depth.
+    depth: usize,
+    /// Pending tasks in the line now (not delayed), to split bursts evenly.
+    ready: usize,
+    /// Listed in `Queue::dirty`.
+    dirty: bool,
+}
+
+/// Empty target states are swept when there are more than this many, so
+/// queue names that producers stop using do not pile up.
+const TARGET_SWEEP_THRESHOLD: usize = 1024;
+
 #[derive(Debug)]
 pub(super) struct Queue {
     rx: mpsc::Receiver<QueueMsg>,
     policy: QueuePolicy,
     tasks: TaskTable<TaskEntry>,
-    /// Pending tasks ready to go, per queue and per targeted worker.
-    lines: HashMap<Target, Line>,
-    /// Pending tasks (ready or delayed) per queue / worker, against max depth.
-    depth: HashMap<Target, usize>,
-    /// Pending tasks in each line now (not delayed), to split bursts evenly.
-    ready: HashMap<Target, usize>,
+    /// Per queue and per targeted worker: its line and counts. One map, so
+    /// a task entering or leaving a line costs one lookup.
+    targets: HashMap<Target, TargetState>,
     timers: Timers,
     /// Every worker id that has registered and may still be targeted.
     known_clients: HashSet<ClientId>,
@@ -142,8 +156,9 @@ pub(super) struct Queue {
     waiting: HashMap<QueueName, VecDeque<(SessionId, u64)>>,
     /// The parked session of each worker, for tasks targeted at it.
     waiting_client: HashMap<ClientId, SessionId>,
-    /// Lines that gained tasks (or waiters) since the last dispatch.
-    dirty: HashSet<Target>,
+    /// Targets that gained tasks (or waiters) since the last dispatch; each
+    /// is listed once, guarded by its `dirty` flag.
+    dirty: Vec<Target>,
     /// Done and cancelled tasks, oldest first, forgotten past the limit.
     finished: VecDeque<TaskId>,
     /// Dead letters in the order they died.
@@ -166,16 +181,14 @@ impl Queue {
             rx,
             policy,
             tasks: TaskTable::default(),
-            lines: HashMap::new(),
-            depth: HashMap::new(),
-            ready: HashMap::new(),
+            targets: HashMap::new(),
             timers: Timers::default(),
             known_clients: HashSet::new(),
             online: HashSet::new(),
             parked: FxHashMap::default(),
             waiting: HashMap::new(),
             waiting_client: HashMap::new(),
-            dirty: HashSet::new(),
+            dirty: Vec::new(),
             finished: VecDeque::new(),
             dead: BTreeMap::new(),
             idempotency: HashMap::new(),
@@ -211,6 +224,7 @@ impl Queue {
                 self.fire_timers(Instant::now());
             }
             self.dispatch();
+            self.sweep_targets();
             self.publish_gauges();
         }
         debug!(
@@ -306,7 +320,7 @@ impl Queue {
             });
         }
         let max_depth = self.policy.limits(&target).max_depth;
-        if self.depth.get(&target).copied().unwrap_or(0) >= max_depth {
+        if self.depth(&target) >= max_depth {
             return Err(Error::ResourceExhausted(format!(
                 "{} is full ({max_depth} pending tasks)",
                 describe(&target)
@@ -393,15 +407,31 @@ impl Queue {
         entry.take_not_before();
         entry.generation = entry.generation.wrapping_add(1);
         let slot = (id, entry.generation);
-        let target = entry.target.clone();
-        self.lines
-            .entry(target.clone())
-            .or_default()
-            .push(entry.priority, slot, front);
-        *self.depth.entry(target.clone()).or_default() += 1;
-        *self.ready.entry(target.clone()).or_default() += 1;
+        let priority = entry.priority;
+        let state = target_state(&mut self.targets, &entry.target);
+        state.line.push(priority, slot, front);
+        state.depth += 1;
+        state.ready += 1;
+        if !state.dirty {
+            state.dirty = true;
+            self.dirty.push(entry.target.clone());
+        }
         self.pending_count += 1;
-        self.dirty.insert(target);
+    }
+
+    fn depth(&self, target: &Target) -> usize {
+        self.targets.get(target).map_or(0, |s| s.depth)
+    }
+
+    /// Lists a target for the next dispatch when its line has slots.
+    fn mark_dirty(&mut self, target: &Target) {
+        if let Some(state) = self.targets.get_mut(target)
+            && !state.dirty
+            && !state.line.is_empty()
+        {
+            state.dirty = true;
+            self.dirty.push(target.clone());
+        }
     }
 
     /// Makes a task pending, but not before `at`.
@@ -414,7 +444,7 @@ impl Queue {
         entry.extra().not_before = Some((at, at_unix_ms));
         entry.generation = entry.generation.wrapping_add(1);
         let slot = (id, entry.generation);
-        *self.depth.entry(entry.target.clone()).or_default() += 1;
+        target_state(&mut self.targets, &entry.target).depth += 1;
         self.pending_count += 1;
         self.timers.add(at, Timer::Ready(slot));
     }
@@ -427,13 +457,12 @@ impl Queue {
         };
         entry.generation = entry.generation.wrapping_add(1);
         // A pending task without a delay is in its line.
-        if entry.take_not_before().is_none()
-            && let Some(ready) = self.ready.get_mut(&entry.target)
-        {
-            *ready = ready.saturating_sub(1);
-        }
-        if let Some(depth) = self.depth.get_mut(&entry.target) {
-            *depth = depth.saturating_sub(1);
+        let in_line = entry.take_not_before().is_none();
+        if let Some(state) = self.targets.get_mut(&entry.target) {
+            if in_line {
+                state.ready = state.ready.saturating_sub(1);
+            }
+            state.depth = state.depth.saturating_sub(1);
         }
         self.pending_count = self.pending_count.saturating_sub(1);
     }
@@ -506,15 +535,9 @@ impl Queue {
         }
         // Park even when tasks are ready: dispatch serves waiting sessions in
         // arrival order, so a late asker never jumps the line.
-        let own = Target::Client(request.client.clone());
-        if self.lines.get(&own).is_some_and(|l| !l.is_empty()) {
-            self.dirty.insert(own);
-        }
+        self.mark_dirty(&Target::Client(request.client.clone()));
         for queue in request.queues.iter() {
-            let target = Target::Queue(queue.clone());
-            if self.lines.get(&target).is_some_and(|l| !l.is_empty()) {
-                self.dirty.insert(target);
-            }
+            self.mark_dirty(&Target::Queue(queue.clone()));
         }
         request.ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -552,6 +575,9 @@ impl Queue {
         // marks them dirty again; go round until nothing is left to offer.
         while !self.dirty.is_empty() {
             for target in std::mem::take(&mut self.dirty) {
+                if let Some(state) = self.targets.get_mut(&target) {
+                    state.dirty = false;
+                }
                 match target {
                     Target::Client(client) => self.dispatch_client(client),
                     Target::Queue(queue) => self.dispatch_queue(queue),
@@ -575,8 +601,12 @@ impl Queue {
             line.iter().filter(|entry| self.is_current(**entry)).count()
         });
         while waiters > 0 {
-            let ready = self.ready.get(&target).copied().unwrap_or(0);
-            if self.lines.get(&target).is_none_or(Line::is_empty) || ready == 0 {
+            let ready = self
+                .targets
+                .get(&target)
+                .filter(|s| !s.line.is_empty())
+                .map_or(0, |s| s.ready);
+            if ready == 0 {
                 break;
             }
             let Some(entry) = self.waiting.get_mut(&queue).and_then(VecDeque::pop_front) else {
@@ -594,7 +624,7 @@ impl Queue {
 
     /// Takes up to `max` ready tasks from a line, skipping stale slots.
     fn take_from(&mut self, target: &Target, max: usize, into: &mut Vec<TaskId>) {
-        let Some(line) = self.lines.get_mut(target) else {
+        let Some(TargetState { line, .. }) = self.targets.get_mut(target) else {
             return;
         };
         while into.len() < max {
@@ -611,8 +641,15 @@ impl Queue {
                 into.push(id);
             }
         }
-        if line.is_empty() {
-            self.lines.remove(target);
+    }
+
+    /// Drops the states of targets with nothing pending, once there are
+    /// many: a line is kept while in use, so a busy queue does not give up
+    /// and reallocate it each time it runs empty.
+    fn sweep_targets(&mut self) {
+        if self.targets.len() > TARGET_SWEEP_THRESHOLD {
+            self.targets
+                .retain(|_, s| s.depth > 0 || s.dirty || !s.line.is_empty());
         }
     }
 
@@ -812,7 +849,11 @@ impl Queue {
             return;
         }
         let own = Target::Client(worker.clone());
-        if let Some(mut line) = self.lines.remove(&own) {
+        let line = self
+            .targets
+            .get_mut(&own)
+            .map(|s| std::mem::take(&mut s.line));
+        if let Some(mut line) = line {
             while let Some(slot) = line.pop() {
                 if self.is_ready(slot) {
                     self.leave_pending(slot.0);
@@ -821,10 +862,9 @@ impl Queue {
             }
         }
         // Delayed tasks for it (a retry backoff) meet their target TTL.
-        if self.depth.get(&own).is_none_or(|d| *d == 0) {
+        if self.depth(&own) == 0 {
             self.known_clients.remove(worker);
-            self.depth.remove(&own);
-            self.ready.remove(&own);
+            self.targets.remove(&own);
         }
     }
 
@@ -914,7 +954,7 @@ impl Queue {
             )));
         };
         let max_depth = self.policy.limits(&entry.target).max_depth;
-        if self.depth.get(&entry.target).copied().unwrap_or(0) >= max_depth {
+        if self.depth(&entry.target) >= max_depth {
             return Err(Error::ResourceExhausted(format!(
                 "{} is full ({max_depth} pending tasks)",
                 describe(&entry.target)
@@ -1013,6 +1053,14 @@ impl Queue {
                 id: id.to_string(),
             })
     }
+}
+
+/// The state of `target`, created on first use.
+fn target_state<'a>(
+    targets: &'a mut HashMap<Target, TargetState>,
+    target: &Target,
+) -> &'a mut TargetState {
+    targets.entry(target.clone()).or_default()
 }
 
 fn describe(target: &Target) -> String {

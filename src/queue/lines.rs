@@ -19,17 +19,24 @@ use crate::domain::TaskId;
 pub(super) type Slot = (TaskId, u32);
 
 /// Pending tasks of one queue (or of one worker), highest priority first,
-/// oldest first within a priority.
+/// oldest first within a priority. Priority 0, which most tasks have, keeps
+/// its own deque so a busy line that runs empty and refills allocates
+/// nothing.
 #[derive(Debug, Default)]
 pub(super) struct Line {
-    by_priority: BTreeMap<Reverse<i32>, VecDeque<Slot>>,
+    normal: VecDeque<Slot>,
+    others: BTreeMap<Reverse<i32>, VecDeque<Slot>>,
 }
 
 impl Line {
     /// Adds a task at the back of its priority, or at the front (a task that
     /// was first in line before its delivery failed).
     pub(super) fn push(&mut self, priority: i32, slot: Slot, front: bool) {
-        let bucket = self.by_priority.entry(Reverse(priority)).or_default();
+        let bucket = if priority == 0 {
+            &mut self.normal
+        } else {
+            self.others.entry(Reverse(priority)).or_default()
+        };
         if front {
             bucket.push_front(slot);
         } else {
@@ -39,7 +46,14 @@ impl Line {
 
     /// The next slot, highest priority first. It may be stale.
     pub(super) fn pop(&mut self) -> Option<Slot> {
-        let mut entry = self.by_priority.first_entry()?;
+        let higher = self
+            .others
+            .first_key_value()
+            .is_some_and(|(Reverse(priority), _)| *priority > 0);
+        if !higher && let Some(slot) = self.normal.pop_front() {
+            return Some(slot);
+        }
+        let mut entry = self.others.first_entry()?;
         let slot = entry.get_mut().pop_front();
         if entry.get().is_empty() {
             entry.remove();
@@ -49,7 +63,7 @@ impl Line {
 
     /// True when no slot (stale or not) is left.
     pub(super) fn is_empty(&self) -> bool {
-        self.by_priority.is_empty()
+        self.normal.is_empty() && self.others.is_empty()
     }
 }
 
@@ -142,8 +156,10 @@ mod tests {
         line.push(5, (ids[1], 1), false);
         line.push(0, (ids[2], 1), false);
         line.push(0, (ids[3], 1), true);
+        let low = TaskId::generate();
+        line.push(-2, (low, 1), false);
         let order: Vec<TaskId> = std::iter::from_fn(|| line.pop()).map(|s| s.0).collect();
-        assert_eq!(order, vec![ids[1], ids[3], ids[0], ids[2]]);
+        assert_eq!(order, vec![ids[1], ids[3], ids[0], ids[2], low]);
         assert!(line.is_empty());
     }
 

@@ -141,6 +141,70 @@ async fn answer_status(
     }
 }
 
+/// Answers a batch of pure operations (no status text) with one trip to
+/// the session; one reply per message, in order.
+async fn answer_ops(
+    core: &Core,
+    named: Option<&ClientId>,
+    peer: Option<std::net::SocketAddr>,
+    batch: Vec<proto::ClientMsg>,
+) -> Vec<proto::Result> {
+    let Some(session) = core.index.resolve(named, peer) else {
+        let mut answers = Vec::with_capacity(batch.len());
+        for message in batch {
+            answers.push(answer_status(core, named, peer, message).await);
+        }
+        return answers;
+    };
+    let cap = core.workers.max_in_flight_cap;
+    let parsed: Vec<Result<WorkerOp, Error>> = batch
+        .into_iter()
+        .map(|m| WorkerOp::from_message(m.op, cap).and_then(|op| op.ok_or(Error::InvalidArgument("no operation".into()))))
+        .collect();
+    let tasks: Vec<String> = parsed
+        .iter()
+        .map(|p| p.as_ref().map(op_task).unwrap_or_default())
+        .collect();
+    let attempts: Vec<Option<u32>> = parsed
+        .iter()
+        .map(|p| p.as_ref().ok().and_then(op_attempt))
+        .collect();
+    let mut errors: Vec<Option<Error>> = Vec::with_capacity(parsed.len());
+    let mut ops = Vec::with_capacity(parsed.len());
+    for op in parsed {
+        match op {
+            Ok(op) => {
+                ops.push(op);
+                errors.push(None);
+            }
+            Err(error) => errors.push(Some(error)),
+        }
+    }
+    let mut applied = match session.apply(ops, false).await {
+        Ok(answers) => answers.into_iter(),
+        Err(rejection) => vec![Err(rejection); errors.len()].into_iter(),
+    };
+    let mut replies = Vec::with_capacity(errors.len());
+    for ((error, task_id), attempt) in errors.into_iter().zip(tasks).zip(attempts) {
+        let outcome = match error {
+            Some(error) => Err(error),
+            None => match applied.next().unwrap_or(Err(Rejection::SessionEnded)) {
+                Ok(()) => Ok(()),
+                Err(rejection) => Err(explain(core, session.client(), rejection, attempt).await),
+            },
+        };
+        replies.push(match outcome {
+            Ok(()) => proto::Result {
+                ret: "applied".into(),
+                task_id,
+                ..Default::default()
+            },
+            Err(error) => refused(task_id, error),
+        });
+    }
+    replies
+}
+
 fn refused(task_id: String, error: Error) -> proto::Result {
     let status = Status::from(error);
     proto::Result {
@@ -178,16 +242,44 @@ impl Contact for ContactService {
                     () = core.stopping.cancelled() => break,
                     message = inbound.message() => message,
                 };
-                let message = match message {
-                    Ok(Some(message)) => message,
+                let mut batch = match message {
+                    Ok(Some(message)) => vec![message],
                     Ok(None) => break,
                     Err(status) => {
                         debug!(%status, "sendStatus stream ended with an error");
                         break;
                     }
                 };
-                let reply = answer_status(&core, named.as_ref(), peer, message).await;
-                if replies.send(Ok(reply)).await.is_err() {
+                // Take what has already arrived too, so that a worker
+                // acknowledging at a high rate is answered in batches.
+                let mut ended = false;
+                while batch.len() < MAX_STREAM_BATCH {
+                    match pin!(inbound.message()).now_or_never() {
+                        Some(Ok(Some(message))) => batch.push(message),
+                        Some(Ok(None) | Err(_)) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let answers = if batch.len() > 1
+                    && batch.iter().all(|m| m.msg.is_empty() && m.op.is_some())
+                {
+                    answer_ops(&core, named.as_ref(), peer, batch).await
+                } else {
+                    let mut answers = Vec::with_capacity(batch.len());
+                    for message in batch {
+                        answers.push(answer_status(&core, named.as_ref(), peer, message).await);
+                    }
+                    answers
+                };
+                for reply in answers {
+                    if replies.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
+                }
+                if ended {
                     break;
                 }
             }

@@ -70,7 +70,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     deep_tasks: u64,
     /// Churn: tasks pushed while workers come and go.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     churn_tasks: u64,
     /// Churn: one worker drops its connection every this many milliseconds.
     #[arg(long, default_value_t = 50)]
