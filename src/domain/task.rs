@@ -200,6 +200,13 @@ pub struct TaskResult {
     pub error: String,
 }
 
+impl TaskResult {
+    /// True when the worker reported nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.ret.is_empty() && self.output.is_empty() && self.error.is_empty()
+    }
+}
+
 /// A snapshot of one task, as producers see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskInfo {

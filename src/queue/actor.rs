@@ -746,7 +746,10 @@ impl Queue {
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };
-        entry.extra().result = ack.result;
+        // Most acks carry no result; storing none allocates nothing.
+        if !ack.result.is_empty() || entry.extra.is_some() {
+            entry.extra().result = ack.result;
+        }
         match ack.outcome {
             Outcome::Done => {
                 self.metrics.acked_done.increment(1);
