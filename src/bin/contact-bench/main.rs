@@ -300,7 +300,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     target,
                 );
                 report.add(
-                    &format!("{rate:.0}/s {label} submit->ack"),
+                    &format!("{rate:.0}/s {label} submit->ack (1 in 10 sampled)"),
                     format!("{ack:.3} ms"),
                     String::new(),
                     String::new(),
