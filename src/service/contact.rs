@@ -159,7 +159,10 @@ async fn answer_ops(
     let cap = core.workers.max_in_flight_cap;
     let parsed: Vec<Result<WorkerOp, Error>> = batch
         .into_iter()
-        .map(|m| WorkerOp::from_message(m.op, cap).and_then(|op| op.ok_or(Error::InvalidArgument("no operation".into()))))
+        .map(|m| {
+            WorkerOp::from_message(m.op, cap)
+                .and_then(|op| op.ok_or(Error::InvalidArgument("no operation".into())))
+        })
         .collect();
     let tasks: Vec<String> = parsed
         .iter()

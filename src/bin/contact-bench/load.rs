@@ -66,7 +66,10 @@ pub(crate) fn schedule<T: Send + 'static>(
             if due > now {
                 std::thread::sleep(due - now);
             }
-            if tx.blocking_send(make(start_nanos + offset.as_nanos() as u64)).is_err() {
+            if tx
+                .blocking_send(make(start_nanos + offset.as_nanos() as u64))
+                .is_err()
+            {
                 return;
             }
         }

@@ -348,7 +348,7 @@ async fn latency_worker(
                     ..Default::default()
                 };
                 received += 1;
-                if received % ACK_SAMPLE_EVERY == 0 {
+                if received.is_multiple_of(ACK_SAMPLE_EVERY) {
                     waiting.push_back(task.payload.clone());
                     let message = proto::ClientMsg { op: Some(Op::Ack(result)), ..Default::default() };
                     control.send(message).await.context("sendStatus closed")?;
