@@ -65,6 +65,9 @@ pub enum ServerError {
     /// A server task panicked or was cancelled.
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The reflection service could not read the descriptors built in.
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// The server's two listeners, bound before the server starts.
@@ -194,6 +197,16 @@ async fn run(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let admin = AdminServer::new(AdminService::new(core.clone()));
+    // Reflection lets grpcurl and friends list and call every service,
+    // the seed's package-less Contact included; both protocol versions,
+    // since tools differ in which they ask for.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let calls = core.calls.clone();
     drop(core);
 
@@ -210,6 +223,8 @@ async fn run(
             .add_service(contact)
             .add_service(tasks)
             .add_service(admin)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned()),
     );
     let metrics = tokio::spawn(crate::metrics::serve(
