@@ -159,6 +159,11 @@ pub(super) struct Queue {
     /// Targets that gained tasks (or waiters) since the last dispatch; each
     /// is listed once, guarded by its `dirty` flag.
     dirty: Vec<Target>,
+    /// `targets` is swept of idle states when it grows past this.
+    sweep_at: usize,
+    /// Workers with a made-up id that went away while tasks for them were
+    /// still delayed: forgotten once those tasks are gone.
+    to_forget: HashSet<ClientId>,
     /// Done and cancelled tasks, oldest first, forgotten past the limit.
     finished: VecDeque<TaskId>,
     /// Dead letters in the order they died.
@@ -189,6 +194,8 @@ impl Queue {
             waiting: HashMap::new(),
             waiting_client: HashMap::new(),
             dirty: Vec::new(),
+            sweep_at: TARGET_SWEEP_THRESHOLD,
+            to_forget: HashSet::new(),
             finished: VecDeque::new(),
             dead: BTreeMap::new(),
             idempotency: HashMap::new(),
@@ -419,6 +426,16 @@ impl Queue {
         self.pending_count += 1;
     }
 
+    #[cfg(test)]
+    pub(super) fn target_count(&self) -> usize {
+        self.targets.len()
+    }
+
+    #[cfg(test)]
+    pub(super) fn sweep(&mut self) {
+        self.sweep_targets();
+    }
+
     fn depth(&self, target: &Target) -> usize {
         self.targets.get(target).map_or(0, |s| s.depth)
     }
@@ -511,8 +528,10 @@ impl Queue {
                         continue;
                     }
                     if entry.state == TaskState::Pending && !self.online.contains(client) {
+                        let client = client.clone();
                         self.leave_pending(id);
                         self.dead_letter(id, DeadLetterReason::Undeliverable);
+                        self.forget_if_done(&client);
                     } else {
                         // Delivered, or waiting for a busy worker: not
                         // undeliverable; look again later.
@@ -645,11 +664,14 @@ impl Queue {
 
     /// Drops the states of targets with nothing pending, once there are
     /// many: a line is kept while in use, so a busy queue does not give up
-    /// and reallocate it each time it runs empty.
+    /// and reallocate it each time it runs empty. With nothing pending every
+    /// slot left in a line is stale, so the line goes too. The threshold
+    /// moves with the number kept, so a server with many live targets does
+    /// not rescan them every turn.
     fn sweep_targets(&mut self) {
-        if self.targets.len() > TARGET_SWEEP_THRESHOLD {
-            self.targets
-                .retain(|_, s| s.depth > 0 || s.dirty || !s.line.is_empty());
+        if self.targets.len() > self.sweep_at {
+            self.targets.retain(|_, s| s.depth > 0 || s.dirty);
+            self.sweep_at = (2 * self.targets.len()).max(TARGET_SWEEP_THRESHOLD);
         }
     }
 
@@ -864,8 +886,16 @@ impl Queue {
                 }
             }
         }
-        // Delayed tasks for it (a retry backoff) meet their target TTL.
-        if self.depth(&own) == 0 {
+        // Delayed tasks for it (a retry backoff) meet their target TTL; it is
+        // forgotten when the last of them is gone.
+        self.to_forget.insert(worker.clone());
+        self.forget_if_done(worker);
+    }
+
+    fn forget_if_done(&mut self, worker: &ClientId) {
+        let own = Target::Client(worker.clone());
+        if self.to_forget.contains(worker) && self.depth(&own) == 0 {
+            self.to_forget.remove(worker);
             self.known_clients.remove(worker);
             self.targets.remove(&own);
         }

@@ -581,3 +581,22 @@ fn draining_refuses_new_tasks() {
     assert_eq!(refused, vec![Err(Error::ShuttingDown)]);
     assert_eq!(state(&q, held[0]), (TaskState::Pending, 0));
 }
+
+/// Queues that producers stop using do not pile up: once nothing is pending
+/// in them (here their tasks expired), their state is swept.
+#[test]
+fn idle_queue_states_are_swept() {
+    let mut q = queue(5);
+    let tasks = (0..1500)
+        .map(|i| NewTask {
+            target: Some(Target::Queue(QueueName::parse(&format!("q{i}")).unwrap())),
+            ttl: Some(Duration::from_secs(1)),
+            ..task()
+        })
+        .collect();
+    assert!(submit(&mut q, tasks).iter().all(Result::is_ok));
+    q.fire_timers(Instant::now() + Duration::from_secs(2));
+    q.dispatch();
+    q.sweep();
+    assert!(q.target_count() < 100, "{} target states kept", q.target_count());
+}

@@ -215,6 +215,18 @@ impl Session {
         free.min(room)
     }
 
+    /// How many free buffer slots to wait for before asking for tasks again:
+    /// a quarter of the buffer (or the free credit, if less), plus the
+    /// reserved slots. Never more than the buffer holds.
+    fn room_wanted(&self) -> usize {
+        let Some(tx) = &self.stream_tx else {
+            return 1;
+        };
+        let free = self.max_in_flight.saturating_sub(self.live as u32) as usize;
+        let batch = free.min(tx.max_capacity() / 4).max(1);
+        (batch + Self::RESERVED_SLOTS).min(tx.max_capacity())
+    }
+
     /// The worker has credit left but the stream buffer is full: it is slow
     /// to read, and the session waits for it instead of asking for tasks.
     fn waiting_for_room(&self) -> bool {
@@ -261,6 +273,7 @@ impl Session {
             }
             let next = self.next_deadline();
             let wait_for_room = self.waiting_for_room();
+            let room_wanted = self.room_wanted();
             let lease_slot = &mut self.lease;
             let lease = async {
                 match lease_slot.as_mut() {
@@ -279,8 +292,9 @@ impl Session {
                 match &stream_tx {
                     // The permit is dropped at once: this only waits for the
                     // worker to read, then the loop asks for tasks again.
+                    // Wait for room for a worthwhile batch, not single tasks.
                     Some(tx) if wait_for_room => {
-                        let _ = tx.reserve_many(Self::RESERVED_SLOTS + 1).await;
+                        let _ = tx.reserve_many(room_wanted).await;
                     }
                     _ => std::future::pending().await,
                 }
@@ -729,7 +743,11 @@ impl Session {
     /// Sends a keepalive or cancel message if the stream has room; both are
     /// hints, so a full buffer (the worker is busy reading tasks) skips them.
     fn send_control(&mut self, kind: proto::Kind, task: Option<(TaskId, u32)>) {
-        let Some(tx) = &self.stream_tx else {
+        // Counted as sent even when skipped, so a full buffer does not make
+        // the keepalive deadline fire again at once.
+        self.last_sent = Instant::now();
+        // The last slot is kept for the final status.
+        let Some(tx) = self.stream_tx.as_ref().filter(|tx| tx.capacity() > 1) else {
             return;
         };
         let (task_id, attempt) = task.map_or((String::new(), 0), |(t, a)| (t.to_string(), a));
@@ -740,7 +758,6 @@ impl Session {
             ..Default::default()
         };
         let _ = tx.try_send(StreamItem::Message(Box::new(message)));
-        self.last_sent = Instant::now();
     }
 
     /// A server-wide broadcast: workers of its queue submit themselves a copy.

@@ -178,7 +178,7 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
 }
 
-fn micros(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+fn millis(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
 
@@ -193,8 +193,8 @@ fn usage_line(label: &str, usage: Usage, bench: Usage) -> String {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let server_bin = procs::server_bin(args.server_bin.clone())?;
-    let dir = std::env::temp_dir().join(format!("contact-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = TempDir::new()?;
+    let dir = dir.path();
     let me = std::process::id().to_string();
     let mut report = Report { rows: Vec::new() };
     println!(
@@ -221,7 +221,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("  {}", usage_line("ceiling", raw_usage.0, raw_usage.1));
         ceiling_rate = Some(raw);
 
-        let server = Proc::contact_server(&server_bin, SERVER_CONFIG, &dir)?;
+        let server = Proc::contact_server(&server_bin, SERVER_CONFIG, dir)?;
         let before = (server.usage()?, Usage::of(&me)?);
         let rate = scenarios::saturation(
             &server.url(),
@@ -270,7 +270,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         for (rate, target_ms, target) in rates {
             let raw = ceiling::latency(&ceiling.url(), rate as u64, duration, args.size).await?;
-            let server = Proc::contact_server(&server_bin, SERVER_CONFIG, &dir)?;
+            let server = Proc::contact_server(&server_bin, SERVER_CONFIG, dir)?;
             let measured = scenarios::fixed_load(
                 &server.url(),
                 rate,
@@ -282,9 +282,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?;
             server.stop(Duration::from_secs(10))?;
             for (label, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
-                let receipt = micros(&measured.receipt, q);
-                let ack = micros(&measured.ack, q);
-                let ceiling_ms = micros(&raw, q);
+                let receipt = millis(&measured.receipt, q);
+                let ack = millis(&measured.ack, q);
+                let ceiling_ms = millis(&raw, q);
                 let target = if label == "p99" {
                     format!("{target}: {}", verdict(receipt <= target_ms))
                 } else {
@@ -314,7 +314,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.runs(Scenario::Scale) {
         println!("connection scale");
         for &workers in &args.idle_workers {
-            let server = Proc::contact_server(&server_bin, SERVER_CONFIG, &dir)?;
+            let server = Proc::contact_server(&server_bin, SERVER_CONFIG, dir)?;
             let scale = scenarios::scale(&server, workers).await?;
             let kib = scale.rss_per_worker_bytes / 1024.0;
             report.add(
@@ -339,7 +339,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     if args.runs(Scenario::Deep) {
         println!("deep queue");
-        let server = Proc::contact_server(&server_bin, SERVER_CONFIG, &dir)?;
+        let server = Proc::contact_server(&server_bin, SERVER_CONFIG, dir)?;
         let deep =
             scenarios::deep_queue(&server, args.deep_tasks, 64, args.workers, args.credit).await?;
         let peak = server.usage()?.peak_rss_kib;
@@ -369,7 +369,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     if args.runs(Scenario::Churn) {
         println!("churn");
-        let server = Proc::contact_server(&server_bin, SERVER_CONFIG, &dir)?;
+        let server = Proc::contact_server(&server_bin, SERVER_CONFIG, dir)?;
         let churn = scenarios::churn(
             &server,
             args.churn_tasks,
@@ -392,6 +392,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     report.print();
-    std::fs::remove_dir_all(&dir).context("removing the temporary config")?;
     Ok(())
+}
+
+/// The directory for the server's config file, removed however the run ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("contact-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).context("creating a temporary directory")?;
+        Ok(Self(dir))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -97,14 +97,19 @@ impl FastWorkers {
         let notified = self.all_acked.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        tokio::time::timeout(timeout, notified)
-            .await
-            .with_context(|| {
-                format!(
-                    "only {} tasks acknowledged",
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut notified => break,
+                // A worker that fails ends the wait at once.
+                Some(run) = self.runs.join_next() => run??,
+                () = &mut deadline => anyhow::bail!(
+                    "only {} tasks acknowledged after {timeout:?}",
                     self.acked.load(Ordering::Relaxed)
-                )
-            })?;
+                ),
+            }
+        }
         self.stop.cancel();
         while let Some(run) = self.runs.join_next().await {
             run??;
@@ -191,8 +196,9 @@ pub(crate) async fn saturation(
     credit: u32,
     size: usize,
 ) -> anyhow::Result<f64> {
-    let pool = FastWorkers::start(url, workers, credit, "sat", tasks).await?;
+    // Connecting counts, as it does for the ceiling.
     let started = Instant::now();
+    let pool = FastWorkers::start(url, workers, credit, "sat", tasks).await?;
     produce(url, tasks, producers, size).await?;
     let acked = pool.finish(Duration::from_secs(600)).await?;
     ensure!(acked >= tasks, "acknowledged {acked} of {tasks}");
@@ -551,7 +557,13 @@ pub(crate) async fn churn(
     }
     let elapsed = started.elapsed();
     stop.cancel();
-    while slots.join_next().await.is_some() {}
+    let stopped = tokio::time::timeout(Duration::from_secs(10), async {
+        while slots.join_next().await.is_some() {}
+    })
+    .await;
+    if stopped.is_err() {
+        slots.abort_all();
+    }
     Ok(Churn {
         throughput: done as f64 / elapsed.as_secs_f64(),
         done,
