@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod proto;
 pub mod queue;
 pub mod registry;
+mod rpc_layer;
 pub mod server;
 pub mod service;
 pub mod session;

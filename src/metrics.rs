@@ -43,6 +43,9 @@ pub const STALE_ACKS_REFUSED: &str = "contact_stale_acks_refused_total";
 pub const SESSIONS_RESUMED: &str = "contact_sessions_resumed_total";
 /// Counter: sessions expired because their worker went silent.
 pub const SESSIONS_EXPIRED: &str = "contact_sessions_expired_total";
+/// Counter: gRPC calls that failed, by `method` (a fixed list, else
+/// `other`) and `code` (the gRPC status code's name).
+pub const RPC_ERRORS: &str = "contact_rpc_errors_total";
 /// Gauge: tasks waiting to be delivered.
 pub const QUEUE_DEPTH: &str = "contact_queue_depth";
 /// Gauge: tasks pushed to a worker and not yet acknowledged.
@@ -123,6 +126,11 @@ fn describe_all() {
         SESSIONS_EXPIRED,
         Unit::Count,
         "Sessions expired because their worker went silent."
+    );
+    describe_counter!(
+        RPC_ERRORS,
+        Unit::Count,
+        "gRPC calls that failed, by method and status code."
     );
     describe_gauge!(QUEUE_DEPTH, Unit::Count, "Tasks waiting to be delivered.");
     describe_gauge!(

@@ -33,6 +33,7 @@ use crate::{
     },
     queue::{QueueHandle, QueuePolicy},
     registry::{RegistryHandle, SessionIndex},
+    rpc_layer::RpcLayer,
     service::{AdminService, ContactService, Core, TasksService},
     session::{Notice, SessionTiming},
 };
@@ -219,6 +220,7 @@ async fn run(
         Server::builder()
             .http2_keepalive_interval(keepalive)
             .http2_keepalive_timeout(keepalive)
+            .layer(RpcLayer)
             .add_service(health_service)
             .add_service(contact)
             .add_service(tasks)

@@ -79,6 +79,28 @@ async fn metrics_match_a_known_workload() {
     })
     .await;
     assert!(text.contains("# HELP contact_tasks_submitted_total"));
+
+    // A failed call is counted by method and code.
+    let bad = within(
+        "bad get",
+        server
+            .tasks()
+            .await
+            .get(contact_server::proto::v1::GetRequest {
+                task_id: "not-a-uuid".into(),
+            }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let text = server.scrape().await;
+    let counted = text.lines().any(|line| {
+        line.starts_with("contact_rpc_errors_total{")
+            && line.contains("method=\"contact.v1.Tasks/Get\"")
+            && line.contains("code=\"invalid_argument\"")
+            && line.ends_with(" 1")
+    });
+    assert!(counted, "{text}");
     assert!(text.contains("# TYPE contact_queue_depth gauge"));
     // No series is labelled with an id.
     assert!(!text.contains(&ids[0]));

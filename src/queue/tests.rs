@@ -598,5 +598,9 @@ fn idle_queue_states_are_swept() {
     q.fire_timers(Instant::now() + Duration::from_secs(2));
     q.dispatch();
     q.sweep();
-    assert!(q.target_count() < 100, "{} target states kept", q.target_count());
+    assert!(
+        q.target_count() < 100,
+        "{} target states kept",
+        q.target_count()
+    );
 }
