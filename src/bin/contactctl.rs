@@ -1,4 +1,5 @@
-//! contactctl: submit tasks and inspect a contact-server from the shell.
+//! contactctl: submit tasks to, inspect and manage a contact-server from the
+//! shell.
 //!
 //! ```text
 //! contactctl submit "resize image 7"                   # prints the task id
@@ -6,15 +7,20 @@
 //! contactctl submit --to worker-1 "only for worker-1"
 //! contactctl submit --priority 5 --delay-ms 2000 --key order-17 "later, once"
 //! contactctl get <TASK_ID>
+//! contactctl wait <TASK_ID> --timeout 30
 //! contactctl cancel <TASK_ID>
 //! contactctl dead-letters --queue mail
 //! contactctl requeue <TASK_ID>
-//! contactctl wait <TASK_ID> --timeout 30
 //! contactctl workers
+//! contactctl queues
+//! contactctl drain worker-1          # no new tasks; it ends once it acked what it holds
+//! contactctl disconnect worker-1     # now; its tasks go to other workers
+//! contactctl --json workers          # any command: JSON for scripts
 //! ```
 //!
-//! Exits 0 on success, 1 on any error (with a message on stderr), and 2 when
-//! a waited-for task was dead-lettered.
+//! Output goes to stdout: human tables by default, one JSON document with
+//! `--json`. Exits 0 on success, 1 on any error (with a message on stderr),
+//! and 2 when a waited-for task was dead-lettered.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -23,9 +29,10 @@ use clap::{Parser, Subcommand};
 use contact_server::proto::v1::{
     self, TaskState, admin_client::AdminClient, tasks_client::TasksClient,
 };
+use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 
-/// Submit tasks to and inspect a contact-server.
+/// Submit tasks to, inspect and manage a contact-server.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -37,6 +44,9 @@ struct Args {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -75,6 +85,19 @@ enum Cmd {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Print a task's state and result.
+    Get {
+        /// The task id.
+        task_id: String,
+    },
+    /// Wait for a task to finish and print it.
+    Wait {
+        /// The task id.
+        task_id: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Cancel a task that is not finished.
     Cancel {
         /// The task id.
@@ -94,21 +117,20 @@ enum Cmd {
         /// The task id.
         task_id: String,
     },
-    /// Print a task's state and result.
-    Get {
-        /// The task id.
-        task_id: String,
-    },
-    /// Wait for a task to finish and print it.
-    Wait {
-        /// The task id.
-        task_id: String,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
-    },
     /// List the connected workers.
     Workers,
+    /// List the queues with pending tasks or waiting workers.
+    Queues,
+    /// Drain one worker: no new tasks; its stream ends once it acked what it holds.
+    Drain {
+        /// The worker's client id.
+        client_id: String,
+    },
+    /// Disconnect one worker now; the tasks it holds go to other workers.
+    Disconnect {
+        /// The worker's client id.
+        client_id: String,
+    },
 }
 
 #[tokio::main]
@@ -132,9 +154,103 @@ async fn connect(server: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("cannot connect to {server}"))
 }
 
+/// Where output goes: a table for people, or JSON for scripts.
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn value(&self, value: &Value, human: impl FnOnce()) {
+        if self.json {
+            println!("{value}");
+        } else {
+            human();
+        }
+    }
+
+    fn task(&self, info: &v1::TaskInfo) {
+        self.value(&task_json(info), || print_task(info));
+    }
+
+    fn tasks(&self, tasks: &[v1::TaskInfo]) {
+        let value = Value::Array(tasks.iter().map(task_json).collect());
+        self.value(&value, || {
+            println!(
+                "{:<38} {:<16} {:>8} {:<20} ERROR",
+                "TASK ID", "QUEUE", "ATTEMPTS", "REASON"
+            );
+            for task in tasks {
+                println!(
+                    "{:<38} {:<16} {:>8} {:<20} {}",
+                    task.task_id, task.queue, task.attempts, task.dead_letter_reason, task.error
+                );
+            }
+        });
+    }
+
+    fn message(&self, message: &str) {
+        self.value(&json!({ "message": message }), || println!("{message}"));
+    }
+}
+
+fn state_name(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Unspecified => "unknown",
+        TaskState::Pending => "pending",
+        TaskState::Delivered => "delivered",
+        TaskState::Done => "done",
+        TaskState::DeadLettered => "dead-lettered",
+        TaskState::Cancelled => "cancelled",
+    }
+}
+
+fn task_json(info: &v1::TaskInfo) -> Value {
+    json!({
+        "task_id": info.task_id,
+        "state": state_name(info.state()),
+        "queue": info.queue,
+        "target_client_id": info.target_client_id,
+        "attempts": info.attempts,
+        "worker_id": info.worker_id,
+        "ret": info.ret,
+        "output_bytes": info.output.len(),
+        "error": info.error,
+        "priority": info.priority,
+        "not_before_unix_ms": info.not_before_unix_ms,
+        "dead_letter_reason": info.dead_letter_reason,
+        "broadcast_id": info.broadcast_id,
+    })
+}
+
+fn worker_json(w: &v1::Worker) -> Value {
+    json!({
+        "client_id": w.client_id,
+        "peer": w.peer,
+        "queues": w.queues,
+        "max_in_flight": w.max_in_flight,
+        "in_flight": w.in_flight,
+        "connected_unix_ms": w.connected_unix_ms,
+        "last_status": w.last_status,
+        "last_heard_unix_ms": w.last_heard_unix_ms,
+        "reported_running": w.reported_running,
+        "detached": w.detached,
+    })
+}
+
+fn queue_json(q: &v1::QueueStats) -> Value {
+    json!({
+        "name": q.name,
+        "pending": q.pending,
+        "ready": q.ready,
+        "waiting_workers": q.waiting_workers,
+    })
+}
+
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let channel = connect(&args.server).await?;
     let mut tasks = TasksClient::new(channel.clone());
+    let mut admin = AdminClient::new(channel);
+    let out = Out { json: args.json };
     match args.command {
         Cmd::Submit {
             text,
@@ -171,11 +287,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .await
                 .context("submit failed")?
                 .into_inner();
-            if !wait {
-                println!("{}", reply.task_id);
-                return Ok(ExitCode::SUCCESS);
+            if wait {
+                return wait_and_print(&mut tasks, &out, reply.task_id, timeout).await;
             }
-            wait_and_print(&mut tasks, reply.task_id, timeout).await
+            out.value(&json!({ "task_id": reply.task_id }), || {
+                println!("{}", reply.task_id);
+            });
         }
         Cmd::Get { task_id } => {
             let info = tasks
@@ -183,18 +300,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .await
                 .context("get failed")?
                 .into_inner();
-            print_task(&info);
-            Ok(ExitCode::SUCCESS)
+            out.task(&info);
         }
-        Cmd::Wait { task_id, timeout } => wait_and_print(&mut tasks, task_id, timeout).await,
+        Cmd::Wait { task_id, timeout } => {
+            return wait_and_print(&mut tasks, &out, task_id, timeout).await;
+        }
         Cmd::Cancel { task_id } => {
             let info = tasks
                 .cancel(v1::CancelRequest { task_id })
                 .await
                 .context("cancel failed")?
                 .into_inner();
-            print_task(&info);
-            Ok(ExitCode::SUCCESS)
+            out.task(&info);
         }
         Cmd::DeadLetters { queue, limit } => {
             let dead = tasks
@@ -206,17 +323,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .context("listing dead letters failed")?
                 .into_inner()
                 .tasks;
-            println!(
-                "{:<38} {:<16} {:>8} {:<20} ERROR",
-                "TASK ID", "QUEUE", "ATTEMPTS", "REASON"
-            );
-            for task in dead {
-                println!(
-                    "{:<38} {:<16} {:>8} {:<20} {}",
-                    task.task_id, task.queue, task.attempts, task.dead_letter_reason, task.error
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+            out.tasks(&dead);
         }
         Cmd::Requeue { task_id } => {
             let info = tasks
@@ -224,38 +331,79 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .await
                 .context("requeue failed")?
                 .into_inner();
-            print_task(&info);
-            Ok(ExitCode::SUCCESS)
+            out.task(&info);
         }
         Cmd::Workers => {
-            let workers = AdminClient::new(channel)
+            let workers = admin
                 .list_workers(v1::ListWorkersRequest {})
                 .await
                 .context("listing workers failed")?
                 .into_inner()
                 .workers;
-            println!(
-                "{:<38} {:<22} {:<16} {:>9} {:<}",
-                "CLIENT ID", "PEER", "QUEUES", "IN FLIGHT", "STATUS"
-            );
-            for w in workers {
+            let value = Value::Array(workers.iter().map(worker_json).collect());
+            out.value(&value, || {
                 println!(
-                    "{:<38} {:<22} {:<16} {:>4}/{:<4} {}",
-                    w.client_id,
-                    w.peer,
-                    w.queues.join(","),
-                    w.in_flight,
-                    w.max_in_flight,
-                    w.last_status
+                    "{:<38} {:<22} {:<16} {:>9} {:<}",
+                    "CLIENT ID", "PEER", "QUEUES", "IN FLIGHT", "STATUS"
                 );
-            }
-            Ok(ExitCode::SUCCESS)
+                for w in &workers {
+                    println!(
+                        "{:<38} {:<22} {:<16} {:>4}/{:<4} {}{}",
+                        w.client_id,
+                        w.peer,
+                        w.queues.join(","),
+                        w.in_flight,
+                        w.max_in_flight,
+                        w.last_status,
+                        if w.detached { " (detached)" } else { "" }
+                    );
+                }
+            });
+        }
+        Cmd::Queues => {
+            let queues = admin
+                .list_queues(v1::ListQueuesRequest {})
+                .await
+                .context("listing queues failed")?
+                .into_inner()
+                .queues;
+            let value = Value::Array(queues.iter().map(queue_json).collect());
+            out.value(&value, || {
+                println!(
+                    "{:<24} {:>10} {:>10} {:>8}",
+                    "QUEUE", "PENDING", "READY", "WAITING"
+                );
+                for q in &queues {
+                    println!(
+                        "{:<24} {:>10} {:>10} {:>8}",
+                        q.name, q.pending, q.ready, q.waiting_workers
+                    );
+                }
+            });
+        }
+        Cmd::Drain { client_id } => {
+            let reply = admin
+                .drain_worker(v1::WorkerRequest { client_id })
+                .await
+                .context("drain failed")?
+                .into_inner();
+            out.message(&reply.message);
+        }
+        Cmd::Disconnect { client_id } => {
+            let reply = admin
+                .disconnect_worker(v1::WorkerRequest { client_id })
+                .await
+                .context("disconnect failed")?
+                .into_inner();
+            out.message(&reply.message);
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn wait_and_print(
     tasks: &mut TasksClient<Channel>,
+    out: &Out,
     task_id: String,
     timeout_secs: u64,
 ) -> anyhow::Result<ExitCode> {
@@ -270,7 +418,7 @@ async fn wait_and_print(
         .await
         .context("wait failed")?
         .into_inner();
-    print_task(&info);
+    out.task(&info);
     Ok(if info.state() == TaskState::DeadLettered {
         ExitCode::from(2)
     } else {
@@ -279,16 +427,8 @@ async fn wait_and_print(
 }
 
 fn print_task(info: &v1::TaskInfo) {
-    let state = match info.state() {
-        TaskState::Unspecified => "unknown",
-        TaskState::Pending => "pending",
-        TaskState::Delivered => "delivered",
-        TaskState::Done => "done",
-        TaskState::DeadLettered => "dead-lettered",
-        TaskState::Cancelled => "cancelled",
-    };
     println!("task:     {}", info.task_id);
-    println!("state:    {state}");
+    println!("state:    {}", state_name(info.state()));
     if info.target_client_id.is_empty() {
         println!("queue:    {}", info.queue);
     } else {

@@ -17,7 +17,7 @@ use tokio::{
 use tracing::debug;
 
 use super::{
-    Cancelled, Completion, LeaseRequest, QueueMsg, QueuePolicy, Release, ReleaseReason,
+    Cancelled, Completion, LeaseRequest, QueueMsg, QueuePolicy, QueueStats, Release, ReleaseReason,
     lines::{Line, Timer, Timers},
     table::TaskTable,
 };
@@ -293,6 +293,9 @@ impl Queue {
                 respond_to,
             } => {
                 let _ = respond_to.send(self.broadcast_copies(broadcast));
+            }
+            QueueMsg::QueueStats { respond_to } => {
+                let _ = respond_to.send(self.queue_stats());
             }
             QueueMsg::Drain => self.draining = true,
         }
@@ -1018,6 +1021,37 @@ impl Queue {
             })
             .take(limit)
             .map(|(id, entry)| entry.info(id))
+            .collect()
+    }
+
+    fn queue_stats(&self) -> Vec<QueueStats> {
+        let mut names: Vec<&QueueName> = self
+            .targets
+            .iter()
+            .filter(|(_, s)| s.depth > 0)
+            .filter_map(|(target, _)| match target {
+                Target::Queue(name) => Some(name),
+                Target::Client(_) => None,
+            })
+            .chain(self.waiting.keys())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let state = self.targets.get(&Target::Queue(name.clone()));
+                let waiting_workers = self.waiting.get(name).map_or(0, |line| {
+                    line.iter().filter(|entry| self.is_current(**entry)).count()
+                });
+                QueueStats {
+                    name: name.clone(),
+                    pending: state.map_or(0, |s| s.depth),
+                    ready: state.map_or(0, |s| s.ready),
+                    waiting_workers,
+                }
+            })
+            .filter(|q| q.pending > 0 || q.waiting_workers > 0)
             .collect()
     }
 

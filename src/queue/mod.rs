@@ -204,6 +204,19 @@ pub struct Completion {
     pub retry_after: Option<Duration>,
 }
 
+/// One queue, as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The queue.
+    pub name: QueueName,
+    /// Tasks waiting, ready or delayed.
+    pub pending: usize,
+    /// Of those, the ones that may go now.
+    pub ready: usize,
+    /// Workers of this queue waiting for a task.
+    pub waiting_workers: usize,
+}
+
 /// What a cancel found.
 #[derive(Debug)]
 pub struct Cancelled {
@@ -337,6 +350,12 @@ impl QueueHandle {
         .await?
     }
 
+    /// Every queue with pending tasks or waiting workers, by name.
+    pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
+        self.ask(|respond_to| QueueMsg::QueueStats { respond_to })
+            .await
+    }
+
     /// Stops accepting new tasks; everything already accepted is still served.
     pub async fn drain(&self) -> Result<(), Error> {
         Ok(self.tx.send(QueueMsg::Drain).await?)
@@ -410,6 +429,10 @@ enum QueueMsg {
     BroadcastCopies {
         broadcast: BroadcastId,
         respond_to: oneshot::Sender<Result<Vec<TaskInfo>, Error>>,
+    },
+    /// Report every queue.
+    QueueStats {
+        respond_to: oneshot::Sender<Vec<QueueStats>>,
     },
     /// The server is stopping: refuse new tasks.
     Drain,

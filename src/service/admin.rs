@@ -3,7 +3,12 @@
 use tonic::{Request, Response, Status};
 
 use super::Core;
-use crate::proto::v1::{self, admin_server::Admin};
+use crate::{
+    domain::ClientId,
+    error::Error,
+    proto::v1::{self, admin_server::Admin},
+    session::SessionHandle,
+};
 
 /// The Admin service facade.
 #[derive(Clone, Debug)]
@@ -15,6 +20,18 @@ impl AdminService {
     /// A facade over the server's actors.
     pub fn new(core: Core) -> Self {
         Self { core }
+    }
+
+    /// The session of the worker a request names.
+    fn worker(&self, request: v1::WorkerRequest) -> Result<SessionHandle, Error> {
+        let client = ClientId::parse(&request.client_id)?;
+        self.core
+            .index
+            .resolve(Some(&client), None)
+            .ok_or(Error::NotFound {
+                what: "worker",
+                id: client.to_string(),
+            })
     }
 }
 
@@ -41,5 +58,53 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(v1::ListWorkersReply { workers }))
+    }
+
+    async fn list_queues(
+        &self,
+        _request: Request<v1::ListQueuesRequest>,
+    ) -> Result<Response<v1::ListQueuesReply>, Status> {
+        let queues = self
+            .core
+            .queue
+            .queue_stats()
+            .await?
+            .into_iter()
+            .map(|q| v1::QueueStats {
+                name: q.name.to_string(),
+                pending: q.pending as u64,
+                ready: q.ready as u64,
+                waiting_workers: q.waiting_workers as u64,
+            })
+            .collect();
+        Ok(Response::new(v1::ListQueuesReply { queues }))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<v1::WorkerRequest>,
+    ) -> Result<Response<v1::WorkerReply>, Status> {
+        let session = self.worker(request.into_inner())?;
+        session.drain().await?;
+        Ok(Response::new(v1::WorkerReply {
+            message: format!(
+                "worker {} takes no new tasks and ends when it has acknowledged what it holds",
+                session.client()
+            ),
+        }))
+    }
+
+    async fn disconnect_worker(
+        &self,
+        request: Request<v1::WorkerRequest>,
+    ) -> Result<Response<v1::WorkerReply>, Status> {
+        let session = self.worker(request.into_inner())?;
+        session.disconnect().await?;
+        Ok(Response::new(v1::WorkerReply {
+            message: format!(
+                "worker {} disconnected; the tasks it held go to other workers",
+                session.client()
+            ),
+        }))
     }
 }

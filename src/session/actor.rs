@@ -56,8 +56,11 @@ enum Deadline {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum End {
     /// The worker closed the stream or its connection dropped (and it did
-    /// not resume in time).
-    Disconnected,
+    /// not resume in time), or an operator disconnected it.
+    Disconnected {
+        /// An operator's doing: the worker is still there to be told.
+        by_operator: bool,
+    },
     /// The server drained and this worker acknowledged everything.
     Drained,
     /// The server is stopping now (or an actor it needs is gone).
@@ -96,6 +99,8 @@ pub(crate) struct Session {
     /// outstanding lease's answer, and must not be pushed.
     early_cancels: Vec<(TaskId, u32)>,
     draining: bool,
+    /// The drain came from an operator, not the server stopping.
+    operator_drain: bool,
     /// A receipt was missed: send nothing new until the worker shows life.
     suspected: bool,
     last_heard: Instant,
@@ -138,6 +143,7 @@ impl Session {
             lease: None,
             early_cancels: Vec::new(),
             draining: false,
+            operator_drain: false,
             suspected: false,
             last_heard: now,
             last_sent: now,
@@ -361,7 +367,7 @@ impl Session {
         self.cancel_lease().await;
         let grace = self.timing.resume_grace;
         if self.generated_id || self.live == 0 || grace.is_zero() || self.draining {
-            return Some(End::Disconnected);
+            return Some(End::Disconnected { by_operator: false });
         }
         debug!(held = self.live, "stream dropped; waiting for a resume");
         self.detached_until = Some(Instant::now() + grace);
@@ -395,6 +401,16 @@ impl Session {
                 let kept = self.hand_over(&held).await;
                 let _ = respond_to.send(kept);
                 return Some(End::HandedOver);
+            }
+            SessionMsg::Drain => {
+                info!("drained by an operator");
+                self.draining = true;
+                self.operator_drain = true;
+                self.cancel_lease().await;
+            }
+            SessionMsg::Disconnect => {
+                info!("disconnected by an operator");
+                return Some(End::Disconnected { by_operator: true });
             }
         }
         None
@@ -666,7 +682,7 @@ impl Session {
         if let Some(until) = self.detached_until {
             if now >= until {
                 debug!("no resume within the grace period");
-                return Some(End::Disconnected);
+                return Some(End::Disconnected { by_operator: false });
             }
         } else if let Some(keepalive) = self.keepalive {
             if now >= self.last_heard + self.timing.liveness_timeout {
@@ -864,12 +880,18 @@ impl Session {
                 .await;
         }
         let status = match end {
+            End::Drained if self.operator_drain => {
+                Status::unavailable("drained by an operator; every task was acknowledged")
+            }
+            End::Disconnected { by_operator: true } => {
+                Status::unavailable("disconnected by an operator; held tasks went to other workers")
+            }
             End::Drained | End::Shutdown => Status::unavailable("server is shutting down"),
             End::Expired => Status::unavailable(format!(
                 "no message from this worker for {} s; its tasks were redelivered",
                 self.timing.liveness_timeout.as_secs()
             )),
-            End::Disconnected | End::HandedOver => return,
+            End::Disconnected { .. } | End::HandedOver => return,
         };
         // The worker is still reading: tell it why the stream ends.
         if let Some(tx) = &self.stream_tx {

@@ -313,6 +313,23 @@ impl SessionHandle {
         let _ = self.tx.send(SessionMsg::Cancelled { task, attempt }).await;
     }
 
+    /// An operator drains this worker: nothing new is sent, and the stream
+    /// ends once it has acknowledged what it holds.
+    pub async fn drain(&self) -> Result<(), Error> {
+        self.tx
+            .send(SessionMsg::Drain)
+            .await
+            .map_err(|_| Error::Unavailable("the worker's session"))
+    }
+
+    /// An operator disconnects this worker now; what it holds is redelivered.
+    pub async fn disconnect(&self) -> Result<(), Error> {
+        self.tx
+            .send(SessionMsg::Disconnect)
+            .await
+            .map_err(|_| Error::Unavailable("the worker's session"))
+    }
+
     /// A resuming session takes over the tasks of `held` that this (old)
     /// session still holds; the rest go back to the queue and this session
     /// ends.
@@ -349,4 +366,8 @@ enum SessionMsg {
         held: Vec<(TaskId, u32)>,
         respond_to: oneshot::Sender<Vec<Held>>,
     },
+    /// An operator drains this worker.
+    Drain,
+    /// An operator disconnects this worker.
+    Disconnect,
 }
