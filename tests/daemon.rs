@@ -1,5 +1,7 @@
 //! The `contact-server` binary itself: it refuses a bad config with exit code
-//! 64 and a message naming the key, and on SIGTERM it drains and exits 0.
+//! 64 and a message naming the key, and on SIGTERM it drains and exits 0;
+//! and the files that run it as a service (systemd unit, Grafana dashboard)
+//! stay true to it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -129,4 +131,53 @@ impl Drop for KillOnDrop {
                 .status();
         }
     }
+}
+
+/// The systemd unit gives the drain time to finish: TimeoutStopSec covers the
+/// default drain timeout plus the last shutdown steps.
+#[test]
+fn systemd_unit_waits_out_the_drain() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("config/contact-server.service")).unwrap();
+    let stop_secs: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let grace = contact_server::server::STOP_GRACE.as_secs() * 4;
+    let drain = contact_server::Config::default().server.drain_timeout_secs;
+    assert!(
+        stop_secs >= drain + grace,
+        "TimeoutStopSec={stop_secs} < {drain} + {grace}"
+    );
+    assert!(unit.contains("RestartPreventExitStatus=64"));
+}
+
+/// The Grafana dashboard only charts metrics the server exports.
+#[test]
+fn grafana_dashboard_uses_real_metric_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("config/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let exported = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    let mut charted = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("contact_") {
+                    assert!(
+                        exported.contains(&format!("\"{word}\"")),
+                        "{word} is not exported"
+                    );
+                    charted += 1;
+                }
+            }
+        }
+    }
+    assert!(charted >= 10, "only {charted} metrics charted");
 }
