@@ -16,6 +16,12 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
 /// Default Prometheus scrape address: loopback, its own port.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+/// Queues with their own `queue` label on the per-queue gauges; the rest
+/// share one "(other)" series, so a producer inventing queue names cannot
+/// flood Prometheus with series.
+pub const DEFAULT_METRICS_QUEUE_LABELS: usize = 64;
+/// The most `server.metrics_queue_labels` may be.
+pub const MAX_METRICS_QUEUE_LABELS: usize = 10_000;
 /// Largest gRPC message the server decodes or encodes, in bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How long a stopping server waits for workers to acknowledge what they hold.
@@ -116,6 +122,9 @@ pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// Prometheus `/metrics` listen address.
     pub metrics_addr: SocketAddr,
+    /// Queues with their own label on per-queue gauges (configured queues
+    /// first, then the first others seen); the rest share "(other)".
+    pub metrics_queue_labels: usize,
     /// Largest gRPC message, in bytes, in either direction.
     pub max_message_bytes: usize,
     /// Seconds a stopping server waits for workers to finish what they hold.
@@ -213,6 +222,7 @@ impl Default for ServerConfig {
         Self {
             grpc_addr: default_addr(DEFAULT_GRPC_ADDR),
             metrics_addr: default_addr(DEFAULT_METRICS_ADDR),
+            metrics_queue_labels: DEFAULT_METRICS_QUEUE_LABELS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
             http2_keepalive_secs: DEFAULT_HTTP2_KEEPALIVE_SECS,
@@ -289,6 +299,13 @@ impl Config {
             }
         }
         let s = &self.server;
+        if s.metrics_queue_labels > MAX_METRICS_QUEUE_LABELS {
+            return Err(invalid(
+                "server.metrics_queue_labels",
+                s.metrics_queue_labels,
+                "must be at most 10000",
+            ));
+        }
         if s.max_message_bytes < 1024 {
             return Err(invalid(
                 "server.max_message_bytes",

@@ -6,9 +6,25 @@
 //! take values from fixed sets; never a task id, client id or error text.
 //!
 //! Handles (`Counter`, `Gauge`) are resolved once, when an actor starts, so
-//! the hot path only does atomic adds and no registry lookups.
+//! the hot path only does atomic adds and no registry lookups. Gauges that
+//! describe state (queue depths and ages, tasks in flight) are published
+//! when `/metrics` is scraped, not on every change.
+//!
+//! The latency histograms are this module's own ([`LatencyHistogram`]):
+//! the exporter keeps every histogram sample (value and timestamp) until
+//! the next scrape, which at hundreds of thousands of tasks a second is
+//! tens of megabytes; fixed buckets of atomic counters cost nothing to hold.
 
-use std::sync::OnceLock;
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    future::Future,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{Router, routing::get};
 use metrics::{Counter, Gauge, Unit, counter, describe_counter, describe_gauge, gauge};
@@ -16,7 +32,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::DeadLetterReason;
+use crate::domain::{DeadLetterReason, QueueName};
 
 /// Counter: tasks accepted, by `target` (`queue` or `client`).
 pub const TASKS_SUBMITTED: &str = "contact_tasks_submitted_total";
@@ -46,12 +62,28 @@ pub const SESSIONS_EXPIRED: &str = "contact_sessions_expired_total";
 /// Counter: gRPC calls that failed, by `method` (a fixed list, else
 /// `other`) and `code` (the gRPC status code's name).
 pub const RPC_ERRORS: &str = "contact_rpc_errors_total";
-/// Gauge: tasks waiting to be delivered.
+/// Gauge: tasks waiting to be delivered (ready or delayed), by `queue`.
 pub const QUEUE_DEPTH: &str = "contact_queue_depth";
+/// Gauge: how long the oldest ready task of a queue has been due, by `queue`.
+pub const QUEUE_OLDEST_AGE: &str = "contact_queue_oldest_task_age_seconds";
 /// Gauge: tasks pushed to a worker and not yet acknowledged.
 pub const TASKS_IN_FLIGHT: &str = "contact_tasks_in_flight";
 /// Gauge: workers with an open getTask stream.
 pub const WORKERS_CONNECTED: &str = "contact_workers_connected";
+/// Gauge: the in-flight limits (credit) of connected workers, summed.
+pub const WORKER_CREDIT: &str = "contact_worker_credit";
+/// Histogram: from a task being due to its first delivery.
+pub const SUBMIT_TO_DISPATCH: &str = "contact_task_submit_to_dispatch_seconds";
+/// Histogram: from a delivery to its receipt.
+pub const DISPATCH_TO_RECEIPT: &str = "contact_task_dispatch_to_receipt_seconds";
+/// Histogram: from a delivery to its acknowledgement.
+pub const DISPATCH_TO_ACK: &str = "contact_task_dispatch_to_ack_seconds";
+
+/// The `queue` label of tasks targeted at one worker rather than a queue.
+/// Parentheses cannot appear in a queue name, so it never collides.
+pub const TARGETED_LABEL: &str = "(worker)";
+/// The `queue` label of queues beyond the labelled ones.
+pub const OTHER_LABEL: &str = "(other)";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -132,7 +164,21 @@ fn describe_all() {
         Unit::Count,
         "gRPC calls that failed, by method and status code."
     );
-    describe_gauge!(QUEUE_DEPTH, Unit::Count, "Tasks waiting to be delivered.");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        Unit::Count,
+        "Tasks waiting to be delivered, ready or delayed, by queue."
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_AGE,
+        Unit::Seconds,
+        "How long the oldest ready task of each queue has been due."
+    );
+    describe_gauge!(
+        WORKER_CREDIT,
+        Unit::Count,
+        "In-flight limits (credit) of connected workers, summed."
+    );
     describe_gauge!(
         TASKS_IN_FLIGHT,
         Unit::Count,
@@ -161,7 +207,6 @@ pub(crate) struct QueueMetrics {
     pub(crate) redelivered_retry: Counter,
     dead_lettered: [Counter; 4],
     pub(crate) cancelled: Counter,
-    pub(crate) queue_depth: Gauge,
     pub(crate) in_flight: Gauge,
 }
 
@@ -182,7 +227,6 @@ impl QueueMetrics {
             dead_lettered: DEAD_LETTER_REASONS
                 .map(|reason| counter!(TASKS_DEAD_LETTERED, "reason" => reason.as_str())),
             cancelled: counter!(TASKS_CANCELLED),
-            queue_depth: gauge!(QUEUE_DEPTH),
             in_flight: gauge!(TASKS_IN_FLIGHT),
         }
     }
@@ -208,6 +252,7 @@ pub(crate) struct SessionMetrics {
     pub(crate) stale_acks_refused: Counter,
     pub(crate) sessions_resumed: Counter,
     pub(crate) sessions_expired: Counter,
+    pub(crate) worker_credit: Gauge,
 }
 
 impl SessionMetrics {
@@ -218,6 +263,7 @@ impl SessionMetrics {
             stale_acks_refused: counter!(STALE_ACKS_REFUSED),
             sessions_resumed: counter!(SESSIONS_RESUMED),
             sessions_expired: counter!(SESSIONS_EXPIRED),
+            worker_credit: gauge!(WORKER_CREDIT),
         }
     }
 }
@@ -227,20 +273,302 @@ pub(crate) fn workers_connected() -> Gauge {
     gauge!(WORKERS_CONNECTED)
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` is cancelled.
-pub(crate) async fn serve(
+/// Serves `GET /metrics` on `listener` until `stop` is cancelled. Each
+/// scrape first awaits `refresh`, which publishes the state gauges.
+pub(crate) async fn serve<F, Fut>(
     listener: TcpListener,
     handle: PrometheusHandle,
+    refresh: F,
     stop: CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let app = Router::new().route(
         "/metrics",
         get(move || {
             let handle = handle.clone();
-            async move { handle.render() }
+            let refresh = refresh.clone();
+            async move {
+                refresh().await;
+                let mut text = handle.render();
+                for histogram in HISTOGRAMS {
+                    histogram.render(&mut text);
+                }
+                text
+            }
         }),
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
+}
+
+/// The state gauges of each queue: depth and oldest-task age, under a label
+/// set of bounded size. Queues named in the config, then the first others
+/// seen, get their own label up to the limit; later ones share
+/// [`OTHER_LABEL`]. A labelled queue keeps its label (at zero when empty),
+/// so series do not come and go.
+#[derive(Debug)]
+pub(crate) struct QueueGauges {
+    limit: usize,
+    labelled: HashMap<QueueName, QueueSeries>,
+    targeted: QueueSeries,
+    other: QueueSeries,
+}
+
+#[derive(Debug)]
+struct QueueSeries {
+    depth: Gauge,
+    oldest_age: Gauge,
+    sum_depth: usize,
+    max_age: Duration,
+}
+
+impl QueueSeries {
+    fn new(label: &str) -> Self {
+        let label = label.to_owned();
+        Self {
+            depth: gauge!(QUEUE_DEPTH, "queue" => label.clone()),
+            oldest_age: gauge!(QUEUE_OLDEST_AGE, "queue" => label),
+            sum_depth: 0,
+            max_age: Duration::ZERO,
+        }
+    }
+
+    fn add(&mut self, depth: usize, oldest_age: Option<Duration>) {
+        self.sum_depth += depth;
+        self.max_age = self.max_age.max(oldest_age.unwrap_or_default());
+    }
+
+    fn publish(&mut self) {
+        self.depth.set(self.sum_depth as f64);
+        self.oldest_age.set(self.max_age.as_secs_f64());
+        self.sum_depth = 0;
+        self.max_age = Duration::ZERO;
+    }
+}
+
+/// One queue's (or one targeted worker's) state, as [`QueueGauges`] reads it.
+#[derive(Debug)]
+pub(crate) struct QueueSample<'a> {
+    /// The queue, or `None` for tasks targeted at a worker.
+    pub(crate) queue: Option<&'a QueueName>,
+    /// Pending tasks, ready or delayed.
+    pub(crate) depth: usize,
+    /// How long its oldest ready task has been due, if any is ready.
+    pub(crate) oldest_age: Option<Duration>,
+}
+
+impl QueueGauges {
+    /// Gauges for up to `limit` queue labels, `preferred` first.
+    pub(crate) fn new<'a>(
+        limit: usize,
+        preferred: impl IntoIterator<Item = &'a QueueName>,
+    ) -> Self {
+        let mut gauges = Self {
+            limit,
+            labelled: HashMap::new(),
+            targeted: QueueSeries::new(TARGETED_LABEL),
+            other: QueueSeries::new(OTHER_LABEL),
+        };
+        for queue in preferred {
+            gauges.label(queue);
+        }
+        gauges
+    }
+
+    fn label(&mut self, queue: &QueueName) -> &mut QueueSeries {
+        if !self.labelled.contains_key(queue) && self.labelled.len() < self.limit {
+            self.labelled
+                .insert(queue.clone(), QueueSeries::new(queue.as_str()));
+        }
+        self.labelled.get_mut(queue).unwrap_or(&mut self.other)
+    }
+
+    /// Sets every gauge from `samples`; labelled queues missing from them
+    /// are empty. Queues new at the same scrape are labelled in name order,
+    /// so which ones get a label does not depend on hashing.
+    pub(crate) fn publish<'a>(&mut self, samples: impl IntoIterator<Item = QueueSample<'a>>) {
+        let mut samples: Vec<QueueSample<'a>> = samples.into_iter().collect();
+        samples.sort_unstable_by(|a, b| a.queue.cmp(&b.queue));
+        for sample in samples {
+            let series = match sample.queue {
+                Some(queue) => self.label(queue),
+                None => &mut self.targeted,
+            };
+            series.add(sample.depth, sample.oldest_age);
+        }
+        for series in self.labelled.values_mut() {
+            series.publish();
+        }
+        self.targeted.publish();
+        self.other.publish();
+    }
+}
+
+/// Every histogram `/metrics` renders.
+static HISTOGRAMS: [&LatencyHistogram; 3] = [
+    &SUBMIT_TO_DISPATCH_SECONDS,
+    &DISPATCH_TO_RECEIPT_SECONDS,
+    &DISPATCH_TO_ACK_SECONDS,
+];
+
+/// Upper bounds, in microseconds, of the buckets of latencies measured in
+/// the sessions (full clock resolution): 100 µs to 5 minutes.
+const FINE_BOUNDS_US: [u64; HISTOGRAM_BUCKETS] = [
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    60_000_000,
+    300_000_000,
+];
+
+/// Upper bounds, in microseconds, for the queue's wait, which it measures
+/// in whole milliseconds (the clock stamp it keeps per task is 4 bytes):
+/// 1 ms to an hour.
+const COARSE_BOUNDS_US: [u64; HISTOGRAM_BUCKETS] = [
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    300_000_000,
+    900_000_000,
+    3_600_000_000,
+];
+
+const HISTOGRAM_BUCKETS: usize = 18;
+
+/// From a task being due (submitted, or its delay over) to its first
+/// delivery. Recorded by the queue actor.
+pub(crate) static SUBMIT_TO_DISPATCH_SECONDS: LatencyHistogram = LatencyHistogram::new(
+    SUBMIT_TO_DISPATCH,
+    "From a task being due (submitted or its delay over) to its first delivery; 1 ms resolution.",
+    COARSE_BOUNDS_US,
+);
+
+/// From a delivery being pushed to its receipt. Recorded by sessions.
+pub(crate) static DISPATCH_TO_RECEIPT_SECONDS: LatencyHistogram = LatencyHistogram::new(
+    DISPATCH_TO_RECEIPT,
+    "From a delivery being pushed to the worker's receipt (workers that confirm receipts).",
+    FINE_BOUNDS_US,
+);
+
+/// From a delivery being pushed to its acknowledgement. Recorded by sessions.
+pub(crate) static DISPATCH_TO_ACK_SECONDS: LatencyHistogram = LatencyHistogram::new(
+    DISPATCH_TO_ACK,
+    "From a delivery being pushed to its acknowledgement, any outcome.",
+    FINE_BOUNDS_US,
+);
+
+/// A Prometheus histogram with fixed buckets: recording is two relaxed
+/// atomic adds, holding it costs a few hundred bytes whatever the rate.
+#[derive(Debug)]
+pub(crate) struct LatencyHistogram {
+    name: &'static str,
+    help: &'static str,
+    bounds_us: [u64; HISTOGRAM_BUCKETS],
+    /// Per bucket (not cumulative), then the overflow past the last bound.
+    counts: [AtomicU64; HISTOGRAM_BUCKETS + 1],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    const fn new(
+        name: &'static str,
+        help: &'static str,
+        bounds_us: [u64; HISTOGRAM_BUCKETS],
+    ) -> Self {
+        Self {
+            name,
+            help,
+            bounds_us,
+            counts: [const { AtomicU64::new(0) }; HISTOGRAM_BUCKETS + 1],
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one latency.
+    pub(crate) fn record(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = self.bounds_us.partition_point(|bound| *bound < us);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Appends the histogram in the text exposition format.
+    fn render(&self, out: &mut String) {
+        let name = self.name;
+        let _ = writeln!(out, "# HELP {name} {}", self.help);
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds_us.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        cumulative += self.counts[HISTOGRAM_BUCKETS].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {cumulative}");
+        out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Samples land in the first bucket whose bound is not below them;
+    /// buckets render cumulative, with +Inf, sum and count.
+    #[test]
+    fn histogram_buckets_and_renders() {
+        let histogram = LatencyHistogram::new("t_seconds", "Test.", FINE_BOUNDS_US);
+        histogram.record(Duration::from_micros(100));
+        histogram.record(Duration::from_micros(101));
+        histogram.record(Duration::from_secs(3600));
+        let mut text = String::new();
+        histogram.render(&mut text);
+        assert!(text.contains("# TYPE t_seconds histogram\n"), "{text}");
+        assert!(
+            text.contains("t_seconds_bucket{le=\"0.0001\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t_seconds_bucket{le=\"0.00025\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("t_seconds_bucket{le=\"300\"} 2\n"), "{text}");
+        assert!(text.contains("t_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
+        assert!(text.contains("t_seconds_count 3\n"), "{text}");
+        assert!(text.contains("t_seconds_sum 3600.000201\n"), "{text}");
+    }
 }

@@ -39,6 +39,8 @@ pub const REGISTRY_INBOX_CAPACITY: usize = 1024;
 /// of messages and locks.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
+    /// Its in-flight limit (credit), which it may change at runtime.
+    pub max_in_flight: AtomicU32,
     /// Tasks pushed and not yet acknowledged.
     pub in_flight: AtomicU32,
     /// When the worker last acknowledged a task, in milliseconds since the Unix epoch.
@@ -67,8 +69,6 @@ pub struct WorkerRecord {
     pub peer: Option<SocketAddr>,
     /// Its queues.
     pub queues: Arc<[QueueName]>,
-    /// Its in-flight limit.
-    pub max_in_flight: u32,
     /// Shared counters, written by the session.
     pub stats: Arc<WorkerStats>,
 }
@@ -327,7 +327,7 @@ impl Registry {
         info!(
             client.id = %record.client,
             peer = ?record.peer,
-            max_in_flight = record.max_in_flight,
+            max_in_flight = record.stats.max_in_flight.load(Ordering::Relaxed),
             resuming = resume.is_some(),
             "worker registered"
         );
@@ -392,7 +392,7 @@ impl Registry {
                     client: w.record.client.clone(),
                     peer: w.record.peer,
                     queues: w.record.queues.to_vec(),
-                    max_in_flight: w.record.max_in_flight,
+                    max_in_flight: stats.max_in_flight.load(Ordering::Relaxed),
                     in_flight: stats.in_flight.load(Ordering::Relaxed),
                     connected_unix_ms: w.connected_unix_ms,
                     last_status: w.last_status.clone(),

@@ -41,6 +41,9 @@ use crate::{
 /// How long the last shutdown steps (closing calls, stopping actors) may take.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a scrape waits for the queue to publish its gauges.
+const GAUGE_REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Server-wide notices buffered per session (drain, shutdown, broadcasts).
 const NOTICE_CAPACITY: usize = 1024;
 
@@ -229,9 +232,18 @@ async fn run(
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming, stopping.clone().cancelled_owned()),
     );
-    let metrics = tokio::spawn(crate::metrics::serve(
+    let gauges_from = queue.clone();
+    let refresh = move || {
+        let queue = gauges_from.clone();
+        async move {
+            // A queue too busy to answer in time leaves the last values.
+            let _ = tokio::time::timeout(GAUGE_REFRESH_TIMEOUT, queue.publish_gauges()).await;
+        }
+    };
+    let mut metrics = tokio::spawn(crate::metrics::serve(
         listeners.metrics,
         prometheus,
+        refresh,
         stopping.clone(),
     ));
 
@@ -288,9 +300,13 @@ async fn run(
     {
         warn!("streaming calls did not end within the grace period");
     }
-    let metrics_result = match tokio::time::timeout(STOP_GRACE, metrics).await {
+    let metrics_result = match tokio::time::timeout(STOP_GRACE, &mut metrics).await {
         Ok(joined) => joined?.map_err(ServerError::Metrics),
-        Err(_) => Ok(()),
+        Err(_) => {
+            // A scrape still open: its handler holds a queue handle.
+            metrics.abort();
+            Ok(())
+        }
     };
     // The services (and their actor handles) are gone with the gRPC server,
     // so the actors now drain their inboxes and stop.

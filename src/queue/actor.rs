@@ -14,7 +14,7 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
-use tracing::debug;
+use tracing::{Span, debug, debug_span};
 
 use super::{
     Cancelled, Completion, LeaseRequest, QueueMsg, QueuePolicy, QueueStats, Release, ReleaseReason,
@@ -28,7 +28,7 @@ use crate::{
         Target, TaskId, TaskInfo, TaskResult, TaskState,
     },
     error::Error,
-    metrics::QueueMetrics,
+    metrics::{QueueGauges, QueueMetrics, QueueSample, SUBMIT_TO_DISPATCH_SECONDS},
 };
 
 /// Messages handled per turn before dispatching, so a burst of submits is
@@ -60,6 +60,10 @@ struct TaskEntry {
     /// Bumped whenever the task leaves or re-enters a line or timer, which
     /// makes older line slots and timers stale.
     generation: u32,
+    /// When it last became due (in line, ready to go), in ms of the queue's
+    /// clock ([`Queue::clock_ms`]). Wraps after 49 days; read with
+    /// wrapping arithmetic, it gives any wait shorter than that.
+    due_ms: u32,
     worker: Option<ClientId>,
     extra: Option<Box<Extra>>,
 }
@@ -72,6 +76,9 @@ struct Extra {
     result: TaskResult,
     dead_letter: Option<(DeadLetterReason, u64)>,
     broadcast: Option<BroadcastId>,
+    /// The task's span, from submission to its end, when task tracing is
+    /// on (the `contact_server::task` target at debug level).
+    span: Option<Span>,
 }
 
 impl TaskEntry {
@@ -95,6 +102,17 @@ impl TaskEntry {
         self.extra.as_ref().and_then(|e| e.broadcast)
     }
 
+    fn span(&self) -> Option<&Span> {
+        self.extra.as_ref().and_then(|e| e.span.as_ref())
+    }
+
+    /// Closes the task's span: it has reached an end.
+    fn end_span(&mut self) {
+        if let Some(extra) = self.extra.as_mut() {
+            extra.span = None;
+        }
+    }
+
     fn lease(&self) -> Duration {
         Duration::from_millis(u64::from(self.lease_ms))
     }
@@ -115,6 +133,38 @@ impl TaskEntry {
             not_before_unix_ms: self.not_before().map_or(0, |(_, ms)| ms),
             dead_letter_reason: self.dead_letter().map(|(reason, _)| reason),
             broadcast: self.broadcast(),
+        }
+    }
+}
+
+/// Where a task goes in its line.
+#[derive(Clone, Copy, Debug)]
+enum Placement {
+    /// At the back of its priority: it became due at this instant.
+    Back(Instant),
+    /// At the front, keeping when it became due: it was first in line
+    /// before a delivery that did not happen or did not finish.
+    Front,
+}
+
+/// Logs a task event inside the task's span, when task tracing is on.
+macro_rules! task_event {
+    ($entry:expr, $($event:tt)+) => {
+        if let Some(span) = $entry.span() {
+            span.in_scope(|| debug!(target: TASK_TARGET, $($event)+));
+        }
+    };
+}
+
+/// The tracing target of per-task spans and events.
+const TASK_TARGET: &str = "contact_server::task";
+
+/// A task's span; disabled (and free) unless task tracing is on.
+fn task_span(id: TaskId, target: &Target) -> Span {
+    match target {
+        Target::Queue(queue) => debug_span!(target: TASK_TARGET, "task", task.id = %id, %queue),
+        Target::Client(client) => {
+            debug_span!(target: TASK_TARGET, "task", task.id = %id, for_client = %client)
         }
     }
 }
@@ -177,11 +227,21 @@ pub(super) struct Queue {
     pending_count: usize,
     in_flight_count: usize,
     draining: bool,
+    /// The zero of the per-task millisecond clock.
+    epoch: Instant,
     metrics: QueueMetrics,
+    gauges: QueueGauges,
 }
 
 impl Queue {
     pub(super) fn new(rx: mpsc::Receiver<QueueMsg>, policy: QueuePolicy) -> Self {
+        let default_queue = QueueName::default_queue();
+        let mut configured: Vec<&QueueName> = policy.per_queue.keys().collect();
+        configured.sort();
+        let gauges = QueueGauges::new(
+            policy.metrics_queue_labels,
+            std::iter::once(&default_queue).chain(configured),
+        );
         Self {
             rx,
             policy,
@@ -207,7 +267,9 @@ impl Queue {
             pending_count: 0,
             in_flight_count: 0,
             draining: false,
+            epoch: Instant::now(),
             metrics: QueueMetrics::new(),
+            gauges,
         }
     }
 
@@ -232,7 +294,6 @@ impl Queue {
             }
             self.dispatch();
             self.sweep_targets();
-            self.publish_gauges();
         }
         debug!(
             pending = self.pending_count,
@@ -241,8 +302,44 @@ impl Queue {
         );
     }
 
-    fn publish_gauges(&self) {
-        self.metrics.queue_depth.set(self.pending_count as f64);
+    /// Milliseconds since `epoch`, wrapping (see `TaskEntry::due_ms`).
+    fn clock_ms(&self, at: Instant) -> u32 {
+        at.duration_since(self.epoch).as_millis() as u32
+    }
+
+    /// Sets the gauges: depth and oldest ready task per queue, tasks in
+    /// flight. Stale slots at the heads of lines are dropped on the way, so
+    /// each head read is of a live task.
+    fn publish_gauges(&mut self) {
+        let now_ms = self.clock_ms(Instant::now());
+        let tasks = &self.tasks;
+        let samples =
+            self.targets
+                .iter_mut()
+                .filter(|(_, s)| s.depth > 0)
+                .map(|(target, state)| {
+                    let oldest_due = state
+                        .line
+                        .heads(|(id, generation)| {
+                            tasks.get(&id).is_some_and(|e| {
+                                e.state == TaskState::Pending
+                                    && e.generation == generation
+                                    && e.not_before().is_none()
+                            })
+                        })
+                        .filter_map(|(id, _)| tasks.get(&id))
+                        .map(|e| now_ms.wrapping_sub(e.due_ms))
+                        .max();
+                    QueueSample {
+                        queue: match target {
+                            Target::Queue(queue) => Some(queue),
+                            Target::Client(_) => None,
+                        },
+                        depth: state.depth,
+                        oldest_age: oldest_due.map(|ms| Duration::from_millis(u64::from(ms))),
+                    }
+                });
+        self.gauges.publish(samples);
         self.metrics.in_flight.set(self.in_flight_count as f64);
     }
 
@@ -296,6 +393,10 @@ impl Queue {
             }
             QueueMsg::QueueStats { respond_to } => {
                 let _ = respond_to.send(self.queue_stats());
+            }
+            QueueMsg::PublishGauges { respond_to } => {
+                self.publish_gauges();
+                let _ = respond_to.send(());
             }
             QueueMsg::Drain => self.draining = true,
         }
@@ -368,9 +469,11 @@ impl Queue {
             .lease
             .unwrap_or(self.policy.default_lease)
             .min(self.policy.max_lease);
-        let extra = task.broadcast.map(|broadcast| {
+        let span = task_span(id, &target);
+        let extra = (task.broadcast.is_some() || !span.is_disabled()).then(|| {
             Box::new(Extra {
-                broadcast: Some(broadcast),
+                broadcast: task.broadcast,
+                span: (!span.is_disabled()).then_some(span),
                 ..Default::default()
             })
         });
@@ -386,10 +489,14 @@ impl Queue {
                 state: TaskState::Pending,
                 attempts: 0,
                 generation: 0,
+                due_ms: 0,
                 worker: None,
                 extra,
             },
         );
+        if let Some(entry) = self.tasks.get(&id) {
+            task_event!(entry, priority = entry.priority, "submitted");
+        }
         let wait = match task.not_before_unix_ms {
             0 => None,
             ms => (UNIX_EPOCH + Duration::from_millis(ms))
@@ -399,19 +506,26 @@ impl Queue {
         };
         match wait {
             Some(wait) => self.make_pending_later(id, now + wait, task.not_before_unix_ms),
-            None => self.make_pending(id, false),
+            None => self.make_pending(id, Placement::Back(now)),
         }
         Ok(id)
     }
 
     // === Lines ===
 
-    /// Puts a task in line: at the front when it was first in line before
-    /// (a lost delivery), else at the back of its priority.
-    fn make_pending(&mut self, id: TaskId, front: bool) {
+    /// Puts a task in line.
+    fn make_pending(&mut self, id: TaskId, placement: Placement) {
+        let due_ms = match placement {
+            Placement::Back(at) => Some(self.clock_ms(at)),
+            Placement::Front => None,
+        };
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };
+        if let Some(due_ms) = due_ms {
+            entry.due_ms = due_ms;
+        }
+        let front = due_ms.is_none();
         entry.state = TaskState::Pending;
         entry.worker = None;
         entry.take_not_before();
@@ -506,7 +620,7 @@ impl Queue {
                         // Counted as pending while it waited; count it again
                         // as it enters its line.
                         self.leave_pending(id);
-                        self.make_pending(id, false);
+                        self.make_pending(id, Placement::Back(now));
                     }
                 }
                 Timer::Expire(id) => {
@@ -699,11 +813,17 @@ impl Queue {
             return;
         }
         let mut deliveries = Vec::with_capacity(ids.len());
+        let now_ms = self.clock_ms(Instant::now());
         for id in ids {
             self.leave_pending(id);
             let Some(entry) = self.tasks.get_mut(&id) else {
                 continue;
             };
+            if entry.attempts == 0 {
+                let waited = now_ms.wrapping_sub(entry.due_ms);
+                SUBMIT_TO_DISPATCH_SECONDS.record(Duration::from_millis(u64::from(waited)));
+            }
+            task_event!(entry, attempt = entry.attempts + 1, client.id = %request.client, "dispatched");
             entry.state = TaskState::Delivered;
             entry.attempts += 1;
             entry.worker = Some(request.client.clone());
@@ -744,7 +864,7 @@ impl Queue {
                 entry.attempts = entry.attempts.saturating_sub(1);
             }
             self.in_flight_count = self.in_flight_count.saturating_sub(1);
-            self.make_pending(*id, true);
+            self.make_pending(*id, Placement::Front);
         }
     }
 
@@ -775,6 +895,7 @@ impl Queue {
         if !ack.result.is_empty() || entry.extra.is_some() {
             entry.extra().result = ack.result;
         }
+        task_event!(entry, attempt = ack.attempt, outcome = ?ack.outcome, "acknowledged");
         match ack.outcome {
             Outcome::Done => {
                 self.metrics.acked_done.increment(1);
@@ -782,6 +903,7 @@ impl Queue {
                 // Payload and text are not needed once the task is done.
                 entry.payload = Bytes::new();
                 entry.text = None;
+                entry.end_span();
                 self.finish(id);
             }
             Outcome::FailedPermanently => {
@@ -812,7 +934,7 @@ impl Queue {
 
     fn retry_later(&mut self, id: TaskId, delay: Duration) {
         if delay.is_zero() {
-            self.make_pending(id, false);
+            self.make_pending(id, Placement::Back(Instant::now()));
             return;
         }
         let at_unix_ms = unix_ms(SystemTime::now() + delay);
@@ -855,7 +977,8 @@ impl Queue {
                     ReleaseReason::ReceiptMissed => &self.metrics.redelivered_receipt_missed,
                 }
                 .increment(1);
-                self.make_pending(id, true);
+                task_event!(entry, attempt, ?reason, "taken back");
+                self.make_pending(id, Placement::Front);
             }
         }
         if let Some(forget) = session_ended {
@@ -912,6 +1035,8 @@ impl Queue {
             return;
         };
         self.next_dead_seq += 1;
+        task_event!(entry, ?reason, "dead-lettered");
+        entry.end_span();
         entry.state = TaskState::DeadLettered;
         entry.extra().dead_letter = Some((reason, seq));
         self.dead.insert(seq, id);
@@ -965,6 +1090,8 @@ impl Queue {
             }
         };
         if let Some(entry) = self.tasks.get_mut(&id) {
+            task_event!(entry, "cancelled");
+            entry.end_span();
             entry.state = TaskState::Cancelled;
             entry.payload = Bytes::new();
         }
@@ -1007,7 +1134,14 @@ impl Queue {
                 Timer::TargetTtl(id),
             );
         }
-        self.make_pending(id, false);
+        if let Some(entry) = self.tasks.get_mut(&id) {
+            let span = task_span(id, &entry.target);
+            if !span.is_disabled() {
+                entry.extra().span = Some(span);
+                task_event!(entry, "requeued");
+            }
+        }
+        self.make_pending(id, Placement::Back(Instant::now()));
         self.info(id)
     }
 
@@ -1134,5 +1268,16 @@ fn describe(target: &Target) -> String {
     match target {
         Target::Queue(queue) => format!("queue {queue}"),
         Target::Client(client) => format!("the line of tasks for worker {client}"),
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// A deep queue holds a million entries: growing one is a decision.
+    #[test]
+    fn task_entry_stays_small() {
+        let size = std::mem::size_of::<super::TaskEntry>();
+        eprintln!("TaskEntry is {size} bytes");
+        assert!(size <= 120, "TaskEntry grew to {size} bytes");
     }
 }

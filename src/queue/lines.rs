@@ -61,6 +61,33 @@ impl Line {
         slot
     }
 
+    /// The first live slot of each priority, dropping the stale slots in
+    /// front of it. As each priority is first in first out (a slot put back
+    /// at the front was first in line before), these are the oldest tasks.
+    pub(super) fn heads(
+        &mut self,
+        mut live: impl FnMut(Slot) -> bool,
+    ) -> impl Iterator<Item = Slot> {
+        let mut drop_stale = |bucket: &mut VecDeque<Slot>| {
+            while let Some(slot) = bucket.front().copied() {
+                if live(slot) {
+                    return;
+                }
+                bucket.pop_front();
+            }
+        };
+        drop_stale(&mut self.normal);
+        for bucket in self.others.values_mut() {
+            drop_stale(bucket);
+        }
+        self.others.retain(|_, bucket| !bucket.is_empty());
+        self.normal
+            .front()
+            .into_iter()
+            .chain(self.others.values().filter_map(VecDeque::front))
+            .copied()
+    }
+
     /// True when no slot (stale or not) is left.
     pub(super) fn is_empty(&self) -> bool {
         self.normal.is_empty() && self.others.is_empty()
@@ -161,6 +188,25 @@ mod tests {
         let order: Vec<TaskId> = std::iter::from_fn(|| line.pop()).map(|s| s.0).collect();
         assert_eq!(order, vec![ids[1], ids[3], ids[0], ids[2], low]);
         assert!(line.is_empty());
+    }
+
+    /// Heads are the first live slot of each priority; stale ones go.
+    #[test]
+    fn heads_skip_stale_slots() {
+        let ids: Vec<TaskId> = (0..4).map(|_| TaskId::generate()).collect();
+        let mut line = Line::default();
+        line.push(0, (ids[0], 1), false);
+        line.push(0, (ids[1], 1), false);
+        line.push(3, (ids[2], 1), false);
+        line.push(3, (ids[3], 1), false);
+        let stale = [ids[0], ids[2], ids[3]];
+        let heads: Vec<TaskId> = line
+            .heads(|(id, _)| !stale.contains(&id))
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(heads, vec![ids[1]]);
+        let order: Vec<TaskId> = std::iter::from_fn(|| line.pop()).map(|s| s.0).collect();
+        assert_eq!(order, vec![ids[1]]);
     }
 
     /// Timers come out earliest first, and only once due.

@@ -103,6 +103,8 @@ pub struct QueuePolicy {
     pub default_limits: QueueLimits,
     /// Per-queue overrides.
     pub per_queue: HashMap<QueueName, QueueLimits>,
+    /// Queues labelled by name on the per-queue gauges.
+    pub metrics_queue_labels: usize,
 }
 
 impl QueuePolicy {
@@ -148,6 +150,7 @@ impl QueuePolicy {
             idempotency_window: Duration::from_secs(t.idempotency_window_secs),
             default_limits,
             per_queue,
+            metrics_queue_labels: config.server.metrics_queue_labels,
         }
     }
 
@@ -356,6 +359,13 @@ impl QueueHandle {
             .await
     }
 
+    /// Publishes the queue's gauges (depth and oldest-task age per queue,
+    /// tasks in flight); `/metrics` asks before each scrape.
+    pub async fn publish_gauges(&self) -> Result<(), Error> {
+        self.ask(|respond_to| QueueMsg::PublishGauges { respond_to })
+            .await
+    }
+
     /// Stops accepting new tasks; everything already accepted is still served.
     pub async fn drain(&self) -> Result<(), Error> {
         Ok(self.tx.send(QueueMsg::Drain).await?)
@@ -434,6 +444,8 @@ enum QueueMsg {
     QueueStats {
         respond_to: oneshot::Sender<Vec<QueueStats>>,
     },
+    /// Set the gauges, then answer.
+    PublishGauges { respond_to: oneshot::Sender<()> },
     /// The server is stopping: refuse new tasks.
     Drain,
 }

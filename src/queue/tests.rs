@@ -40,6 +40,7 @@ fn policy(max_attempts: u32) -> QueuePolicy {
             },
         },
         per_queue: Default::default(),
+        metrics_queue_labels: 8,
     }
 }
 
@@ -603,4 +604,59 @@ fn idle_queue_states_are_swept() {
         "{} target states kept",
         q.target_count()
     );
+}
+
+/// Captures what the test binary's subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// With task tracing on, a task's events from submission through delivery
+/// to its ack happen inside one span that carries its id.
+#[test]
+fn task_events_share_a_span_with_the_task_id() {
+    // A global subscriber, as the daemon has. (A scoped one races with
+    // tests on other threads: a callsite first hit on a thread without a
+    // subscriber caches "never" for every thread.) Other tests' task events
+    // land here too; only this test's task is looked for.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("contact_server::task=debug")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let mut q = queue(3);
+    let w = worker("w");
+    let id = submit_n(&mut q, 1)[0];
+    let delivered = ids(&mut lease(&mut q, &w, 1));
+    assert_eq!(delivered, vec![id]);
+    q.handle(complete(&w, id, 1, Outcome::Done));
+    assert_eq!(state(&q, id), (TaskState::Done, 1));
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let span = format!("task{{task.id={id} queue=default}}");
+    for event in [
+        "submitted",
+        "dispatched attempt=1 client.id=w",
+        "acknowledged",
+    ] {
+        assert!(
+            text.lines()
+                .any(|line| line.contains(&span) && line.contains(event)),
+            "no {event:?} event in the task's span:\n{text}"
+        );
+    }
 }

@@ -26,7 +26,7 @@ use crate::{
         AckKind, ClientId, Delivery, NewTask, QueueName, Registration, Resume, SessionId, Target,
         TaskId, TaskState, WorkerOp,
     },
-    metrics::SessionMetrics,
+    metrics::{DISPATCH_TO_ACK_SECONDS, DISPATCH_TO_RECEIPT_SECONDS, SessionMetrics},
     proto,
     queue::{Completion, QueueHandle, Release, ReleaseReason},
     registry::{RegistryHandle, WorkerStats, unix_ms_now},
@@ -39,6 +39,8 @@ pub(crate) struct Held {
     attempt: u32,
     /// The task's lease length, for extensions that name none.
     lease: Duration,
+    /// When it was pushed down the stream, for the latency histograms.
+    pushed_at: Instant,
     lease_until: Instant,
     receipt_until: Option<Instant>,
     /// Set when the task was taken back. The entry stays (a tombstone) so
@@ -202,6 +204,9 @@ impl Session {
     }
 
     pub(super) async fn run(mut self) {
+        self.metrics
+            .worker_credit
+            .increment(f64::from(self.max_in_flight));
         let end = self.serve().await;
         self.finish(end).await;
     }
@@ -512,6 +517,7 @@ impl Session {
                     task: delivery.task_id,
                     attempt: delivery.attempt,
                     lease: delivery.lease,
+                    pushed_at: now,
                     lease_until: now + delivery.lease,
                     receipt_until: self.receipts.then(|| now + self.timing.receipt_timeout),
                     gone: None,
@@ -624,6 +630,7 @@ impl Session {
                     AckKind::Receipt => {
                         if let Some(at) = self.held[i].receipt_until.take() {
                             let entry = &self.held[i];
+                            DISPATCH_TO_RECEIPT_SECONDS.record(now - entry.pushed_at);
                             let key = (at, Deadline::Receipt, entry.task, entry.attempt);
                             self.deadlines.remove(&key);
                         }
@@ -634,6 +641,7 @@ impl Session {
                         retry_after,
                     } => {
                         if let Some(entry) = self.held.remove(i) {
+                            DISPATCH_TO_ACK_SECONDS.record(now - entry.pushed_at);
                             self.unschedule(&entry);
                             self.live -= 1;
                             completions.push(Completion {
@@ -669,7 +677,11 @@ impl Session {
                 Ok(())
             }
             WorkerOp::Credit(credit) => {
+                self.metrics
+                    .worker_credit
+                    .increment(f64::from(credit) - f64::from(self.max_in_flight));
                 self.max_in_flight = credit;
+                self.stats.max_in_flight.store(credit, Ordering::Relaxed);
                 // The outstanding request asked for the old credit.
                 self.cancel_lease().await;
                 Ok(())
@@ -864,6 +876,9 @@ impl Session {
             .map(|h| (h.task, h.attempt))
             .collect();
         debug!(?end, held = held.len(), "session ending");
+        self.metrics
+            .worker_credit
+            .decrement(f64::from(self.max_in_flight));
         self.live = 0;
         self.publish_in_flight();
         if end != End::HandedOver {

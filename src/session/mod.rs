@@ -211,14 +211,16 @@ impl SessionHandle {
             id: SessionId::generate(),
             client: registration.client_id.clone(),
         };
-        let stats = Arc::new(WorkerStats::default());
+        let stats = Arc::new(WorkerStats {
+            max_in_flight: registration.max_in_flight.into(),
+            ..Default::default()
+        });
         let record = WorkerRecord {
             client: registration.client_id.clone(),
             generated_id: registration.generated_id,
             session: handle.clone(),
             peer,
             queues: registration.queues.clone(),
-            max_in_flight: registration.max_in_flight,
             stats: stats.clone(),
         };
         let span =

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
+pub mod promtool;
+
 use std::{future::Future, time::Duration};
 
 use contact_server::{
@@ -165,7 +167,7 @@ impl TestServer {
         tokio::spawn(async move { Ok(tasks.wait(request).await?.into_inner()) })
     }
 
-    /// Scrapes `/metrics` with a minimal HTTP/1.1 GET.
+    /// Scrapes `/metrics` with a minimal HTTP/1.1 GET; the body.
     pub async fn scrape(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = within(
@@ -183,7 +185,10 @@ impl TestServer {
             .await
             .unwrap();
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        response
+        match response.split_once("\r\n\r\n") {
+            Some((_, body)) => body.to_owned(),
+            None => panic!("no body in {response}"),
+        }
     }
 }
 
