@@ -178,6 +178,16 @@ async fn credit_can_be_raised_lowered_and_paused() {
     );
     assert_eq!(worker.next_task().await.task_id, ids[3]);
     assert_eq!(worker.next_task().await.task_id, ids[4]);
+    // Operators see the credit the worker has now, not the one it started with.
+    let listed = within(
+        "list workers",
+        server.admin().await.list_workers(v1::ListWorkersRequest {}),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(listed.workers.len(), 1);
+    assert_eq!(listed.workers[0].max_in_flight, 2);
     server.stop().await;
 }
 
