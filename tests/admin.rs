@@ -15,6 +15,9 @@ use contact_server::proto::{
 };
 use serde_json::Value;
 use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// Runs contactctl with `args` against `server`; returns its exit code and
 /// its stdout parsed as JSON (with `--json`).
@@ -169,4 +172,45 @@ async fn contactctl_commands_print_json() {
         TaskState::DeadLettered
     );
     server.stop().await;
+}
+
+/// `contactctl health` says SERVING, and NOT_SERVING (exit 3) once the
+/// server drains; a service name is checked on its own.
+#[tokio::test]
+async fn contactctl_health_follows_the_drain() {
+    let mut config = test_config();
+    // The drain lasts until the worker acks, however slow the test machine.
+    config.server.drain_timeout_secs = 60;
+    let server = TestServer::with_config(config).await;
+    let (code, health) = contactctl(&server, &["health"]).await;
+    assert_eq!((code, health["status"].as_str()), (0, Some("SERVING")));
+    let (code, health) = contactctl(&server, &["health", "--service", "contact.v1.Tasks"]).await;
+    assert_eq!((code, health["status"].as_str()), (0, Some("SERVING")));
+    let (code, _) = contactctl(&server, &["health", "--service", "no.such.Service"]).await;
+    assert_eq!(code, 1, "an unknown service is an error (NOT_FOUND)");
+
+    let mut worker = TestWorker::connect(&server, WorkerOptions::id("w")).await;
+    let held = server.submit("default", "keeps the drain open").await;
+    assert_eq!(worker.next_task().await.task_id, held);
+    let mut watch = within(
+        "health watch",
+        HealthClient::new(server.channel().await).watch(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let first = within("health", watch.message()).await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    server.begin_shutdown();
+    let flipped = within("health flip", watch.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(flipped.status(), ServingStatus::NotServing);
+    let (code, health) = contactctl(&server, &["health"]).await;
+    assert_eq!((code, health["status"].as_str()), (3, Some("NOT_SERVING")));
+    worker.ack(&held, Outcome::Done, "done").await;
+    server.wait_stopped().await;
 }

@@ -15,12 +15,14 @@
 //! contactctl queues
 //! contactctl drain worker-1          # no new tasks; it ends once it acked what it holds
 //! contactctl disconnect worker-1     # now; its tasks go to other workers
+//! contactctl health                  # SERVING, or NOT_SERVING while draining
 //! contactctl --json workers          # any command: JSON for scripts
 //! ```
 //!
 //! Output goes to stdout: human tables by default, one JSON document with
 //! `--json`. Exits 0 on success, 1 on any error (with a message on stderr),
-//! and 2 when a waited-for task was dead-lettered.
+//! 2 when a waited-for task was dead-lettered, and 3 when `health` finds the
+//! server not serving.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -31,6 +33,9 @@ use contact_server::proto::v1::{
 };
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// Submit tasks to, inspect and manage a contact-server.
 #[derive(Debug, Parser)]
@@ -131,7 +136,17 @@ enum Cmd {
         /// The worker's client id.
         client_id: String,
     },
+    /// Ask grpc.health.v1 whether the server (or one service) is serving;
+    /// exits 3 when it answers NOT_SERVING, as it does while draining.
+    Health {
+        /// One service's name (e.g. contact.v1.Tasks); the whole server if omitted.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
 }
+
+/// The exit code of `health` when the server answers but is not serving.
+const EXIT_NOT_SERVING: u8 = 3;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -249,6 +264,7 @@ fn queue_json(q: &v1::QueueStats) -> Value {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let channel = connect(&args.server).await?;
     let mut tasks = TasksClient::new(channel.clone());
+    let mut health = HealthClient::new(channel.clone());
     let mut admin = AdminClient::new(channel);
     let out = Out { json: args.json };
     match args.command {
@@ -341,19 +357,22 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .into_inner()
                 .workers;
             let value = Value::Array(workers.iter().map(worker_json).collect());
+            let now = unix_ms_now();
             out.value(&value, || {
                 println!(
-                    "{:<38} {:<22} {:<16} {:>9} {:<}",
-                    "CLIENT ID", "PEER", "QUEUES", "IN FLIGHT", "STATUS"
+                    "{:<38} {:<22} {:<16} {:>9} {:>8} {:>8} STATUS",
+                    "CLIENT ID", "PEER", "QUEUES", "IN FLIGHT", "AGE", "HEARD"
                 );
                 for w in &workers {
                     println!(
-                        "{:<38} {:<22} {:<16} {:>4}/{:<4} {}{}",
+                        "{:<38} {:<22} {:<16} {:>4}/{:<4} {:>8} {:>8} {}{}",
                         w.client_id,
                         w.peer,
                         w.queues.join(","),
                         w.in_flight,
                         w.max_in_flight,
+                        since(now, w.connected_unix_ms),
+                        format!("{} ago", since(now, w.last_heard_unix_ms)),
                         w.last_status,
                         if w.detached { " (detached)" } else { "" }
                     );
@@ -396,6 +415,23 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .context("disconnect failed")?
                 .into_inner();
             out.message(&reply.message);
+        }
+        Cmd::Health { service } => {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.clone(),
+                })
+                .await
+                .context("health check failed")?
+                .into_inner()
+                .status();
+            let name = status.as_str_name();
+            out.value(&json!({ "service": service, "status": name }), || {
+                println!("{name}");
+            });
+            if status != ServingStatus::Serving {
+                return Ok(ExitCode::from(EXIT_NOT_SERVING));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -449,6 +485,17 @@ fn print_task(info: &v1::TaskInfo) {
     }
     if !info.dead_letter_reason.is_empty() {
         println!("reason:   {}", info.dead_letter_reason);
+    }
+}
+
+/// A short human duration from `then` to `now` (ms since the Unix epoch).
+fn since(now: u64, then: u64) -> String {
+    let secs = now.saturating_sub(then) / 1000;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
     }
 }
 
