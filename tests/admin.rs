@@ -15,9 +15,6 @@ use contact_server::proto::{
 };
 use serde_json::Value;
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
 /// Runs contactctl with `args` against `server`; returns its exit code and
 /// its stdout parsed as JSON (with `--json`).
@@ -192,23 +189,7 @@ async fn contactctl_health_follows_the_drain() {
     let mut worker = TestWorker::connect(&server, WorkerOptions::id("w")).await;
     let held = server.submit("default", "keeps the drain open").await;
     assert_eq!(worker.next_task().await.task_id, held);
-    let mut watch = within(
-        "health watch",
-        HealthClient::new(server.channel().await).watch(HealthCheckRequest {
-            service: String::new(),
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner();
-    let first = within("health", watch.message()).await.unwrap().unwrap();
-    assert_eq!(first.status(), ServingStatus::Serving);
-    server.begin_shutdown();
-    let flipped = within("health flip", watch.message())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(flipped.status(), ServingStatus::NotServing);
+    server.begin_shutdown_and_see_health_flip().await;
     let (code, health) = contactctl(&server, &["health"]).await;
     assert_eq!((code, health["status"].as_str()), (3, Some("NOT_SERVING")));
     worker.ack(&held, Outcome::Done, "done").await;

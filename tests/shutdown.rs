@@ -11,9 +11,6 @@ use contact_server::proto::{
     v1::{self, TaskState},
 };
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
 /// While draining, a worker's ack of a held task still lands; then its
 /// stream ends with UNAVAILABLE and the server stops without waiting out
@@ -27,25 +24,7 @@ async fn shutdown_drains_held_tasks_then_stops() {
     let id = server.submit("default", "finish me").await;
     assert_eq!(worker.next_task().await.task_id, id);
 
-    let mut health = HealthClient::new(server.channel().await);
-    let mut watch = within(
-        "health watch",
-        health.watch(HealthCheckRequest {
-            service: String::new(),
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner();
-    let first = within("health", watch.message()).await.unwrap().unwrap();
-    assert_eq!(first.status(), ServingStatus::Serving);
-
-    server.begin_shutdown();
-    let next = within("health flip", watch.message())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(next.status(), ServingStatus::NotServing);
+    server.begin_shutdown_and_see_health_flip().await;
 
     // New work is refused, clearly.
     let refused = within(

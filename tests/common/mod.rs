@@ -167,6 +167,30 @@ impl TestServer {
         tokio::spawn(async move { Ok(tasks.wait(request).await?.into_inner()) })
     }
 
+    /// Begins the shutdown and waits until health reports NOT_SERVING
+    /// (having seen SERVING first), through a grpc.health.v1 watch.
+    pub async fn begin_shutdown_and_see_health_flip(&self) {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        let mut health = HealthClient::new(self.channel().await);
+        let mut watch = within("health watch", health.watch(request))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = within("health", watch.message()).await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving);
+        self.begin_shutdown();
+        let next = within("health flip", watch.message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.status(), ServingStatus::NotServing);
+    }
+
     /// Scrapes `/metrics` with a minimal HTTP/1.1 GET; the body.
     pub async fn scrape(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
