@@ -35,8 +35,11 @@
 //! - [`metrics`]: metric names and the `/metrics` endpoint.
 //! - [`telemetry`], [`shutdown`]: logging set-up and the stop signal.
 //! - [`proto`]: generated code.
+//! - [`client`]: the Rust worker and producer client (the other side of
+//!   the wire, shipped with the server so both change together).
 
 mod alarm;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;

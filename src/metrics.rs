@@ -68,9 +68,10 @@ pub const QUEUE_DEPTH: &str = "contact_queue_depth";
 pub const QUEUE_OLDEST_AGE: &str = "contact_queue_oldest_task_age_seconds";
 /// Gauge: tasks pushed to a worker and not yet acknowledged.
 pub const TASKS_IN_FLIGHT: &str = "contact_tasks_in_flight";
-/// Gauge: workers with an open getTask stream.
+/// Gauge: workers with a session (an open getTask stream, or one waiting
+/// to resume).
 pub const WORKERS_CONNECTED: &str = "contact_workers_connected";
-/// Gauge: the in-flight limits (credit) of connected workers, summed.
+/// Gauge: the in-flight limits (credit) of those workers, summed.
 pub const WORKER_CREDIT: &str = "contact_worker_credit";
 /// Histogram: from a task being due to its first delivery.
 pub const SUBMIT_TO_DISPATCH: &str = "contact_task_submit_to_dispatch_seconds";
@@ -177,7 +178,7 @@ fn describe_all() {
     describe_gauge!(
         WORKER_CREDIT,
         Unit::Count,
-        "In-flight limits (credit) of connected workers, summed."
+        "In-flight limits (credit) of workers with a session, summed."
     );
     describe_gauge!(
         TASKS_IN_FLIGHT,
@@ -187,7 +188,7 @@ fn describe_all() {
     describe_gauge!(
         WORKERS_CONNECTED,
         Unit::Count,
-        "Workers with an open getTask stream."
+        "Workers with a session: an open getTask stream, or one waiting to resume."
     );
 }
 
@@ -515,10 +516,26 @@ impl LatencyHistogram {
 
     /// Records one latency.
     pub(crate) fn record(&self, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let bucket = self.bounds_us.partition_point(|bound| *bound < us);
+        let (bucket, us) = self.bucket(latency);
         self.counts[bucket].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The bucket of a latency, and the latency in microseconds.
+    fn bucket(&self, latency: Duration) -> (usize, u64) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        (self.bounds_us.partition_point(|bound| *bound < us), us)
+    }
+
+    /// Latencies to gather over a batch and add at once, so actors on
+    /// several cores do not contend for the counters once per sample.
+    pub(crate) fn batch(&'static self) -> LatencyBatch {
+        LatencyBatch {
+            histogram: self,
+            counts: [0; HISTOGRAM_BUCKETS + 1],
+            sum_us: 0,
+            len: 0,
+        }
     }
 
     /// Appends the histogram in the text exposition format.
@@ -538,6 +555,41 @@ impl LatencyHistogram {
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {cumulative}");
         out.push('\n');
+    }
+}
+
+/// Samples for one histogram, added to it when dropped.
+#[derive(Debug)]
+pub(crate) struct LatencyBatch {
+    histogram: &'static LatencyHistogram,
+    counts: [u32; HISTOGRAM_BUCKETS + 1],
+    sum_us: u64,
+    len: u32,
+}
+
+impl LatencyBatch {
+    /// Records one latency.
+    pub(crate) fn record(&mut self, latency: Duration) {
+        let (bucket, us) = self.histogram.bucket(latency);
+        self.counts[bucket] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.len += 1;
+    }
+}
+
+impl Drop for LatencyBatch {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        for (shared, count) in self.histogram.counts.iter().zip(self.counts) {
+            if count > 0 {
+                shared.fetch_add(u64::from(count), Ordering::Relaxed);
+            }
+        }
+        self.histogram
+            .sum_us
+            .fetch_add(self.sum_us, Ordering::Relaxed);
     }
 }
 
@@ -570,5 +622,29 @@ mod tests {
         assert!(text.contains("t_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
         assert!(text.contains("t_seconds_count 3\n"), "{text}");
         assert!(text.contains("t_seconds_sum 3600.000201\n"), "{text}");
+    }
+
+    static BATCHED: LatencyHistogram = LatencyHistogram::new("b_seconds", "Test.", FINE_BOUNDS_US);
+
+    /// A batch adds its samples to the histogram when dropped, not before.
+    #[test]
+    fn batches_add_up_when_dropped() {
+        let mut batch = BATCHED.batch();
+        batch.record(Duration::from_micros(50));
+        batch.record(Duration::from_micros(50));
+        batch.record(Duration::from_secs(1));
+        let mut text = String::new();
+        BATCHED.render(&mut text);
+        assert!(text.contains("b_seconds_count 0\n"), "{text}");
+        drop(batch);
+        text.clear();
+        BATCHED.render(&mut text);
+        assert!(
+            text.contains("b_seconds_bucket{le=\"0.0001\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("b_seconds_bucket{le=\"1\"} 3\n"), "{text}");
+        assert!(text.contains("b_seconds_count 3\n"), "{text}");
+        assert!(text.contains("b_seconds_sum 1.0001\n"), "{text}");
     }
 }

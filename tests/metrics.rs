@@ -114,6 +114,14 @@ async fn metrics_match_a_known_workload() {
         }))
         .await;
     assert_eq!(receipt.code, 0, "{receipt:?}");
+    // A runtime credit change moves the credit gauge.
+    let raised = control
+        .op(Op::Credit(contact_server::proto::Credit {
+            max_in_flight: 3,
+        }))
+        .await;
+    assert_eq!(raised.code, 0, "{raised:?}");
+    until_metrics(&server, &[("contact_worker_credit", 9.0)]).await;
     confirming.ack(&confirmed, Outcome::Done, "ok").await;
     assert_eq!(
         server.wait_finished(&confirmed).await.state(),

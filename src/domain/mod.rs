@@ -33,6 +33,53 @@ pub const KEEPALIVE_MS_KEY: &str = "contact-keepalive-ms";
 pub const SESSION_ID_KEY: &str = "contact-session-id";
 /// Response metadata key: how many held tasks a resume kept.
 pub const RESUMED_KEY: &str = "contact-resumed";
+/// Metadata key on the status that ends a getTask stream: why the server
+/// ended it ([`EndReason`]), so a client can tell "stop" from "reconnect"
+/// without reading the message.
+pub const END_REASON_KEY: &str = "contact-end-reason";
+
+/// Why the server ended a worker's getTask stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// An operator drained the worker and it acknowledged everything: stop.
+    Drained,
+    /// An operator disconnected the worker: stop.
+    Disconnected,
+    /// The server is stopping: reconnect later.
+    ShuttingDown,
+    /// The worker was silent past the liveness timeout: reconnect.
+    Expired,
+}
+
+impl EndReason {
+    /// The value sent under [`END_REASON_KEY`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Drained => "drained",
+            Self::Disconnected => "disconnected",
+            Self::ShuttingDown => "shutting-down",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// Reads a value sent under [`END_REASON_KEY`].
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Drained,
+            Self::Disconnected,
+            Self::ShuttingDown,
+            Self::Expired,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == text)
+    }
+
+    /// True when a worker should not reconnect: an operator wants it gone.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Drained | Self::Disconnected)
+    }
+}
+
 /// The queue of a task or worker that names none.
 pub const DEFAULT_QUEUE: &str = "default";
 /// The longest client id, queue name or idempotency key, in bytes.

@@ -61,9 +61,12 @@ struct TaskEntry {
     /// makes older line slots and timers stale.
     generation: u32,
     /// When it last became due (in line, ready to go), in ms of the queue's
-    /// clock ([`Queue::clock_ms`]). Wraps after 49 days; read with
-    /// wrapping arithmetic, it gives any wait shorter than that.
-    due_ms: u32,
+    /// clock ([`Queue::clock_ms`]): a 48-bit stamp split in two, so the
+    /// entry keeps its size (a `u64` would add 8 bytes of padding).
+    due_low: u32,
+    due_high: u16,
+    /// Its wait to a first delivery was recorded (not again on redelivery).
+    wait_recorded: bool,
     worker: Option<ClientId>,
     extra: Option<Box<Extra>>,
 }
@@ -78,7 +81,7 @@ struct Extra {
     broadcast: Option<BroadcastId>,
     /// The task's span, from submission to its end, when task tracing is
     /// on (the `contact_server::task` target at debug level).
-    span: Option<Span>,
+    span: Option<Box<Span>>,
 }
 
 impl TaskEntry {
@@ -103,7 +106,7 @@ impl TaskEntry {
     }
 
     fn span(&self) -> Option<&Span> {
-        self.extra.as_ref().and_then(|e| e.span.as_ref())
+        self.extra.as_ref().and_then(|e| e.span.as_deref())
     }
 
     /// Closes the task's span: it has reached an end.
@@ -115,6 +118,15 @@ impl TaskEntry {
 
     fn lease(&self) -> Duration {
         Duration::from_millis(u64::from(self.lease_ms))
+    }
+
+    fn due_ms(&self) -> u64 {
+        u64::from(self.due_high) << 32 | u64::from(self.due_low)
+    }
+
+    fn set_due_ms(&mut self, ms: u64) {
+        self.due_low = ms as u32;
+        self.due_high = (ms >> 32) as u16;
     }
 
     fn info(&self, id: TaskId) -> TaskInfo {
@@ -302,9 +314,9 @@ impl Queue {
         );
     }
 
-    /// Milliseconds since `epoch`, wrapping (see `TaskEntry::due_ms`).
-    fn clock_ms(&self, at: Instant) -> u32 {
-        at.duration_since(self.epoch).as_millis() as u32
+    /// Milliseconds since `epoch` (48 bits: 8,900 years).
+    fn clock_ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Sets the gauges: depth and oldest ready task per queue, tasks in
@@ -328,7 +340,7 @@ impl Queue {
                             })
                         })
                         .filter_map(|(id, _)| tasks.get(&id))
-                        .map(|e| now_ms.wrapping_sub(e.due_ms))
+                        .map(|e| now_ms.saturating_sub(e.due_ms()))
                         .max();
                     QueueSample {
                         queue: match target {
@@ -336,7 +348,7 @@ impl Queue {
                             Target::Client(_) => None,
                         },
                         depth: state.depth,
-                        oldest_age: oldest_due.map(|ms| Duration::from_millis(u64::from(ms))),
+                        oldest_age: oldest_due.map(Duration::from_millis),
                     }
                 });
         self.gauges.publish(samples);
@@ -470,10 +482,11 @@ impl Queue {
             .unwrap_or(self.policy.default_lease)
             .min(self.policy.max_lease);
         let span = task_span(id, &target);
-        let extra = (task.broadcast.is_some() || !span.is_disabled()).then(|| {
+        let tracing_tasks = !span.is_disabled();
+        let extra = (task.broadcast.is_some() || tracing_tasks).then(|| {
             Box::new(Extra {
                 broadcast: task.broadcast,
-                span: (!span.is_disabled()).then_some(span),
+                span: tracing_tasks.then(|| Box::new(span)),
                 ..Default::default()
             })
         });
@@ -489,12 +502,14 @@ impl Queue {
                 state: TaskState::Pending,
                 attempts: 0,
                 generation: 0,
-                due_ms: 0,
+                due_low: 0,
+                due_high: 0,
+                wait_recorded: false,
                 worker: None,
                 extra,
             },
         );
-        if let Some(entry) = self.tasks.get(&id) {
+        if tracing_tasks && let Some(entry) = self.tasks.get(&id) {
             task_event!(entry, priority = entry.priority, "submitted");
         }
         let wait = match task.not_before_unix_ms {
@@ -523,7 +538,7 @@ impl Queue {
             return;
         };
         if let Some(due_ms) = due_ms {
-            entry.due_ms = due_ms;
+            entry.set_due_ms(due_ms);
         }
         let front = due_ms.is_none();
         entry.state = TaskState::Pending;
@@ -541,6 +556,11 @@ impl Queue {
             self.dirty.push(entry.target.clone());
         }
         self.pending_count += 1;
+    }
+
+    #[cfg(test)]
+    pub(super) fn wait_recorded(&self, id: TaskId) -> bool {
+        self.tasks.get(&id).is_some_and(|e| e.wait_recorded)
     }
 
     #[cfg(test)]
@@ -814,14 +834,15 @@ impl Queue {
         }
         let mut deliveries = Vec::with_capacity(ids.len());
         let now_ms = self.clock_ms(Instant::now());
+        // Recorded once the deliveries are on their way, and once per task.
+        let mut first_waits = Vec::new();
         for id in ids {
             self.leave_pending(id);
             let Some(entry) = self.tasks.get_mut(&id) else {
                 continue;
             };
-            if entry.attempts == 0 {
-                let waited = now_ms.wrapping_sub(entry.due_ms);
-                SUBMIT_TO_DISPATCH_SECONDS.record(Duration::from_millis(u64::from(waited)));
+            if !entry.wait_recorded {
+                first_waits.push((id, now_ms.saturating_sub(entry.due_ms())));
             }
             task_event!(entry, attempt = entry.attempts + 1, client.id = %request.client, "dispatched");
             entry.state = TaskState::Delivered;
@@ -844,7 +865,15 @@ impl Queue {
         let count = deliveries.len();
         self.in_flight_count += count;
         match request.respond_to.send(deliveries) {
-            Ok(()) => self.metrics.dispatched.increment(count as u64),
+            Ok(()) => {
+                self.metrics.dispatched.increment(count as u64);
+                for (id, waited_ms) in first_waits {
+                    SUBMIT_TO_DISPATCH_SECONDS.record(Duration::from_millis(waited_ms));
+                    if let Some(entry) = self.tasks.get_mut(&id) {
+                        entry.wait_recorded = true;
+                    }
+                }
+            }
             Err(returned) => {
                 // The session ended before the answer reached it: nothing left
                 // the server, so the tasks go back to the front as they were.
@@ -1127,6 +1156,8 @@ impl Queue {
         if let Some(entry) = self.tasks.get_mut(&id) {
             entry.extra().dead_letter = None;
             entry.attempts = 0;
+            // A requeued task waits anew, and its wait is counted anew.
+            entry.wait_recorded = false;
         }
         if let Some(Target::Client(_)) = self.tasks.get(&id).map(|e| &e.target) {
             self.timers.add(
@@ -1137,7 +1168,7 @@ impl Queue {
         if let Some(entry) = self.tasks.get_mut(&id) {
             let span = task_span(id, &entry.target);
             if !span.is_disabled() {
-                entry.extra().span = Some(span);
+                entry.extra().span = Some(Box::new(span));
                 task_event!(entry, "requeued");
             }
         }

@@ -23,10 +23,10 @@ use super::{
 use crate::{
     alarm::Alarm,
     domain::{
-        AckKind, ClientId, Delivery, NewTask, QueueName, Registration, Resume, SessionId, Target,
-        TaskId, TaskState, WorkerOp,
+        AckKind, ClientId, Delivery, END_REASON_KEY, EndReason, NewTask, QueueName, Registration,
+        Resume, SessionId, Target, TaskId, TaskState, WorkerOp,
     },
-    metrics::{DISPATCH_TO_ACK_SECONDS, DISPATCH_TO_RECEIPT_SECONDS, SessionMetrics},
+    metrics::{DISPATCH_TO_ACK_SECONDS, DISPATCH_TO_RECEIPT_SECONDS, LatencyBatch, SessionMetrics},
     proto,
     queue::{Completion, QueueHandle, Release, ReleaseReason},
     registry::{RegistryHandle, WorkerStats, unix_ms_now},
@@ -52,6 +52,12 @@ pub(crate) struct Held {
 enum Deadline {
     Lease,
     Receipt,
+}
+
+/// The latency samples of one batch of worker operations.
+struct Latencies {
+    receipt: LatencyBatch,
+    ack: LatencyBatch,
 }
 
 /// How a session ended.
@@ -553,8 +559,14 @@ impl Session {
         let now = Instant::now();
         let mut answers = Vec::with_capacity(ops.len());
         let mut completions = Vec::new();
+        let mut latencies = Latencies {
+            receipt: DISPATCH_TO_RECEIPT_SECONDS.batch(),
+            ack: DISPATCH_TO_ACK_SECONDS.batch(),
+        };
         for op in ops {
-            let answer = self.apply_one(op, now, &mut completions).await;
+            let answer = self
+                .apply_one(op, now, &mut completions, &mut latencies)
+                .await;
             let refused = answer.is_err();
             if let Err(Rejection::Stale { .. } | Rejection::Gone { .. }) = &answer {
                 self.metrics.stale_acks_refused.increment(1);
@@ -614,6 +626,7 @@ impl Session {
         op: WorkerOp,
         now: Instant,
         completions: &mut Vec<Completion>,
+        latencies: &mut Latencies,
     ) -> Result<(), Rejection> {
         match op {
             WorkerOp::Ack(ack) => {
@@ -630,7 +643,7 @@ impl Session {
                     AckKind::Receipt => {
                         if let Some(at) = self.held[i].receipt_until.take() {
                             let entry = &self.held[i];
-                            DISPATCH_TO_RECEIPT_SECONDS.record(now - entry.pushed_at);
+                            latencies.receipt.record(now - entry.pushed_at);
                             let key = (at, Deadline::Receipt, entry.task, entry.attempt);
                             self.deadlines.remove(&key);
                         }
@@ -641,7 +654,7 @@ impl Session {
                         retry_after,
                     } => {
                         if let Some(entry) = self.held.remove(i) {
-                            DISPATCH_TO_ACK_SECONDS.record(now - entry.pushed_at);
+                            latencies.ack.record(now - entry.pushed_at);
                             self.unschedule(&entry);
                             self.live -= 1;
                             completions.push(Completion {
@@ -894,20 +907,34 @@ impl Session {
                 .session_closed(self.client.clone(), self.id)
                 .await;
         }
-        let status = match end {
-            End::Drained if self.operator_drain => {
-                Status::unavailable("drained by an operator; every task was acknowledged")
-            }
-            End::Disconnected { by_operator: true } => {
-                Status::unavailable("disconnected by an operator; held tasks went to other workers")
-            }
-            End::Drained | End::Shutdown => Status::unavailable("server is shutting down"),
-            End::Expired => Status::unavailable(format!(
-                "no message from this worker for {} s; its tasks were redelivered",
-                self.timing.liveness_timeout.as_secs()
-            )),
+        let (reason, message) = match end {
+            End::Drained if self.operator_drain => (
+                EndReason::Drained,
+                "drained by an operator; every task was acknowledged".to_owned(),
+            ),
+            End::Disconnected { by_operator: true } => (
+                EndReason::Disconnected,
+                "disconnected by an operator; held tasks went to other workers".to_owned(),
+            ),
+            End::Drained | End::Shutdown => (
+                EndReason::ShuttingDown,
+                "server is shutting down".to_owned(),
+            ),
+            End::Expired => (
+                EndReason::Expired,
+                format!(
+                    "no message from this worker for {} s; its tasks were redelivered",
+                    self.timing.liveness_timeout.as_secs()
+                ),
+            ),
             End::Disconnected { .. } | End::HandedOver => return,
         };
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert(
+            END_REASON_KEY,
+            tonic::metadata::MetadataValue::from_static(reason.as_str()),
+        );
+        let status = Status::with_metadata(tonic::Code::Unavailable, message, metadata);
         // The worker is still reading: tell it why the stream ends.
         if let Some(tx) = &self.stream_tx {
             let _ = tx.try_send(StreamItem::End(Box::new(status)));

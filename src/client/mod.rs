@@ -1,0 +1,104 @@
+//! A Rust client for contact-server, for the two sides that talk to it.
+//!
+//! A [`Worker`] registers through `getTask` and hands the tasks pushed to it
+//! to your code as [`Task`]s, which you finish with `done`, `fail`,
+//! `retry_after` (or extend while you work). Everything the protocol asks of
+//! a worker besides the work happens in one background task: receipts are
+//! confirmed and keepalives answered as messages arrive, a dropped
+//! connection is redialled with backoff and jitter and the session resumed
+//! with the tasks still held, and a drain stops new work, waits for what is
+//! held, and closes.
+//!
+//! ```no_run
+//! # async fn worker() -> Result<(), contact_server::client::ClientError> {
+//! use contact_server::client::WorkerBuilder;
+//!
+//! let mut worker = WorkerBuilder::new("http://127.0.0.1:50051")
+//!     .client_id("resizer-1")
+//!     .queues(["images"])
+//!     .max_in_flight(4)
+//!     .connect()
+//!     .await?;
+//! while let Some(task) = worker.next_task().await {
+//!     let size = task.payload.len();
+//!     task.done(format!("resized {size} bytes")).await?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! A [`Producer`] submits tasks (one by one or pipelined), waits for
+//! results, cancels and broadcasts.
+//!
+//! ```no_run
+//! # async fn producer() -> Result<(), contact_server::client::ClientError> {
+//! use std::time::Duration;
+//! use contact_server::client::{Producer, Submission};
+//!
+//! let mut producer = Producer::connect("http://127.0.0.1:50051").await?;
+//! let id = producer.submit(Submission::to_queue("images").text("resize 7")).await?;
+//! let info = producer.wait(&id, Duration::from_secs(30)).await?;
+//! println!("{}: {}", info.task_id, info.ret);
+//! # Ok(()) }
+//! ```
+
+mod producer;
+mod worker;
+
+use std::time::Duration;
+
+pub use producer::{Producer, Submission};
+pub use worker::{Task, Worker, WorkerBuilder, WorkerHandle, WorkerState};
+
+use tonic::transport::{Channel, Endpoint};
+
+/// What can go wrong for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server address is not a valid URI.
+    #[error("{endpoint:?} is not a valid server address: {source}")]
+    Endpoint {
+        /// The address given.
+        endpoint: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// The connection could not be made.
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    /// A call failed.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The server answered an operation on the control channel with a
+    /// refusal (a stale or unknown task, a credit over the cap, ...).
+    #[error("refused ({code}): {message}")]
+    Refused {
+        /// The gRPC code of why.
+        code: tonic::Code,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The worker has stopped (drained, closed, or disconnected by an
+    /// operator) and can take no more operations.
+    #[error("the worker has stopped")]
+    Stopped,
+    /// A builder option is out of range.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+}
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Dials `endpoint`.
+async fn dial(endpoint: &str) -> Result<Channel, ClientError> {
+    let endpoint =
+        Endpoint::from_shared(endpoint.to_owned()).map_err(|source| ClientError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            source,
+        })?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
