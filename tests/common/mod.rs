@@ -4,6 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
 pub mod promtool;
+pub mod proxy;
+pub mod python;
 
 use std::{future::Future, time::Duration};
 

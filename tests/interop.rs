@@ -1,0 +1,285 @@
+//! Workers in other processes and languages against a real contact-server:
+//! the Python worker (grpcio, stubs from proto/), the seed tutorial's own
+//! Python client (stubs from the seed's unchanged proto), and the Rust
+//! worker_client example, each completing tasks submitted from Rust. The
+//! Python environment is made once by tests/common/python.rs.
+//!
+//! Every child process is started here, killed on drop, and stopped by its
+//! own PID.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use common::{TestServer, proxy::Proxy, python, test_config, within};
+use contact_server::{
+    client::{Producer, Submission},
+    proto::v1::{self, TaskState},
+};
+use tokio::process::{Child, Command};
+
+async fn producer(server: &TestServer) -> Producer {
+    within("producer", Producer::connect(&server.url()))
+        .await
+        .unwrap()
+}
+
+async fn submit(producer: &mut Producer, queue: &str, text: &str) -> String {
+    within(
+        "submit",
+        producer.submit(Submission::to_queue(queue).text(text)),
+    )
+    .await
+    .unwrap()
+}
+
+async fn finished(producer: &mut Producer, id: &str) -> v1::TaskInfo {
+    within(
+        "the task to finish",
+        producer.wait(id, Duration::from_secs(30)),
+    )
+    .await
+    .unwrap()
+}
+
+/// Starts a child whose output goes to `target/tmp/interop-logs/NAME.log`
+/// (named in the test's own output, which is shown when it fails).
+fn spawn(name: &str, command: &mut Command) -> Child {
+    let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("interop-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    eprintln!("{name}: output in {}", log.display());
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Sends `signal` (e.g. "-TERM") to a child this test started.
+fn signal(child: &Child, signal: &str) {
+    let pid = child.id().expect("the child is still running");
+    let sent = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits for a child to exit; its exit code.
+async fn exit_code(child: &mut Child) -> Option<i32> {
+    within("the process to exit", child.wait())
+        .await
+        .unwrap()
+        .code()
+}
+
+/// The committed Python stubs are what gen_stubs.py makes from the protos.
+#[tokio::test]
+async fn python_stubs_match_the_protos() {
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stubs-check");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let made = within(
+        "gen_stubs.py",
+        Command::new(&python)
+            .arg(python::examples().join("gen_stubs.py"))
+            .arg(&scratch)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(made.status.success(), "{}", python::text(&made));
+    for file in [
+        "stubs/contact_pb2.py",
+        "stubs/contact_pb2_grpc.py",
+        "seed/contact/contact_pb2.py",
+        "seed/contact/contact_pb2_grpc.py",
+        "seed/contact/__init__.py",
+    ] {
+        let fresh = std::fs::read(scratch.join(file)).unwrap();
+        let committed = std::fs::read(python::examples().join(file)).unwrap();
+        assert!(
+            fresh == committed,
+            "{file} is stale: run python examples/python/gen_stubs.py"
+        );
+    }
+}
+
+/// The Python worker completes tasks submitted from Rust: receipts are
+/// confirmed in time (every task done on its first attempt though it works
+/// longer than the receipt timeout), a failing task is retried then
+/// dead-lettered, its status reaches operators, and SIGTERM drains it.
+#[tokio::test]
+async fn python_worker_completes_tasks_from_rust() {
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let mut config = test_config();
+    config.workers.receipt_timeout_ms = 200;
+    config.tasks.max_attempts = 2;
+    config.tasks.retry_initial_delay_ms = 10;
+    let server = TestServer::with_config(config).await;
+    let mut producer = producer(&server).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(submit(&mut producer, "jobs", &format!("job {i}")).await);
+    }
+    let failing = submit(&mut producer, "jobs", "fail on purpose").await;
+
+    let mut worker = spawn(
+        "python-worker",
+        Command::new(&python)
+            .arg(python::examples().join("worker.py"))
+            .args(["--server", &server.grpc_addr.to_string()])
+            .args(["--id", "py-1", "--queues", "jobs", "--max-in-flight", "4"])
+            .args(["--work-ms", "400", "--status-every", "0.1"]),
+    );
+    for id in &ids {
+        let info = finished(&mut producer, id).await;
+        assert_eq!(
+            (info.state(), info.attempts, info.worker_id.as_str()),
+            (TaskState::Done, 1, "py-1"),
+            "{info:?}"
+        );
+        assert!(info.ret.starts_with("processed 'job"), "{info:?}");
+    }
+    let info = finished(&mut producer, &failing).await;
+    assert_eq!(
+        (info.state(), info.attempts, info.error.as_str()),
+        (TaskState::DeadLettered, 2, "the task asked to fail")
+    );
+    let status = within("the worker's status report", async {
+        loop {
+            let workers = server
+                .admin()
+                .await
+                .list_workers(v1::ListWorkersRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .workers;
+            if let Some(w) = workers.iter().find(|w| w.last_status == "idle") {
+                return w.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(status.client_id, "py-1");
+
+    signal(&worker, "-TERM");
+    assert_eq!(
+        exit_code(&mut worker).await,
+        Some(0),
+        "a drained worker exits 0"
+    );
+    server.stop().await;
+}
+
+/// The Python worker's connection drops while it works on a task: it
+/// redials, resumes its session with the task, and its ack lands.
+#[tokio::test]
+async fn python_worker_resumes_after_a_dropped_connection() {
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let mut config = test_config();
+    config.workers.resume_grace_secs = 30;
+    let server = TestServer::with_config(config).await;
+    let proxy = Proxy::start(server.grpc_addr).await;
+    let mut producer = producer(&server).await;
+    let id = submit(&mut producer, "default", "outlive the drop").await;
+    let _worker = spawn(
+        "python-resumer",
+        Command::new(&python)
+            .arg(python::examples().join("worker.py"))
+            .args(["--server", &proxy.addr.to_string()])
+            .args(["--id", "py-resumer", "--work-ms", "1500"])
+            .args(["--status-every", "0.05"]),
+    );
+    // Delivered is not enough: the task must have reached the worker, which
+    // says so in its status reports.
+    within("the worker to report the task running", async {
+        loop {
+            let workers = server
+                .admin()
+                .await
+                .list_workers(v1::ListWorkersRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .workers;
+            if workers.iter().any(|w| w.reported_running == 1) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    proxy.cut();
+    let info = finished(&mut producer, &id).await;
+    assert_eq!(
+        (info.state(), info.attempts, info.worker_id.as_str()),
+        (TaskState::Done, 1, "py-resumer"),
+        "{info:?}"
+    );
+    server.stop().await;
+}
+
+/// The seed tutorial's client, as written (stubs from the seed's proto):
+/// it takes tasks on getTask and acks each on tellResult, on one channel.
+#[tokio::test]
+async fn the_seed_tutorial_client_completes_tasks() {
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let server = TestServer::start().await;
+    let mut producer = producer(&server).await;
+    let _client = spawn(
+        "seed-client",
+        Command::new(&python)
+            .current_dir(python::examples().join("seed"))
+            .arg("contact_client.py")
+            .arg(server.grpc_addr.to_string()),
+    );
+    for i in 0..3 {
+        let text = format!("任务:{i}");
+        let id = submit(&mut producer, "default", &text).await;
+        let info = finished(&mut producer, &id).await;
+        assert_eq!(info.state(), TaskState::Done);
+        assert_eq!(info.ret, format!("客户端接收到任务:{text}"));
+    }
+    server.stop().await;
+}
+
+/// The Rust worker_client example completes tasks and drains on Ctrl-C.
+#[tokio::test]
+async fn the_rust_worker_example_completes_tasks() {
+    // Examples are built beside the test binaries (target/<profile>/examples).
+    let example = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("examples/worker_client");
+    assert!(example.exists(), "{} is not built", example.display());
+    let server = TestServer::start().await;
+    let mut producer = producer(&server).await;
+    let mut worker = spawn(
+        "rust-example",
+        Command::new(example)
+            .args(["--server", &server.url()])
+            .args(["--id", "rust-example", "--work-ms", "10"]),
+    );
+    for i in 0..3 {
+        let id = submit(&mut producer, "default", &format!("job {i}")).await;
+        let info = finished(&mut producer, &id).await;
+        assert_eq!(
+            (info.state(), info.worker_id.as_str()),
+            (TaskState::Done, "rust-example")
+        );
+    }
+    signal(&worker, "-INT");
+    assert_eq!(exit_code(&mut worker).await, Some(0));
+    server.stop().await;
+}
