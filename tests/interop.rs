@@ -252,17 +252,78 @@ async fn the_seed_tutorial_client_completes_tasks() {
     server.stop().await;
 }
 
-/// The Rust worker_client example completes tasks and drains on Ctrl-C.
-#[tokio::test]
-async fn the_rust_worker_example_completes_tasks() {
-    // Examples are built beside the test binaries (target/<profile>/examples).
+/// A Rust example's binary: `cargo test` builds examples beside the test
+/// binaries (target/<profile>/examples).
+fn example(name: &str) -> PathBuf {
     let example = std::env::current_exe()
         .unwrap()
         .parent()
         .and_then(|deps| deps.parent())
         .unwrap()
-        .join("examples/worker_client");
+        .join("examples")
+        .join(name);
     assert!(example.exists(), "{} is not built", example.display());
+    example
+}
+
+/// The README's dozen-line workers are the files tested here, verbatim.
+#[test]
+fn the_readme_shows_the_mini_workers_verbatim() {
+    let readme = std::fs::read_to_string(python::root().join("README.md")).unwrap();
+    for file in ["examples/mini_worker.rs", "examples/python/mini_worker.py"] {
+        let code = std::fs::read_to_string(python::root().join(file)).unwrap();
+        assert!(
+            readme.contains(&code),
+            "README.md does not show {file} as it is"
+        );
+    }
+}
+
+/// The dozen-line workers of the README, Rust and Python, each complete a
+/// task submitted from Rust.
+#[tokio::test]
+async fn the_mini_workers_complete_tasks() {
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let server = TestServer::start().await;
+    let mut producer = producer(&server).await;
+    let runs = [
+        (
+            "rust-mini",
+            Command::new(example("mini_worker")),
+            server.url(),
+        ),
+        (
+            "py-mini",
+            Command::new(&python),
+            server.grpc_addr.to_string(),
+        ),
+    ];
+    for (name, mut command, address) in runs {
+        if name == "py-mini" {
+            command.arg(python::examples().join("mini_worker.py"));
+        }
+        let worker = spawn(name, command.env("CONTACT_SERVER", address));
+        let id = submit(&mut producer, "default", &format!("hello from {name}")).await;
+        let info = finished(&mut producer, &id).await;
+        assert_eq!(
+            (info.state(), info.worker_id.as_str(), info.ret),
+            (
+                TaskState::Done,
+                name,
+                format!("HELLO FROM {}", name.to_uppercase())
+            )
+        );
+        // The next worker must not race this one for the next task.
+        drop(worker);
+        common::until_disconnected(&server, name).await;
+    }
+    server.stop().await;
+}
+
+/// The Rust worker_client example completes tasks and drains on Ctrl-C.
+#[tokio::test]
+async fn the_rust_worker_example_completes_tasks() {
+    let example = example("worker_client");
     let server = TestServer::start().await;
     let mut producer = producer(&server).await;
     let mut worker = spawn(
