@@ -269,6 +269,9 @@ async fn drain_finishes_held_tasks_then_stops() {
     let held = [next(&mut worker).await, next(&mut worker).await];
     let handle = worker.handle();
     let drain = tokio::spawn(async move { handle.drain().await });
+    // The pause goes out before the acks (one stream, in order), so the
+    // freed credit brings nothing new.
+    state_until(&worker, |s| s.draining).await;
     for task in held {
         task.done("finished while draining").await.unwrap();
     }
@@ -283,6 +286,51 @@ async fn drain_finishes_held_tasks_then_stops() {
     let task = next(&mut other).await;
     assert_eq!(task.id, ids[2]);
     task.done("taken over").await.unwrap();
+    server.stop().await;
+}
+
+/// Credit changes at runtime: a refused one (over the server's cap) is
+/// reported and not kept, so the next registration still works.
+#[tokio::test]
+async fn credit_changes_and_refusals() {
+    let mut config = test_config();
+    config.workers.resume_grace_secs = 30;
+    let server = TestServer::with_config(config).await;
+    let proxy = Proxy::start(server.grpc_addr).await;
+    let mut worker = connect(
+        WorkerBuilder::new(proxy.url())
+            .client_id("credited")
+            .max_in_flight(1)
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
+    )
+    .await;
+    let handle = worker.handle();
+    handle.set_credit(2).await.unwrap();
+    match handle.set_credit(1_000_000).await {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, tonic::Code::InvalidArgument),
+        other => panic!("{other:?}"),
+    }
+    let mut producer = producer(&server).await;
+    for i in 0..2 {
+        let submission = Submission::to_queue("default").text(format!("t{i}"));
+        producer.submit(submission).await.unwrap();
+    }
+    let both = [next(&mut worker).await, next(&mut worker).await];
+    // Reconnecting registers with the accepted credit, not the refused one.
+    proxy.cut();
+    let state = state_until(&worker, |s| s.connected && s.connections == 2).await;
+    assert_eq!(state.resumed, 2);
+    let listed = within(
+        "list workers",
+        server.admin().await.list_workers(v1::ListWorkersRequest {}),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(listed.workers[0].max_in_flight, 2);
+    for task in both {
+        task.done("ok").await.unwrap();
+    }
     server.stop().await;
 }
 

@@ -262,8 +262,37 @@ fn example(name: &str) -> PathBuf {
         .unwrap()
         .join("examples")
         .join(name);
-    assert!(example.exists(), "{} is not built", example.display());
+    let built = std::fs::metadata(&example)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is not built", example.display()));
+    // `cargo test` builds examples; `cargo test --test interop` alone may
+    // leave an old one, which must not be what is tested.
+    let sources = [python::root().join("src"), python::root().join("examples")];
+    let newest = sources.iter().filter_map(|dir| newest_rs(dir)).max();
+    assert!(
+        newest.is_none_or(|newest| newest <= built),
+        "{} is older than the sources: run the whole `cargo test` (or `cargo build --examples`)",
+        example.display()
+    );
     example
+}
+
+/// The newest modification time of a `.rs` file below `dir`.
+fn newest_rs(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                newest_rs(&path)
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                entry.metadata().and_then(|m| m.modified()).ok()
+            } else {
+                None
+            }
+        })
+        .max()
 }
 
 /// The README's dozen-line workers are the files tested here, verbatim.

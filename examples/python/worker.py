@@ -39,7 +39,8 @@ FINAL_END_REASONS = {"drained", "disconnected"}  # an operator wants it gone
 class Control:
     """sendStatus as a control channel: each message gets one reply, in order."""
 
-    def __init__(self, stub, client_id):
+    def __init__(self, stub, client_id, on_lost):
+        self._on_lost = on_lost  # the session is useless without its control channel
         self._outbox = collections.deque()
         self._ready = threading.Condition()
         self._waiting = collections.deque()
@@ -87,6 +88,7 @@ class Control:
                 self._ready.notify()
                 while self._waiting:
                     self._waiting.popleft().set_exception(ConnectionError("connection lost"))
+            self._on_lost()
 
 
 class Worker:
@@ -122,7 +124,7 @@ class Worker:
         metadata = [
             ("contact-client-id", self.args.id),
             ("contact-queues", self.args.queues),
-            ("contact-max-in-flight", str(self.args.max_in_flight)),
+            ("contact-max-in-flight", "1" if self.draining else str(self.args.max_in_flight)),
             ("contact-receipts", "true"),
             ("contact-keepalive-ms", "5000"),
         ]
@@ -136,7 +138,7 @@ class Worker:
             log.info("registered as %s (session %s, resumed %s)", self.args.id,
                      self.session_id, headers.get("contact-resumed", "0"))
             with self.lock:
-                self.control = Control(stub, self.args.id)
+                self.control = Control(stub, self.args.id, on_lost=stream.cancel)
                 self.lock.notify_all()
             if self.draining:
                 self.control.send(pb.ClientMsg(credit=pb.Credit(max_in_flight=0)))
@@ -145,7 +147,8 @@ class Worker:
             return False
         except grpc.RpcError as error:
             reason = dict(error.trailing_metadata() or ()).get("contact-end-reason", "")
-            log.warning("getTask ended: %s %s (%s)", error.code(), error.details(), reason or "lost")
+            log.warning("getTask ended: %s %s (%s)", error.code(), error.details(),
+                        reason or "lost")
             return reason in FINAL_END_REASONS
         finally:
             with self.lock:
@@ -161,13 +164,18 @@ class Worker:
             if message.receipt_required:
                 self.send(pb.ClientMsg(ack=pb.Result(
                     task_id=message.task_id, attempt=message.attempt, receipt=True)))
-            self.pool.submit(self.work, message)
+            try:
+                self.pool.submit(self.work, message)
+            except RuntimeError:
+                # Shutting down: never started, so the server redelivers it.
+                log.info("task %s arrived while stopping; left to the server", message.task_id)
         elif message.kind == pb.KIND_KEEPALIVE:
             self.send(pb.ClientMsg(running=len(self.held)))
         elif message.kind == pb.KIND_CANCEL:
             log.info("task %s taken back by the server", message.task_id)
             with self.lock:
-                self.cancelled.add((message.task_id, message.attempt))
+                if self.held.get(message.task_id) == message.attempt:
+                    self.cancelled.add((message.task_id, message.attempt))
 
     def send(self, message):
         """Sends on the current control channel; the reply's future, or None."""
@@ -183,7 +191,9 @@ class Worker:
         while time.monotonic() < deadline:
             with self.lock:
                 if (task.task_id, task.attempt) in self.cancelled:
-                    self.held.pop(task.task_id, None)
+                    self.cancelled.discard((task.task_id, task.attempt))
+                    if self.held.get(task.task_id) == task.attempt:
+                        del self.held[task.task_id]
                     self.lock.notify_all()
                     return
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
@@ -197,7 +207,8 @@ class Worker:
 
     def acknowledge(self, result):
         """Acks on the control channel, again after a reconnect if the line drops."""
-        for _ in range(50):
+        give_up = time.monotonic() + 60
+        while True:
             reply = self.send(pb.ClientMsg(ack=result))
             try:
                 if reply is None:
@@ -207,6 +218,10 @@ class Worker:
                     log.warning("ack of %s refused: %s", result.task_id, answer.error)
                 break
             except (ConnectionError, concurrent.futures.TimeoutError):
+                if self.stop.is_set() or time.monotonic() > give_up:
+                    log.error("ack of %s not delivered; the server will redeliver it",
+                              result.task_id)
+                    break
                 with self.lock:
                     self.lock.wait(timeout=0.5)  # for the next connection
         with self.lock:
@@ -227,10 +242,16 @@ class Worker:
             return
         log.info("draining: finishing held tasks, then exiting")
         self.draining = True
-        self.send(pb.ClientMsg(credit=pb.Credit(max_in_flight=0)))
         threading.Thread(target=self._finish_drain, daemon=True).start()
 
     def _finish_drain(self):
+        paused = self.send(pb.ClientMsg(credit=pb.Credit(max_in_flight=0)))
+        try:
+            # Once the pause is applied, what was pushed before it has come.
+            if paused is not None:
+                paused.result(timeout=10)
+        except (ConnectionError, concurrent.futures.TimeoutError):
+            pass  # a reconnect registers paused
         with self.lock:
             while self.held:
                 self.lock.wait()

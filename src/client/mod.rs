@@ -77,6 +77,17 @@ pub enum ClientError {
         /// The server's explanation.
         message: String,
     },
+    /// The connection dropped before the server answered; sent again on
+    /// the next one, the task was no longer held: the first copy was
+    /// applied, or the task went back to the queue. Which, the server's
+    /// record of the task tells (`Producer::get`).
+    #[error("unconfirmed ({code}): {message}")]
+    Unconfirmed {
+        /// The gRPC code of the second answer.
+        code: tonic::Code,
+        /// The server's explanation.
+        message: String,
+    },
     /// The worker has stopped (drained, closed, or disconnected by an
     /// operator) and can take no more operations.
     #[error("the worker has stopped")]

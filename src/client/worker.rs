@@ -13,6 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use tokio::{
     sync::{mpsc, oneshot, watch},
     time::Instant,
@@ -33,6 +34,9 @@ use crate::{
     },
     proto::{self, Kind, Outcome, client_msg::Op, contact_client::ContactClient},
 };
+
+/// The longest reconnect backoff a worker may ask for.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// The settings of a [`Worker`]; [`WorkerBuilder::connect`] starts it.
 #[derive(Clone, Debug)]
@@ -65,7 +69,8 @@ impl WorkerBuilder {
     }
 
     /// The worker's id. Without one the server makes one up, and a dropped
-    /// connection cannot resume (its tasks go to other workers).
+    /// connection cannot resume: the tasks it held go to other workers (or
+    /// back to it as new attempts), and their `Task`s are cancelled.
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = Some(id.into());
         self
@@ -153,9 +158,12 @@ impl WorkerBuilder {
         if self.max_in_flight == 0 {
             return Err(invalid("max_in_flight must be at least 1"));
         }
-        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
+        if self.backoff_initial.is_zero()
+            || self.backoff_max < self.backoff_initial
+            || self.backoff_max > MAX_BACKOFF
+        {
             return Err(invalid(
-                "reconnect backoff: initial must be above zero and at most max",
+                "reconnect backoff: initial must be above zero, and max from initial to an hour",
             ));
         }
         let mut metadata = MetadataMap::new();
@@ -184,7 +192,8 @@ impl WorkerBuilder {
 /// A registered worker: pull tasks with [`Worker::next_task`].
 ///
 /// Dropping it drains the worker: nothing new is taken, tasks still held
-/// by your code can be finished, then the connection closes.
+/// by your code can be finished, then the connection closes. Tasks pushed
+/// but not yet taken from it are handed back (see [`Task`]).
 #[derive(Debug)]
 pub struct Worker {
     tasks: mpsc::UnboundedReceiver<Task>,
@@ -219,7 +228,7 @@ pub struct WorkerHandle {
 
 impl WorkerHandle {
     /// Changes the credit at runtime; 0 pauses the worker (it keeps what it
-    /// holds). Reconnections register with the new credit.
+    /// holds). Once the server accepts it, reconnections register with it.
     pub async fn set_credit(&self, max_in_flight: u32) -> Result<(), ClientError> {
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -285,13 +294,16 @@ pub struct WorkerState {
     pub held: usize,
     /// Keepalives answered.
     pub keepalives: u64,
+    /// A drain has started.
+    pub draining: bool,
     /// True once it has stopped for good.
     pub stopped: bool,
 }
 
 /// A task pushed to this worker. Finish it with one of the consuming
 /// methods; each returns once the server has applied (or refused) it.
-/// Dropping an unfinished task hands it back for a retry.
+/// Dropping an unfinished task hands it back as a retry, which counts as an
+/// attempt (like [`Task::retry_after`]).
 #[derive(Debug)]
 pub struct Task {
     /// The task's id.
@@ -368,9 +380,11 @@ impl Task {
         request(&self.commands, message, None).await
     }
 
-    /// Resolves when the server takes the task away (a producer cancelled
-    /// it, or its lease ran out): stop working on it; finishing it will be
-    /// refused.
+    /// Resolves when the task is taken away (a producer cancelled it, its
+    /// lease ran out, or the session it came on could not be resumed):
+    /// stop working on it; finishing it will be refused. The server says so
+    /// only to workers that asked for receipts or keepalives (and only when
+    /// its stream has room), so ask for one of them to rely on this.
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
         self.cancelled.cancelled()
     }
@@ -414,11 +428,11 @@ impl Drop for Task {
             ..Default::default()
         };
         // A stopped driver cannot send it; the lease then brings it back.
-        let _ = self.commands.send(Command::Op(PendingOp {
+        let _ = self.commands.send(Command::Op(Box::new(PendingOp::new(
             message,
-            settles: Some((self.id.clone(), self.attempt)),
-            reply: None,
-        }));
+            Some((self.id.clone(), self.attempt)),
+            None,
+        ))));
     }
 }
 
@@ -439,11 +453,11 @@ async fn request(
 ) -> Result<(), ClientError> {
     let (reply, answer) = oneshot::channel();
     commands
-        .send(Command::Op(PendingOp {
+        .send(Command::Op(Box::new(PendingOp::new(
             message,
             settles,
-            reply: Some(reply),
-        }))
+            Some(reply),
+        ))))
         .map_err(|_| ClientError::Stopped)?;
     answer.await.map_err(|_| ClientError::Stopped)?
 }
@@ -454,7 +468,7 @@ async fn request(
 #[derive(Debug)]
 enum Command {
     /// Send a control message.
-    Op(PendingOp),
+    Op(Box<PendingOp>),
     /// Change the credit.
     Credit {
         max_in_flight: u32,
@@ -471,16 +485,30 @@ struct PendingOp {
     /// The task (and attempt) it finishes: forgotten once answered.
     settles: Option<(String, u32)>,
     reply: Option<oneshot::Sender<Result<(), ClientError>>>,
+    /// A credit that becomes the worker's own once accepted.
+    credit: Option<u32>,
+    /// Sent before on a connection that dropped unanswered.
+    resent: bool,
 }
 
 impl PendingOp {
-    /// A message nobody waits for (receipt, heartbeat, pause).
-    fn unanswered(message: proto::ClientMsg) -> Self {
+    fn new(
+        message: proto::ClientMsg,
+        settles: Option<(String, u32)>,
+        reply: Option<oneshot::Sender<Result<(), ClientError>>>,
+    ) -> Self {
         Self {
             message,
-            settles: None,
-            reply: None,
+            settles,
+            reply,
+            credit: None,
+            resent: false,
         }
+    }
+
+    /// A message nobody waits for (receipt, heartbeat, pause).
+    fn unanswered(message: proto::ClientMsg) -> Self {
+        Self::new(message, None, None)
     }
 }
 
@@ -545,7 +573,11 @@ impl Driver {
                     info!("worker drained and closed");
                     break;
                 }
-                Ended::Abandoned => break,
+                Ended::Abandoned => {
+                    // Hand-backs of tasks nobody took must reach the server.
+                    self.collect_replies(&mut connection).await;
+                    break;
+                }
                 Ended::Stopped(reason) => {
                     info!(reason = reason.as_str(), "the server ended the worker");
                     self.collect_replies(&mut connection).await;
@@ -555,8 +587,9 @@ impl Driver {
                     warn!(%why, "connection lost; reconnecting");
                     self.state.send_modify(|s| s.connected = false);
                     // Unanswered operations go again on the next connection.
-                    while let Some(op) = self.awaiting_reply.pop_back() {
+                    while let Some(mut op) = self.awaiting_reply.pop_back() {
                         if op.reply.is_some() || op.settles.is_some() {
+                            op.resent = true;
                             self.queued.push_front(op);
                         }
                     }
@@ -592,9 +625,12 @@ impl Driver {
             held,
         });
         *request.metadata_mut() = self.registration.clone();
+        // Registration needs a credit of at least 1; a draining or paused
+        // worker asks for 1 and pauses at once.
+        let credit = if self.draining { 1 } else { self.credit.max(1) };
         request
             .metadata_mut()
-            .insert(MAX_IN_FLIGHT_KEY, MetadataValue::from(self.credit.max(1)));
+            .insert(MAX_IN_FLIGHT_KEY, MetadataValue::from(credit));
         let response = client.get_task(request).await?;
         let header = |key: &str| {
             response
@@ -608,9 +644,11 @@ impl Driver {
         let resumed = header(RESUMED_KEY)
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        if !resuming {
-            // A new session: the server gives what this worker held to
-            // others (or to it again, as a new attempt).
+        if !resuming || resumed == 0 {
+            // A new session (the old one could not be resumed): the server
+            // gives what this worker held to others, or to it again as new
+            // attempts. A partial resume keeps every entry: the server does
+            // not say which it kept, and acks of the others are refused.
             for (_, held) in self.held.drain() {
                 held.cancelled.cancel();
             }
@@ -664,7 +702,15 @@ impl Driver {
                 && self.awaiting_reply.is_empty()
                 && self.queued.is_empty()
             {
-                return Ended::Closed;
+                // A task pushed just before the pause took effect may have
+                // arrived: take it rather than leave it to the resume grace.
+                match connection.stream.message().now_or_never() {
+                    Some(Ok(Some(message))) => {
+                        self.on_message(connection, message);
+                        continue;
+                    }
+                    _ => return Ended::Closed,
+                }
             }
             let worker_dropped = self.tasks.clone();
             tokio::select! {
@@ -694,7 +740,17 @@ impl Driver {
     }
 
     fn on_message(&mut self, connection: &Connection, message: proto::ServerMsg) {
-        match message.kind() {
+        // A kind this library does not know is ignored, not taken for a task.
+        let Ok(kind) = Kind::try_from(message.kind) else {
+            debug!(kind = message.kind, "a message of an unknown kind ignored");
+            return;
+        };
+        if message.task_id.is_empty() && kind != Kind::Keepalive {
+            // Never acked: an empty id would mean "my oldest task".
+            warn!("a message without a task id ignored");
+            return;
+        }
+        match kind {
             Kind::Task => {
                 let cancelled = CancellationToken::new();
                 let held = Held {
@@ -764,18 +820,29 @@ impl Driver {
             warn!("an answer to nothing on sendStatus");
             return;
         };
-        if let Some((task_id, attempt)) = op.settles
+        if let Some((task_id, attempt)) = &op.settles
             && self
                 .held
-                .get(&task_id)
-                .is_some_and(|h| h.attempt == attempt)
+                .get(task_id)
+                .is_some_and(|h| h.attempt == *attempt)
         {
             // Applied or refused, the task is no longer this worker's.
-            self.held.remove(&task_id);
+            self.held.remove(task_id);
             self.publish_held();
         }
         let answer = match reply.code {
-            0 => Ok(()),
+            0 => {
+                if let Some(credit) = op.credit {
+                    self.credit = credit;
+                }
+                Ok(())
+            }
+            // Sent again after a drop: the first copy may have been applied
+            // (then this one finds the task no longer held) or not.
+            code if op.resent && op.settles.is_some() => Err(ClientError::Unconfirmed {
+                message: reply.error,
+                code: Code::from_i32(code),
+            }),
             code => Err(ClientError::Refused {
                 code: Code::from_i32(code),
                 message: reply.error,
@@ -795,23 +862,20 @@ impl Driver {
 
     fn on_command(&mut self, connection: Option<&Connection>, command: Command) {
         match command {
-            Command::Op(op) => self.send_or_queue(connection, op),
+            Command::Op(op) => self.send_or_queue(connection, *op),
             Command::Credit {
                 max_in_flight,
                 reply,
             } => {
-                self.credit = max_in_flight;
                 if self.draining {
-                    // Draining keeps the worker paused; the credit is kept
-                    // for nothing, but the caller is not wrong.
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(Err(ClientError::Refused {
+                        code: Code::FailedPrecondition,
+                        message: "the worker is draining; it stays paused".into(),
+                    }));
                     return;
                 }
-                let op = PendingOp {
-                    message: credit_message(max_in_flight),
-                    settles: None,
-                    reply: Some(reply),
-                };
+                let mut op = PendingOp::new(credit_message(max_in_flight), None, Some(reply));
+                op.credit = Some(max_in_flight);
                 self.send_or_queue(connection, op);
             }
             Command::Drain { done } => {
@@ -827,7 +891,11 @@ impl Driver {
         }
         info!(held = self.held.len(), "draining");
         self.draining = true;
-        self.send_or_queue(connection, PendingOp::unanswered(credit_message(0)));
+        self.state.send_modify(|s| s.draining = true);
+        // Without a connection, the next registration pauses itself.
+        if let Some(connection) = connection {
+            self.send(connection, PendingOp::unanswered(credit_message(0)));
+        }
     }
 
     fn send_or_queue(&mut self, connection: Option<&Connection>, op: PendingOp) {
@@ -883,7 +951,7 @@ impl Driver {
                 }
                 Err(error) => debug!(%error, "reconnect failed"),
             }
-            backoff = (backoff * 2).min(self.settings.backoff_max);
+            backoff = backoff.saturating_mul(2).min(self.settings.backoff_max);
         }
     }
 
