@@ -149,6 +149,29 @@ async fn tasks_round_trip_between_producer_and_worker() {
             .state(),
         TaskState::Done
     );
+
+    // A broadcast reaches the worker as its own copy.
+    let broadcast = producer
+        .broadcast("jobs", "everyone", &b"cfg"[..])
+        .await
+        .unwrap();
+    let copy = next(&mut worker).await;
+    assert_eq!(
+        (copy.broadcast_id.as_str(), copy.text.as_str()),
+        (broadcast.as_str(), "everyone")
+    );
+    let copy_id = copy.id.clone();
+    copy.done("reloaded").await.unwrap();
+    producer
+        .wait(&copy_id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let copies = producer.broadcast_copies(&broadcast).await.unwrap();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(
+        (copies[0].state(), copies[0].worker_id.as_str()),
+        (TaskState::Done, "rust-1")
+    );
     server.stop().await;
 }
 
