@@ -61,6 +61,27 @@ fn spawn(name: &str, command: &mut Command) -> Child {
         .unwrap()
 }
 
+/// Waits (bounded, polling ListWorkers) until a worker is as `wanted`;
+/// status reports have no event to wait on.
+async fn worker_until(server: &TestServer, wanted: impl Fn(&v1::Worker) -> bool) -> v1::Worker {
+    let mut admin = server.admin().await;
+    within("a worker's report", async {
+        loop {
+            let workers = admin
+                .list_workers(v1::ListWorkersRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .workers;
+            if let Some(worker) = workers.into_iter().find(&wanted) {
+                return worker;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 /// Sends `signal` (e.g. "-TERM") to a child this test started.
 fn signal(child: &Child, signal: &str) {
     let pid = child.id().expect("the child is still running");
@@ -152,23 +173,7 @@ async fn python_worker_completes_tasks_from_rust() {
         (info.state(), info.attempts, info.error.as_str()),
         (TaskState::DeadLettered, 2, "the task asked to fail")
     );
-    let status = within("the worker's status report", async {
-        loop {
-            let workers = server
-                .admin()
-                .await
-                .list_workers(v1::ListWorkersRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .workers;
-            if let Some(w) = workers.iter().find(|w| w.last_status == "idle") {
-                return w.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = worker_until(&server, |w| w.last_status == "idle").await;
     assert_eq!(status.client_id, "py-1");
 
     signal(&worker, "-TERM");
@@ -201,23 +206,7 @@ async fn python_worker_resumes_after_a_dropped_connection() {
     );
     // Delivered is not enough: the task must have reached the worker, which
     // says so in its status reports.
-    within("the worker to report the task running", async {
-        loop {
-            let workers = server
-                .admin()
-                .await
-                .list_workers(v1::ListWorkersRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .workers;
-            if workers.iter().any(|w| w.reported_running == 1) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    worker_until(&server, |w| w.reported_running == 1).await;
     proxy.cut();
     let info = finished(&mut producer, &id).await;
     assert_eq!(
