@@ -11,9 +11,9 @@ use std::{
     future::Future,
     pin::Pin,
     task::{Context, Poll},
-    time::Instant,
 };
 
+use tokio::time::Instant;
 use tonic::Code;
 use tower::{Layer, Service};
 
