@@ -58,6 +58,11 @@ pub const DEFAULT_RETRY_INITIAL_DELAY_MS: u64 = 1000;
 pub const DEFAULT_RETRY_FACTOR: f64 = 2.0;
 /// Longest retry delay.
 pub const DEFAULT_RETRY_MAX_DELAY_MS: u64 = 60_000;
+/// The furthest in the future a task's not-before time may be: 30 days.
+pub const DEFAULT_MAX_DELAY_SECS: u64 = 30 * 24 * 3600;
+/// The longest any duration in the file may be (ten years): longer ones are
+/// surely typos, and deadlines built from them would overflow the clock.
+pub const MAX_CONFIG_DURATION_SECS: u64 = 10 * 365 * 24 * 3600;
 /// How long a worker that asked for receipts has to confirm a task.
 pub const DEFAULT_RECEIPT_TIMEOUT_MS: u64 = 5000;
 /// How long a worker that asked for keepalives may stay silent.
@@ -179,6 +184,8 @@ pub struct TasksConfig {
     pub retry_factor: f64,
     /// Longest retry delay, in ms.
     pub retry_max_delay_ms: u64,
+    /// The furthest in the future a task's not-before time may be, in seconds.
+    pub max_delay_secs: u64,
 }
 
 /// `[queues.NAME]`: one queue's overrides; a key left out takes `[tasks]`'s value.
@@ -257,6 +264,7 @@ impl Default for TasksConfig {
             retry_initial_delay_ms: DEFAULT_RETRY_INITIAL_DELAY_MS,
             retry_factor: DEFAULT_RETRY_FACTOR,
             retry_max_delay_ms: DEFAULT_RETRY_MAX_DELAY_MS,
+            max_delay_secs: DEFAULT_MAX_DELAY_SECS,
         }
     }
 }
@@ -265,6 +273,18 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             filter: DEFAULT_LOG_FILTER.to_owned(),
+        }
+    }
+}
+
+impl WorkersConfig {
+    /// What a worker's registration may ask for under this configuration.
+    pub fn registration_limits(&self) -> crate::domain::RegistrationLimits {
+        crate::domain::RegistrationLimits {
+            default_max_in_flight: self.default_max_in_flight,
+            max_in_flight_cap: self.max_in_flight_cap,
+            min_keepalive: Duration::from_millis(self.min_keepalive_ms),
+            liveness_timeout: Duration::from_secs(self.liveness_timeout_secs),
         }
     }
 }
@@ -296,6 +316,20 @@ impl Config {
                 key,
                 value: value.to_string(),
                 reason: reason.to_owned(),
+            }
+        }
+        for (key, value, in_ms) in self.durations() {
+            let (limit, unit) = if in_ms {
+                (MAX_CONFIG_DURATION_SECS * 1000, "ms")
+            } else {
+                (MAX_CONFIG_DURATION_SECS, "s")
+            };
+            if value > limit {
+                return Err(invalid(
+                    key,
+                    value,
+                    &format!("must be at most ten years ({limit} {unit})"),
+                ));
             }
         }
         let s = &self.server;
@@ -349,8 +383,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if w.min_keepalive_ms == 0 {
-            return Err(invalid("workers.min_keepalive_ms", 0, "must be at least 1"));
+        if w.min_keepalive_ms == 0 || w.min_keepalive_ms >= w.liveness_timeout_secs * 1000 {
+            return Err(invalid(
+                "workers.min_keepalive_ms",
+                w.min_keepalive_ms,
+                "must be at least 1 and below workers.liveness_timeout_secs",
+            ));
         }
         let t = &self.tasks;
         if t.max_attempts == 0 {
@@ -420,6 +458,59 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Every duration key with its value, and whether it is in milliseconds.
+    fn durations(&self) -> Vec<(&'static str, u64, bool)> {
+        let (s, w, t) = (&self.server, &self.workers, &self.tasks);
+        let mut all = vec![
+            ("server.drain_timeout_secs", s.drain_timeout_secs, false),
+            ("server.http2_keepalive_secs", s.http2_keepalive_secs, false),
+            ("workers.receipt_timeout_ms", w.receipt_timeout_ms, true),
+            (
+                "workers.liveness_timeout_secs",
+                w.liveness_timeout_secs,
+                false,
+            ),
+            ("workers.resume_grace_secs", w.resume_grace_secs, false),
+            ("workers.min_keepalive_ms", w.min_keepalive_ms, true),
+            ("tasks.lease_secs", t.lease_secs, false),
+            ("tasks.max_lease_secs", t.max_lease_secs, false),
+            ("tasks.target_ttl_secs", t.target_ttl_secs, false),
+            (
+                "tasks.idempotency_window_secs",
+                t.idempotency_window_secs,
+                false,
+            ),
+            (
+                "tasks.retry_initial_delay_ms",
+                t.retry_initial_delay_ms,
+                true,
+            ),
+            ("tasks.retry_max_delay_ms", t.retry_max_delay_ms, true),
+            ("tasks.max_delay_secs", t.max_delay_secs, false),
+        ];
+        for queue in self.queues.values() {
+            all.extend(
+                queue
+                    .retry_initial_delay_ms
+                    .map(|ms| ("queues.*.retry_initial_delay_ms", ms, true)),
+            );
+            all.extend(
+                queue
+                    .retry_max_delay_ms
+                    .map(|ms| ("queues.*.retry_max_delay_ms", ms, true)),
+            );
+        }
+        all
+    }
+
+    /// What a submission may ask for under this configuration.
+    pub fn submit_limits(&self) -> crate::domain::SubmitLimits {
+        crate::domain::SubmitLimits {
+            max_delay: Duration::from_secs(self.tasks.max_delay_secs),
+            max_message_bytes: self.server.max_message_bytes,
+        }
     }
 
     /// How long a stopping server waits for workers to finish.
@@ -501,6 +592,25 @@ mod tests {
         assert!(err.to_string().contains("bad name"), "{err}");
         let err = Config::from_toml("[queues.mail]\nretry_factor = 0.5\n", "t.toml").unwrap_err();
         assert!(err.to_string().contains("queues.*.retry_factor"), "{err}");
+    }
+
+    /// Absurd durations are refused at start, naming the key, instead of
+    /// overflowing a deadline later.
+    #[test]
+    fn absurd_durations_are_refused() {
+        for text in [
+            "[tasks]\nidempotency_window_secs = 18446744073709551615\n",
+            "[workers]\nresume_grace_secs = 999999999999\n",
+            "[queues.mail]\nretry_max_delay_ms = 18446744073709551615\n",
+        ] {
+            let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+            assert!(err.contains("ten years"), "{err}");
+        }
+        let err = Config::from_toml("[workers]\nmin_keepalive_ms = 15000\n", "t.toml").unwrap_err();
+        assert!(
+            err.to_string().contains("workers.min_keepalive_ms"),
+            "{err}"
+        );
     }
 
     /// A queue section overrides only the keys it names.

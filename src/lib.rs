@@ -40,6 +40,7 @@
 
 mod alarm;
 pub mod client;
+mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;

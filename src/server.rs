@@ -182,7 +182,8 @@ async fn run(
         stopping: stopping.clone(),
         sessions: sessions.clone(),
         calls: TaskTracker::new(),
-        workers: config.workers.clone(),
+        workers: config.workers.registration_limits(),
+        submit_limits: config.submit_limits(),
         timing: SessionTiming {
             receipt_timeout: Duration::from_millis(config.workers.receipt_timeout_ms),
             liveness_timeout: Duration::from_secs(config.workers.liveness_timeout_secs),

@@ -80,3 +80,24 @@ async fn idle_workers_end_promptly() {
     assert_eq!(end.code(), Code::Unavailable, "{end:?}");
     server.wait_stopped().await;
 }
+
+/// During a graceful drain, a tellResult call whose acks were all applied
+/// ends OK, so the worker knows they landed (it ended UNAVAILABLE before,
+/// which reads as "maybe not").
+#[tokio::test]
+async fn tell_result_whose_acks_landed_ends_ok_in_a_drain() {
+    let mut config = test_config();
+    config.server.drain_timeout_secs = 60;
+    let server = TestServer::with_config(config).await;
+    let mut worker = TestWorker::connect(&server, WorkerOptions::id("w")).await;
+    let id = server.submit("default", "finish me while draining").await;
+    assert_eq!(worker.next_task().await.task_id, id);
+
+    server.begin_shutdown_and_see_health_flip().await;
+    worker.ack(&id, Outcome::Done, "landed").await;
+    let end = worker.next_event().await.unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    // The worker kept its tellResult call open; the server ends it.
+    worker.ack_call_ends().await.unwrap();
+    server.wait_stopped().await;
+}

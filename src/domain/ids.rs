@@ -6,7 +6,7 @@ use std::{fmt, sync::Arc};
 
 use uuid::Uuid;
 
-use super::{DEFAULT_QUEUE, check_name};
+use super::{DEFAULT_QUEUE, check_name, quote};
 use crate::error::Error;
 
 /// A worker's id: chosen by the worker, or a fresh UUID when it names none.
@@ -81,9 +81,7 @@ impl TaskId {
 
     /// Parses a client-supplied task id.
     pub fn parse(id: &str) -> Result<Self, Error> {
-        Uuid::try_parse(id)
-            .map(Self)
-            .map_err(|_| Error::InvalidArgument(format!("task id {id:?} is not a valid UUID")))
+        parse_uuid("task id", id).map(Self)
     }
 }
 
@@ -113,9 +111,7 @@ impl fmt::Display for SessionId {
 impl SessionId {
     /// Parses a session id a resuming worker presents.
     pub fn parse(id: &str) -> Result<Self, Error> {
-        Uuid::try_parse(id)
-            .map(Self)
-            .map_err(|_| Error::InvalidArgument(format!("session id {id:?} is not a valid UUID")))
+        parse_uuid("session id", id).map(Self)
     }
 }
 
@@ -131,9 +127,7 @@ impl BroadcastId {
 
     /// Parses a client-supplied broadcast id.
     pub fn parse(id: &str) -> Result<Self, Error> {
-        Uuid::try_parse(id)
-            .map(Self)
-            .map_err(|_| Error::InvalidArgument(format!("broadcast id {id:?} is not a valid UUID")))
+        parse_uuid("broadcast id", id).map(Self)
     }
 }
 
@@ -141,4 +135,10 @@ impl fmt::Display for BroadcastId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// Parses one of the server's UUID ids, quoting at most a prefix of a bad one.
+fn parse_uuid(kind: &str, id: &str) -> Result<Uuid, Error> {
+    Uuid::try_parse(id)
+        .map_err(|_| Error::InvalidArgument(format!("{kind} {} is not a valid UUID", quote(id))))
 }

@@ -14,9 +14,12 @@ mod task;
 mod worker;
 
 pub use ids::{BroadcastId, ClientId, QueueName, SessionId, TaskId};
-pub use task::{DeadLetterReason, Delivery, NewTask, Target, TaskInfo, TaskResult, TaskState};
+pub use task::{
+    DeadLetterReason, Delivery, NewTask, SubmitLimits, Target, TaskInfo, TaskResult, TaskState,
+};
 pub use worker::{
-    Ack, AckKind, Outcome, Registration, Resume, StatusReport, WorkerOp, client_id_from_metadata,
+    Ack, AckKind, Outcome, Registration, RegistrationLimits, Resume, StatusReport, WorkerOp,
+    client_id_from_metadata,
 };
 
 /// Request metadata key: the worker's chosen id.
@@ -88,6 +91,24 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_QUEUES_PER_WORKER: usize = 32;
 /// The most status text kept per worker, in bytes.
 pub const MAX_STATUS_LEN: usize = 1024;
+
+/// The most of a rejected value an error message quotes: enough to
+/// recognise it, never so much that the status outgrows what clients accept
+/// (a 1 MiB id echoed whole makes grpcio report RESOURCE_EXHAUSTED instead).
+const QUOTE_LIMIT: usize = 64;
+
+/// A client-supplied value as an error message shows it: debug-quoted, and
+/// cut to [`QUOTE_LIMIT`] bytes with its full length noted when longer.
+pub(crate) fn quote(text: &str) -> String {
+    if text.len() <= QUOTE_LIMIT {
+        return format!("{text:?}");
+    }
+    let mut end = QUOTE_LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &text[..end], text.len())
+}
 
 /// Names are used in logs and metadata, so they are kept to a printable,
 /// unambiguous alphabet.

@@ -20,6 +20,33 @@ pub enum Target {
     Client(ClientId),
 }
 
+/// What a submission may ask for under the server's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubmitLimits {
+    /// The furthest in the future a not-before time may lie
+    /// (`tasks.max_delay_secs`).
+    pub max_delay: Duration,
+    /// The largest message the server sends (`server.max_message_bytes`): a
+    /// task whose push would be larger could never be delivered.
+    pub max_message_bytes: usize,
+}
+
+/// Bytes of a pushed `ServerMsg` beyond its text, payload and queue, at the
+/// most: task id and broadcast id (36-byte UUIDs), and attempt, lease,
+/// receipt flag and priority at their longest varints (a task's kind is
+/// `KIND_TASK`, 0, which is not encoded). Every field number is below 16, so
+/// each key is one byte.
+const PUSH_FIXED_BYTES: usize = (2 + 36) * 2 + (1 + 5) + (1 + 10) + (1 + 1) + (1 + 10);
+
+/// The encoded size of one length-delimited field (absent when empty).
+fn field_len(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(len as u64) + len
+    }
+}
+
 /// A validated submission, not yet accepted.
 #[derive(Clone, Debug, Default)]
 pub struct NewTask {
@@ -44,6 +71,42 @@ pub struct NewTask {
 }
 
 impl NewTask {
+    /// Checks what only the server's limits can tell: that the task can be
+    /// pushed to a worker at all, and that it is not put off absurdly far.
+    pub fn check(&self, limits: &SubmitLimits) -> Result<(), Error> {
+        let push = self.push_len();
+        if push > limits.max_message_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "the task would be pushed to workers as a {push}-byte message, over \
+                 server.max_message_bytes ({}): shorten its text and payload",
+                limits.max_message_bytes
+            )));
+        }
+        let latest = crate::clock::unix_ms_now()
+            .saturating_add(u64::try_from(limits.max_delay.as_millis()).unwrap_or(u64::MAX));
+        if self.not_before_unix_ms > latest {
+            return Err(Error::InvalidArgument(format!(
+                "not_before_unix_ms {} is more than tasks.max_delay_secs ({} s) from now",
+                self.not_before_unix_ms,
+                limits.max_delay.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The most bytes a push of this task can take on the wire.
+    fn push_len(&self) -> usize {
+        let queue_len = match &self.target {
+            Some(Target::Queue(queue)) => queue.as_str().len(),
+            Some(Target::Client(_)) => 0,
+            None => super::DEFAULT_QUEUE.len(),
+        };
+        PUSH_FIXED_BYTES
+            + field_len(self.text.len())
+            + field_len(self.payload.len())
+            + field_len(queue_len)
+    }
+
     /// Where the task goes, the default queue when it names nothing.
     pub fn target(&self) -> Target {
         self.target
@@ -274,6 +337,64 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// The size a submission is checked against is the largest push of it
+    /// there can be, and no larger: every field at its longest.
+    #[test]
+    fn push_len_is_the_largest_push() {
+        use prost::Message as _;
+        let queue = QueueName::parse(&"q".repeat(MAX_NAME_LEN)).unwrap();
+        let task = NewTask {
+            target: Some(Target::Queue(queue.clone())),
+            text: "t".repeat(300),
+            payload: Bytes::from(vec![7; 70_000]),
+            ..NewTask::default()
+        };
+        let delivery = Delivery {
+            task_id: TaskId::generate(),
+            text: Some(task.text.as_str().into()),
+            payload: task.payload.clone(),
+            queue: Some(queue),
+            attempt: u32::MAX,
+            lease: Duration::from_millis(u64::MAX),
+            priority: -1,
+            broadcast: Some(BroadcastId::generate()),
+        };
+        assert_eq!(delivery.to_message(true).encoded_len(), task.push_len());
+        let limits = |max_message_bytes| SubmitLimits {
+            max_delay: Duration::from_secs(60),
+            max_message_bytes,
+        };
+        assert!(task.check(&limits(task.push_len())).is_ok());
+        let err = task.check(&limits(task.push_len() - 1)).unwrap_err();
+        assert!(
+            err.to_string().contains("server.max_message_bytes"),
+            "{err}"
+        );
+    }
+
+    /// A not-before time past the maximum delay is refused, naming the key.
+    #[test]
+    fn not_before_is_bounded() {
+        let limits = SubmitLimits {
+            max_delay: Duration::from_secs(60),
+            max_message_bytes: 1 << 20,
+        };
+        let soon = NewTask {
+            not_before_unix_ms: crate::clock::unix_ms_now() + 30_000,
+            ..NewTask::default()
+        };
+        assert!(soon.check(&limits).is_ok());
+        let never = NewTask {
+            not_before_unix_ms: u64::MAX,
+            ..NewTask::default()
+        };
+        let err = never.check(&limits).unwrap_err();
+        assert!(
+            err.to_string().contains("tasks.max_delay_secs (60 s)"),
+            "{err}"
+        );
+    }
 
     /// A submission names a queue or a worker, never both; optional limits
     /// of 0 mean "none".

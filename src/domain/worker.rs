@@ -8,9 +8,9 @@ use tonic::metadata::MetadataMap;
 use super::{
     CLIENT_ID_KEY, ClientId, KEEPALIVE_MS_KEY, MAX_IN_FLIGHT_KEY, MAX_QUEUES_PER_WORKER,
     MAX_STATUS_LEN, QUEUES_KEY, QueueName, RECEIPTS_KEY, SessionId, TaskId, TaskResult,
-    metadata_text,
+    metadata_text, quote,
 };
-use crate::{config::WorkersConfig, error::Error, proto};
+use crate::{error::Error, proto};
 
 /// How a worker says a task ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +157,20 @@ pub struct Resume {
     pub held: Vec<(TaskId, u32)>,
 }
 
+/// What a registration may ask for: the server's worker limits, as the
+/// configuration sets them (`[workers]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegistrationLimits {
+    /// Credit of a worker that names none.
+    pub default_max_in_flight: u32,
+    /// The most credit a worker may ask for.
+    pub max_in_flight_cap: u32,
+    /// The shortest keepalive interval a worker may ask for.
+    pub min_keepalive: Duration,
+    /// How long a keepalive worker may be silent; its interval must be shorter.
+    pub liveness_timeout: Duration,
+}
+
 /// What a worker asked for when it opened getTask.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Registration {
@@ -182,7 +196,7 @@ impl Registration {
     pub fn from_request(
         metadata: &MetadataMap,
         body: proto::Empty,
-        limits: &WorkersConfig,
+        limits: &RegistrationLimits,
     ) -> Result<Self, Error> {
         let (client_id, generated_id) = match metadata_text(metadata, CLIENT_ID_KEY)? {
             Some(id) => (ClientId::parse(id)?, false),
@@ -213,7 +227,8 @@ impl Registration {
                 Ok(n) if (1..=cap).contains(&n) => n,
                 _ => {
                     return Err(Error::InvalidArgument(format!(
-                        "{MAX_IN_FLIGHT_KEY} must be a whole number from 1 to {cap}, got {text:?}"
+                        "{MAX_IN_FLIGHT_KEY} must be a whole number from 1 to {cap}, got {}",
+                        quote(text)
                     )));
                 }
             },
@@ -226,24 +241,39 @@ impl Registration {
                 "false" | "0" => false,
                 _ => {
                     return Err(Error::InvalidArgument(format!(
-                        "{RECEIPTS_KEY} must be \"true\" or \"false\", got {text:?}"
+                        "{RECEIPTS_KEY} must be \"true\" or \"false\", got {}",
+                        quote(text)
                     )));
                 }
             },
         };
-        let min_keepalive = limits.min_keepalive_ms;
+        let min_keepalive = limits.min_keepalive.as_millis();
         let keepalive = match metadata_text(metadata, KEEPALIVE_MS_KEY)? {
             None => None,
             Some(text) => match text.trim().parse::<u64>() {
-                Ok(ms) if ms >= min_keepalive && ms <= 3_600_000 => Some(Duration::from_millis(ms)),
+                Ok(ms) if u128::from(ms) >= min_keepalive && ms <= 3_600_000 => {
+                    Some(Duration::from_millis(ms))
+                }
                 _ => {
                     return Err(Error::InvalidArgument(format!(
                         "{KEEPALIVE_MS_KEY} must be a whole number from {min_keepalive} to \
-                         3600000, got {text:?}"
+                         3600000, got {}",
+                        quote(text)
                     )));
                 }
             },
         };
+        // A worker heard from only once per keepalive would be expired every
+        // liveness timeout, forever: refuse the promise it cannot keep.
+        let liveness = limits.liveness_timeout;
+        if let Some(every) = keepalive.filter(|every| *every >= liveness) {
+            return Err(Error::InvalidArgument(format!(
+                "{KEEPALIVE_MS_KEY} {} must be below workers.liveness_timeout_secs ({} s): a \
+                 worker promises to be heard from within the liveness timeout",
+                every.as_millis(),
+                liveness.as_secs()
+            )));
+        }
         let resume = if body.resume_session_id.is_empty() {
             if !body.held.is_empty() {
                 return Err(Error::InvalidArgument(
@@ -334,11 +364,12 @@ mod tests {
         map
     }
 
-    fn limits() -> WorkersConfig {
-        WorkersConfig {
+    fn limits() -> RegistrationLimits {
+        RegistrationLimits {
             default_max_in_flight: 8,
             max_in_flight_cap: 100,
-            ..WorkersConfig::default()
+            min_keepalive: Duration::from_millis(100),
+            liveness_timeout: Duration::from_secs(15),
         }
     }
 
@@ -387,10 +418,42 @@ mod tests {
             vec![(MAX_IN_FLIGHT_KEY, "many")],
             vec![(RECEIPTS_KEY, "yes")],
             vec![(KEEPALIVE_MS_KEY, "1")],
+            // At or above the liveness timeout (15 s by default): the worker
+            // would be expired between two of its own heartbeats.
+            vec![(KEEPALIVE_MS_KEY, "15000")],
         ] {
             let err = register(&bad, proto::Empty::default()).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument(_)), "{bad:?}: {err}");
         }
+    }
+
+    /// A rejected value is quoted by its prefix only, however long it is.
+    #[test]
+    fn errors_quote_a_short_prefix() {
+        let huge = "9".repeat(1 << 20);
+        let err = register(
+            &[(MAX_IN_FLIGHT_KEY, huge.as_str())],
+            proto::Empty::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.len() < 300, "{} bytes", err.len());
+        assert!(err.contains("1048576 bytes"), "{err}");
+        let err = TaskId::parse(&"x".repeat(1 << 20)).unwrap_err().to_string();
+        assert!(err.len() < 300 && err.contains("not a valid UUID"), "{err}");
+    }
+
+    /// A keepalive at or past the liveness timeout names both values.
+    #[test]
+    fn keepalive_must_be_below_liveness() {
+        let err = register(&[(KEEPALIVE_MS_KEY, "20000")], proto::Empty::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("20000") && err.contains("liveness_timeout_secs (15 s)"),
+            "{err}"
+        );
+        assert!(register(&[(KEEPALIVE_MS_KEY, "14999")], proto::Empty::default()).is_ok());
     }
 
     /// A resume names a session and the held tasks, and needs a worker id.

@@ -2,9 +2,6 @@
 //! tellResult and sendStatus feed operations to it, sendStatus also feeds
 //! the registry.
 
-use std::pin::pin;
-
-use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt as _, adapters::Map, wrappers::ReceiverStream};
 use tonic::{
@@ -13,7 +10,7 @@ use tonic::{
 };
 use tracing::debug;
 
-use super::{Core, MAX_STREAM_BATCH};
+use super::{Core, StreamEnd, next_batch};
 use crate::{
     domain::{
         self, Ack, CLIENT_ID_KEY, ClientId, RESUMED_KEY, Registration, SESSION_ID_KEY,
@@ -241,38 +238,17 @@ impl Contact for ContactService {
         let core = self.core.clone();
         self.core.calls.spawn(async move {
             loop {
-                let message = tokio::select! {
-                    () = core.stopping.cancelled() => break,
-                    message = inbound.message() => message,
-                };
-                let mut batch = match message {
-                    Ok(Some(message)) => vec![message],
-                    Ok(None) => break,
-                    Err(status) => {
-                        debug!(%status, "sendStatus stream ended with an error");
-                        break;
-                    }
-                };
-                // Take what has already arrived too, so that a worker
-                // acknowledging at a high rate is answered in batches.
-                let mut ended = false;
-                while batch.len() < MAX_STREAM_BATCH {
-                    match pin!(inbound.message()).now_or_never() {
-                        Some(Ok(Some(message))) => batch.push(message),
-                        Some(Ok(None) | Err(_)) => {
-                            ended = true;
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                let answers = if batch.len() > 1
-                    && batch.iter().all(|m| m.msg.is_empty() && m.op.is_some())
+                let batch = next_batch(&mut inbound, &core.stopping).await;
+                let answers = if batch.items.len() > 1
+                    && batch
+                        .items
+                        .iter()
+                        .all(|m| m.msg.is_empty() && m.op.is_some())
                 {
-                    answer_ops(&core, named.as_ref(), peer, batch).await
+                    answer_ops(&core, named.as_ref(), peer, batch.items).await
                 } else {
-                    let mut answers = Vec::with_capacity(batch.len());
-                    for message in batch {
+                    let mut answers = Vec::with_capacity(batch.items.len());
+                    for message in batch.items {
                         answers.push(answer_status(&core, named.as_ref(), peer, message).await);
                     }
                     answers
@@ -282,8 +258,14 @@ impl Contact for ContactService {
                         return;
                     }
                 }
-                if ended {
-                    break;
+                match batch.end {
+                    None => {}
+                    Some(StreamEnd::Finished | StreamEnd::Stopping) => break,
+                    Some(StreamEnd::Failed(status)) => {
+                        debug!(%status, "sendStatus stream ended with an error");
+                        let _ = replies.send(Err(status)).await;
+                        break;
+                    }
                 }
             }
         });
@@ -336,33 +318,17 @@ impl Contact for ContactService {
         // that session ends must not land on the worker's next session.
         let mut session: Option<SessionHandle> = None;
         loop {
-            let first = tokio::select! {
-                () = self.core.stopping.cancelled() => return Err(Error::ShuttingDown.into()),
-                message = inbound.message() => message?,
-            };
-            let Some(first) = first else { break };
-            // Take what has already arrived too, without waiting, so a fast
-            // worker's acks travel to its session in batches.
-            let mut ops = Vec::new();
+            let batch = next_batch(&mut inbound, &self.core.stopping).await;
+            // The acks before a malformed one stand; the call ends with its status.
+            let mut ops = Vec::with_capacity(batch.items.len());
             let mut bad_input = None;
-            let mut ended = false;
-            let mut next = Some(first);
-            while let Some(message) = next.take() {
+            for message in batch.items {
                 match Ack::try_from(message) {
                     Ok(ack) => ops.push(WorkerOp::Ack(ack)),
                     Err(error) => {
                         bad_input = Some(Status::from(error));
                         break;
                     }
-                }
-                if ops.len() >= MAX_STREAM_BATCH {
-                    break;
-                }
-                match pin!(inbound.message()).now_or_never() {
-                    Some(Ok(Some(message))) => next = Some(message),
-                    Some(Ok(None)) => ended = true,
-                    Some(Err(status)) => bad_input = Some(status),
-                    None => {}
                 }
             }
             if !ops.is_empty() {
@@ -393,8 +359,13 @@ impl Contact for ContactService {
             if let Some(status) = bad_input {
                 return Err(status);
             }
-            if ended {
-                break;
+            match batch.end {
+                None => {}
+                // Every ack this call carried has been applied (a refused
+                // one returned above), so a call the server ends while
+                // stopping ends OK: the worker learns its acks landed.
+                Some(StreamEnd::Finished | StreamEnd::Stopping) => break,
+                Some(StreamEnd::Failed(status)) => return Err(status),
             }
         }
         Ok(Response::new(proto::Empty::default()))

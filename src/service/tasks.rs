@@ -1,17 +1,16 @@
 //! `contact.v1.Tasks`: the producer API. Submissions go to the queue actor in
 //! batches; reads and waits are answered by it.
 
-use std::{pin::pin, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
-use super::{Core, MAX_STREAM_BATCH};
+use super::{Core, MAX_STREAM_BATCH, StreamEnd, next_batch};
 use crate::{
-    domain::{BroadcastId, NewTask, QueueName, TaskId},
+    domain::{BroadcastId, QueueName, TaskId},
     error::Error,
     proto::v1::{self, tasks_server::Tasks},
     queue::BroadcastTask,
@@ -59,7 +58,7 @@ async fn submit_batch(core: &Core, requests: Vec<v1::SubmitRequest>) -> Vec<v1::
     let mut refusals: Vec<Option<Error>> = Vec::with_capacity(requests.len());
     let mut valid = Vec::with_capacity(requests.len());
     for request in requests {
-        match NewTask::try_from(request) {
+        match core.admit(request) {
             Ok(task) => {
                 valid.push(task);
                 refusals.push(None);
@@ -94,7 +93,7 @@ impl Tasks for TasksService {
         &self,
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitReply>, Status> {
-        let task = NewTask::try_from(request.into_inner())?;
+        let task = self.core.admit(request.into_inner())?;
         let answer = self
             .core
             .queue
@@ -114,43 +113,24 @@ impl Tasks for TasksService {
         let core = self.core.clone();
         self.core.calls.spawn(async move {
             loop {
-                let first = tokio::select! {
-                    () = core.stopping.cancelled() => {
-                        let _ = replies.send(Err(Error::ShuttingDown.into())).await;
-                        break;
-                    }
-                    message = inbound.message() => message,
-                };
-                let mut batch = match first {
-                    Ok(Some(request)) => vec![request],
-                    Ok(None) => break,
-                    Err(status) => {
-                        debug!(%status, "SubmitStream ended with an error");
-                        break;
-                    }
-                };
-                let mut trailing_error = None;
-                while batch.len() < MAX_STREAM_BATCH {
-                    match pin!(inbound.message()).now_or_never() {
-                        Some(Ok(Some(request))) => batch.push(request),
-                        Some(Err(status)) => {
-                            trailing_error = Some(status);
-                            break;
-                        }
-                        Some(Ok(None)) | None => break,
-                    }
-                }
-                for answer in submit_batch(&core, batch).await {
+                let batch = next_batch(&mut inbound, &core.stopping).await;
+                for answer in submit_batch(&core, batch.items).await {
                     if replies.send(Ok(answer)).await.is_err() {
                         return;
                     }
                 }
-                if let Some(status) = trailing_error {
-                    // A broken request stream (e.g. an oversized message) ends
-                    // the call with its status; the accepted tasks stand.
-                    let _ = replies.send(Err(status)).await;
-                    break;
-                }
+                // A broken request stream (an oversized or undecodable
+                // message) ends the call with its status; the accepted
+                // tasks stand.
+                let status = match batch.end {
+                    None => continue,
+                    Some(StreamEnd::Finished) => break,
+                    Some(StreamEnd::Failed(status)) => status,
+                    Some(StreamEnd::Stopping) => Error::ShuttingDown.into(),
+                };
+                debug!(%status, "SubmitStream ended with an error");
+                let _ = replies.send(Err(status)).await;
+                break;
             }
         });
         Ok(Response::new(ReceiverStream::new(replies_rx)))

@@ -6,6 +6,7 @@
 pub mod promtool;
 pub mod proxy;
 pub mod python;
+pub mod raw;
 
 use std::{future::Future, time::Duration};
 
@@ -37,6 +38,30 @@ pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
         Ok(output) => output,
         Err(_) => panic!("timed out after {TIMEOUT:?} waiting for {what}"),
     }
+}
+
+/// How long [`eventually`] pauses between two looks.
+const POLL_PAUSE: Duration = Duration::from_millis(10);
+
+/// Looks at the server with `check` until it answers `Some`, pausing briefly
+/// between looks, and fails the test with `what` after [`TIMEOUT`]. For
+/// states the server reaches asynchronously and announces to no one (a
+/// dropped stream noticed, a metric counted); anything with an event of its
+/// own is awaited directly instead.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    within(what, async {
+        loop {
+            if let Some(found) = check().await {
+                return found;
+            }
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
+    })
+    .await
 }
 
 /// A config for tests: every listener on an ephemeral loopback port.
@@ -442,6 +467,13 @@ impl TestWorker {
             .unwrap();
     }
 
+    /// How the server ends the tellResult call while the worker keeps it
+    /// open (as a worker does during a drain).
+    pub async fn ack_call_ends(mut self) -> Result<(), Status> {
+        let outcome = within("tellResult to end", &mut self.ack_call).await;
+        outcome.unwrap().map(|_| ())
+    }
+
     /// Closes the tellResult call and returns how the server answered it.
     pub async fn finish_acks(mut self) -> Result<(), Status> {
         self.acks.take();
@@ -480,21 +512,18 @@ pub async fn tell_result_once(
 
 /// Waits until the server no longer lists worker `id` as connected: the
 /// server notices a dropped stream asynchronously, and this is the event.
-/// Polls with a short pause, bounded by [`TIMEOUT`].
 pub async fn until_disconnected(server: &TestServer, id: &str) {
-    let mut admin = server.admin().await;
-    within("worker to be seen as disconnected", async {
-        loop {
+    let admin = server.admin().await;
+    eventually("worker to be seen as disconnected", || {
+        let mut admin = admin.clone();
+        async move {
             let workers = admin
                 .list_workers(v1::ListWorkersRequest {})
                 .await
                 .unwrap()
                 .into_inner()
                 .workers;
-            if workers.iter().all(|w| w.client_id != id) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            workers.iter().all(|w| w.client_id != id).then_some(())
         }
     })
     .await;
