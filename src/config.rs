@@ -124,8 +124,10 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// gRPC listen address.
+    #[serde(with = "listen_addr")]
     pub grpc_addr: SocketAddr,
     /// Prometheus `/metrics` listen address.
+    #[serde(with = "listen_addr")]
     pub metrics_addr: SocketAddr,
     /// Queues with their own label on per-queue gauges (configured queues
     /// first, then the first others seen); the rest share "(other)".
@@ -215,6 +217,44 @@ pub struct QueueConfig {
 pub struct LogConfig {
     /// tracing filter used when `RUST_LOG` is not set.
     pub filter: String,
+}
+
+/// Reads a listen address the way every tool of the project reads a server
+/// address: `host:port`, `http://host:port` (the scheme and a trailing `/`
+/// are dropped) and `localhost:port` (loopback, 127.0.0.1) alike. A listen
+/// address needs its port; the host is an IP address or `localhost`.
+pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    let bare = text.trim();
+    let bare = bare.strip_prefix("http://").unwrap_or(bare);
+    let bare = bare.strip_suffix('/').unwrap_or(bare);
+    let bare = match bare.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => bare.to_owned(),
+    };
+    bare.parse().map_err(|_| {
+        format!(
+            "{} is not a listen address: give host:port, with an IP address or localhost \
+             (e.g. 127.0.0.1:50051, localhost:50051, [::1]:50051)",
+            crate::domain::quote(text)
+        )
+    })
+}
+
+/// Listen addresses in the file: read with [`parse_listen_addr`], written
+/// as `ip:port`.
+mod listen_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(addr: &SocketAddr, out: S) -> Result<S::Ok, S::Error> {
+        out.collect_str(addr)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(input)?;
+        super::parse_listen_addr(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Parses a built-in default address; the constants above are valid by
@@ -611,6 +651,32 @@ mod tests {
             err.to_string().contains("workers.min_keepalive_ms"),
             "{err}"
         );
+    }
+
+    /// Listen addresses take the forms every tool takes; a missing port or a
+    /// host name other than localhost is refused with the forms that work.
+    #[test]
+    fn listen_addresses_take_every_form() {
+        for text in ["127.0.0.1:7000", "localhost:7000", "http://localhost:7000/"] {
+            assert_eq!(
+                parse_listen_addr(text),
+                Ok("127.0.0.1:7000".parse().unwrap())
+            );
+        }
+        assert_eq!(
+            parse_listen_addr("[::1]:7000"),
+            Ok("[::1]:7000".parse().unwrap())
+        );
+        for bad in ["localhost", "example.com:80", "127.0.0.1"] {
+            assert!(
+                parse_listen_addr(bad)
+                    .unwrap_err()
+                    .contains("localhost:50051"),
+                "{bad}"
+            );
+        }
+        let config = Config::from_toml("[server]\ngrpc_addr = \"localhost:7001\"\n", "t").unwrap();
+        assert_eq!(config.server.grpc_addr, "127.0.0.1:7001".parse().unwrap());
     }
 
     /// A queue section overrides only the keys it names.

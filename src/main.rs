@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser;
-use contact_server::{Config, Listeners, config::ConfigError, shutdown, telemetry};
+use contact_server::{
+    Config, Listeners,
+    config::{ConfigError, parse_listen_addr},
+    shutdown, telemetry,
+};
 
 /// Exit code for a bad configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -17,11 +21,13 @@ struct Args {
     /// TOML config file; without it the built-in defaults are used.
     #[arg(long, short, env = "CONTACT_CONFIG")]
     config: Option<PathBuf>,
-    /// gRPC listen address (overrides server.grpc_addr).
-    #[arg(long, env = "CONTACT_GRPC_ADDR")]
+    /// gRPC listen address, as host:port, localhost:PORT or
+    /// http://host:port (overrides server.grpc_addr).
+    #[arg(long, env = "CONTACT_GRPC_ADDR", value_parser = parse_listen_addr)]
     grpc_addr: Option<SocketAddr>,
-    /// Prometheus /metrics listen address (overrides server.metrics_addr).
-    #[arg(long, env = "CONTACT_METRICS_ADDR")]
+    /// Prometheus /metrics listen address, in the same forms (overrides
+    /// server.metrics_addr).
+    #[arg(long, env = "CONTACT_METRICS_ADDR", value_parser = parse_listen_addr)]
     metrics_addr: Option<SocketAddr>,
 }
 

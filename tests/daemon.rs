@@ -44,8 +44,8 @@ fn bad_config_exits_64_naming_the_key() {
     assert!(stderr.contains("tasks.max_attempts"), "{stderr}");
 }
 
-/// The daemon serves on the addresses it is given, and SIGTERM makes it
-/// drain and exit 0.
+/// The daemon serves on the addresses it is given (in any of the forms the
+/// tools take), and SIGTERM makes it drain and exit 0.
 #[tokio::test]
 async fn daemon_serves_and_exits_0_on_sigterm() {
     let mut child = Command::new(BIN)
@@ -53,11 +53,12 @@ async fn daemon_serves_and_exits_0_on_sigterm() {
             "--config",
             concat!(env!("CARGO_MANIFEST_DIR"), "/config/contact-server.toml"),
         ])
+        // The address forms every tool takes: localhost:PORT, http://host:port.
         .args([
             "--grpc-addr",
-            "127.0.0.1:0",
+            "localhost:0",
             "--metrics-addr",
-            "127.0.0.1:0",
+            "http://127.0.0.1:0",
         ])
         .env("RUST_LOG", "contact_server=info")
         .stderr(Stdio::piped())

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{TestServer, TestWorker, WorkerOptions, test_config, within};
+use common::{TestServer, TestWorker, WorkerOptions, eventually, sample, test_config, within};
 use contact_server::proto::{
     self, Kind, Outcome,
     client_msg::Op,
@@ -77,6 +77,7 @@ async fn missing_receipt_sends_the_task_elsewhere() {
 #[tokio::test]
 async fn expired_lease_redelivers_and_fences_the_old_attempt() {
     let server = TestServer::start().await;
+    let before = server.scrape().await;
     let mut slow = TestWorker::connect(&server, WorkerOptions::id("slow")).await;
     let short = v1::SubmitRequest {
         text: "short lease".into(),
@@ -121,12 +122,15 @@ async fn expired_lease_redelivers_and_fences_the_old_attempt() {
     assert_eq!(control.op(ack_op(&extended_id, 1)).await.code, 0);
     assert_eq!(server.wait_finished(&extended_id).await.worker_id, "slow");
 
-    let metrics = server.scrape().await;
+    // Other tests in this process share the recorder, so each count rose by
+    // at least this test's one lease and one stale ack.
+    let after = server.scrape().await;
     for name in [
         "contact_leases_expired_total",
         "contact_stale_acks_refused_total",
     ] {
-        assert!(metrics.contains(name), "{name} missing from {metrics}");
+        let rise = sample(&after, name).unwrap_or(0.0) - sample(&before, name).unwrap_or(0.0);
+        assert!(rise >= 1.0, "{name} rose by {rise}: {after}");
     }
     server.stop().await;
 }
@@ -646,6 +650,8 @@ async fn a_slow_reader_keeps_its_session() {
     config.workers.receipt_timeout_ms = 100;
     config.workers.max_in_flight_cap = 4;
     let server = TestServer::with_config(config).await;
+    let missed = |text: &str| sample(text, "contact_receipts_missed_total").unwrap_or(0.0);
+    let before = missed(&server.scrape().await);
     let mut slow = TestWorker::connect(
         &server,
         WorkerOptions::id("slow").receipts().max_in_flight(4),
@@ -655,14 +661,8 @@ async fn a_slow_reader_keeps_its_session() {
         server.submit("default", &format!("t{i}")).await;
     }
     // Not reading: the four receipts lapse (an event the metrics show).
-    within("receipts to lapse", async {
-        loop {
-            let text = server.scrape().await;
-            if text.contains("contact_receipts_missed_total 4") {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    eventually("receipts to lapse", || async {
+        (missed(&server.scrape().await) - before >= 4.0).then_some(())
     })
     .await;
     // Now it reads: four tasks, then whatever cancels fitted the buffer.

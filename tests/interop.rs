@@ -13,7 +13,7 @@ mod common;
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use common::{TestServer, proxy::Proxy, python, test_config, within};
+use common::{TestServer, eventually, proxy::Proxy, python, test_config, within};
 use contact_server::{
     client::{Producer, Submission},
     proto::v1::{self, TaskState},
@@ -64,19 +64,18 @@ fn spawn(name: &str, command: &mut Command) -> Child {
 /// Waits (bounded, polling ListWorkers) until a worker is as `wanted`;
 /// status reports have no event to wait on.
 async fn worker_until(server: &TestServer, wanted: impl Fn(&v1::Worker) -> bool) -> v1::Worker {
-    let mut admin = server.admin().await;
-    within("a worker's report", async {
-        loop {
+    let admin = server.admin().await;
+    eventually("a worker's report", || {
+        let mut admin = admin.clone();
+        let wanted = &wanted;
+        async move {
             let workers = admin
                 .list_workers(v1::ListWorkersRequest {})
                 .await
                 .unwrap()
                 .into_inner()
                 .workers;
-            if let Some(worker) = workers.into_iter().find(&wanted) {
-                return worker;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            workers.into_iter().find(wanted)
         }
     })
     .await

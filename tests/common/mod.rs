@@ -64,6 +64,21 @@ where
     .await
 }
 
+/// The value of one sample line of a Prometheus exposition (`name{labels}`
+/// exactly), if present. The recorder is shared by every server in a test
+/// process, so tests compare values before and after their own workload.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
 /// A config for tests: every listener on an ephemeral loopback port.
 pub fn test_config() -> Config {
     let mut config = Config::default();
