@@ -154,7 +154,8 @@ async fn python_worker_completes_tasks_from_rust() {
         "python-worker",
         Command::new(&python)
             .arg(python::examples().join("worker.py"))
-            .args(["--server", &server.grpc_addr.to_string()])
+            // A URL, which the Python tools take as the Rust ones do.
+            .args(["--server", &server.url()])
             .args(["--id", "py-1", "--queues", "jobs", "--max-in-flight", "4"])
             .args(["--work-ms", "400", "--status-every", "0.1"]),
     );
@@ -312,7 +313,8 @@ async fn the_mini_workers_complete_tasks() {
         (
             "py-mini",
             Command::new(&python),
-            server.grpc_addr.to_string(),
+            // The Rust tools' URL form, which the Python ones take too.
+            server.url(),
         ),
     ];
     for (name, mut command, address) in runs {

@@ -6,7 +6,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "stubs"))
 import contact_pb2 as pb, contact_pb2_grpc
 
 stub = contact_pb2_grpc.ContactStub(
-    grpc.insecure_channel(os.environ.get("CONTACT_SERVER", "127.0.0.1:50051")))
+    grpc.insecure_channel(os.environ.get("CONTACT_SERVER", "127.0.0.1:50051").removeprefix("http://")))
 me = [("contact-client-id", "py-mini"), ("contact-queues", "default")]
 
 def acks():

@@ -19,6 +19,7 @@ import argparse
 import collections
 import concurrent.futures
 import logging
+import os
 import pathlib
 import random
 import signal
@@ -258,9 +259,22 @@ class Worker:
         self.stop.set()
 
 
+def grpc_target(address):
+    """A server address as grpcio wants it (host:port), from any form the
+    project's tools take: host:port, http://host:port, localhost."""
+    bare = address.strip().removeprefix("http://").rstrip("/")
+    host, _, port = bare.rpartition(":")
+    if not host or not port.isdigit():  # no port given (a bare host, or [::1])
+        return f"{bare}:50051"
+    return bare
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default="127.0.0.1:50051")
+    parser.add_argument("--server", default=os.environ.get("CONTACT_SERVER", "127.0.0.1:50051"),
+                        type=grpc_target,
+                        help="host:port, http://host:port or localhost (default: $CONTACT_SERVER "
+                             "or 127.0.0.1:50051)")
     parser.add_argument("--id", required=True, help="this worker's id (needed to resume)")
     parser.add_argument("--queues", default="default", help="comma-separated")
     parser.add_argument("--max-in-flight", type=int, default=4)
