@@ -499,6 +499,35 @@ impl TestWorker {
     }
 }
 
+/// A sendStatus operation acknowledging attempt `attempt` of a task as done.
+pub fn ack_op(task_id: &str, attempt: u32) -> proto::client_msg::Op {
+    proto::client_msg::Op::Ack(proto::Result {
+        task_id: task_id.into(),
+        attempt,
+        ..Default::default()
+    })
+}
+
+/// A sendStatus operation confirming receipt of attempt `attempt` of a task.
+pub fn receipt_op(task_id: &str, attempt: u32) -> proto::client_msg::Op {
+    proto::client_msg::Op::Ack(proto::Result {
+        task_id: task_id.into(),
+        attempt,
+        receipt: true,
+        ..Default::default()
+    })
+}
+
+/// Submits one request; the new task's id, or the refusal.
+pub async fn submit_request(
+    server: &TestServer,
+    request: v1::SubmitRequest,
+) -> Result<String, Status> {
+    within("submit", server.tasks().await.submit(request))
+        .await
+        .map(|reply| reply.into_inner().task_id)
+}
+
 /// Connects `n` workers with the given in-flight limit.
 pub async fn workers(server: &TestServer, n: usize, max_in_flight: u32) -> Vec<TestWorker> {
     let mut workers = Vec::with_capacity(n);
