@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use super::{
     GoneReason, Notice, Rejection, SessionDeps, SessionHandle, SessionMsg, SessionTiming,
     StreamItem,
+    worker::{WorkerStats, unix_ms_now},
 };
 use crate::{
     alarm::Alarm,
@@ -29,7 +30,7 @@ use crate::{
     metrics::{DISPATCH_TO_ACK_SECONDS, DISPATCH_TO_RECEIPT_SECONDS, LatencyBatch, SessionMetrics},
     proto,
     queue::{Completion, QueueHandle, Release, ReleaseReason},
-    registry::{RegistryHandle, WorkerStats, unix_ms_now},
+    registry::RegistryHandle,
 };
 
 /// One task this session's worker holds (or held: a tombstone).

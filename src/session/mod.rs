@@ -30,12 +30,15 @@ use crate::{
     error::Error,
     proto,
     queue::{BroadcastTask, QueueHandle},
-    registry::{RegistryHandle, WorkerRecord, WorkerStats},
+    registry::RegistryHandle,
 };
 
 mod actor;
+mod worker;
 
 use actor::{Held, Session};
+pub(crate) use worker::unix_ms_now;
+pub use worker::{WorkerRecord, WorkerStats};
 
 /// Capacity of a session's inbox (operations from tellResult and sendStatus
 /// handlers, cancellations).
