@@ -13,19 +13,19 @@ use tokio::{
     },
     time::Instant,
 };
-use tonic::Status;
 use tracing::{debug, info, warn};
 
 use super::{
     GoneReason, Notice, Rejection, SessionDeps, SessionHandle, SessionMsg, SessionTiming,
     StreamItem,
+    end::End,
     worker::{WorkerStats, unix_ms_now},
 };
 use crate::{
     alarm::Alarm,
     domain::{
-        AckKind, ClientId, Delivery, END_REASON_KEY, EndReason, NewTask, QueueName, Registration,
-        Resume, SessionId, Target, TaskId, TaskState, WorkerOp,
+        AckKind, ClientId, Delivery, NewTask, QueueName, Registration, Resume, SessionId, Target,
+        TaskId, TaskState, WorkerOp,
     },
     metrics::{DISPATCH_TO_ACK_SECONDS, DISPATCH_TO_RECEIPT_SECONDS, LatencyBatch, SessionMetrics},
     proto,
@@ -59,25 +59,6 @@ enum Deadline {
 struct Latencies {
     receipt: LatencyBatch,
     ack: LatencyBatch,
-}
-
-/// How a session ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum End {
-    /// The worker closed the stream or its connection dropped (and it did
-    /// not resume in time), or an operator disconnected it.
-    Disconnected {
-        /// An operator's doing: the worker is still there to be told.
-        by_operator: bool,
-    },
-    /// The server drained and this worker acknowledged everything.
-    Drained,
-    /// The server is stopping now (or an actor it needs is gone).
-    Shutdown,
-    /// The worker was silent past the liveness timeout.
-    Expired,
-    /// A resuming session took over.
-    HandedOver,
 }
 
 #[derive(Debug)]
@@ -908,36 +889,10 @@ impl Session {
                 .session_closed(self.client.clone(), self.id)
                 .await;
         }
-        let (reason, message) = match end {
-            End::Drained if self.operator_drain => (
-                EndReason::Drained,
-                "drained by an operator; every task was acknowledged".to_owned(),
-            ),
-            End::Disconnected { by_operator: true } => (
-                EndReason::Disconnected,
-                "disconnected by an operator; held tasks went to other workers".to_owned(),
-            ),
-            End::Drained | End::Shutdown => (
-                EndReason::ShuttingDown,
-                "server is shutting down".to_owned(),
-            ),
-            End::Expired => (
-                EndReason::Expired,
-                format!(
-                    "no message from this worker for {} s; its tasks were redelivered",
-                    self.timing.liveness_timeout.as_secs()
-                ),
-            ),
-            End::Disconnected { .. } | End::HandedOver => return,
-        };
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        metadata.insert(
-            END_REASON_KEY,
-            tonic::metadata::MetadataValue::from_static(reason.as_str()),
-        );
-        let status = Status::with_metadata(tonic::Code::Unavailable, message, metadata);
         // The worker is still reading: tell it why the stream ends.
-        if let Some(tx) = &self.stream_tx {
+        if let Some(status) = end.status(self.operator_drain, self.timing.liveness_timeout)
+            && let Some(tx) = &self.stream_tx
+        {
             let _ = tx.try_send(StreamItem::End(Box::new(status)));
         }
     }

@@ -34,6 +34,7 @@ use crate::{
 };
 
 mod actor;
+mod end;
 mod worker;
 
 use actor::{Held, Session};
