@@ -7,10 +7,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{
-        mpsc::{self, error::TrySendError},
-        oneshot,
-    },
+    sync::{mpsc, oneshot},
     time::Instant,
 };
 use tracing::{debug, info, warn};
@@ -19,6 +16,7 @@ use super::{
     GoneReason, Notice, Rejection, SessionDeps, SessionHandle, SessionMsg, SessionTiming,
     StreamItem,
     end::End,
+    outbox::{self, Outbox, Pushed},
     worker::{WorkerStats, unix_ms_now},
 };
 use crate::{
@@ -28,7 +26,6 @@ use crate::{
         TaskId, TaskState, WorkerOp,
     },
     metrics::{DISPATCH_TO_ACK_SECONDS, DISPATCH_TO_RECEIPT_SECONDS, LatencyBatch, SessionMetrics},
-    proto,
     queue::{Completion, QueueHandle, Release, ReleaseReason},
     registry::RegistryHandle,
 };
@@ -72,8 +69,7 @@ pub(crate) struct Session {
     keepalive: Option<Duration>,
     timing: SessionTiming,
     inbox: mpsc::Receiver<SessionMsg>,
-    /// `None` while detached (the stream dropped, waiting for a resume).
-    stream_tx: Option<mpsc::Sender<StreamItem>>,
+    outbox: Outbox,
     notices: async_broadcast::Receiver<Notice>,
     pub(super) queue: QueueHandle,
     pub(super) registry: RegistryHandle,
@@ -94,7 +90,6 @@ pub(crate) struct Session {
     /// A receipt was missed: send nothing new until the worker shows life.
     suspected: bool,
     last_heard: Instant,
-    last_sent: Instant,
     /// Fires at `next_deadline()`.
     alarm: Alarm,
     detached_until: Option<Instant>,
@@ -113,6 +108,7 @@ impl Session {
         stats: Arc<WorkerStats>,
     ) -> Self {
         let now = Instant::now();
+        let extended = registration.receipts || registration.keepalive.is_some();
         Self {
             id,
             client: registration.client_id,
@@ -123,7 +119,7 @@ impl Session {
             keepalive: registration.keepalive,
             timing: deps.timing,
             inbox,
-            stream_tx: Some(stream_tx),
+            outbox: Outbox::new(stream_tx, extended, now),
             notices,
             queue: deps.queue.clone(),
             registry: deps.registry.clone(),
@@ -136,7 +132,6 @@ impl Session {
             operator_drain: false,
             suspected: false,
             last_heard: now,
-            last_sent: now,
             alarm: Alarm::new(),
             detached_until: None,
             stats,
@@ -146,12 +141,6 @@ impl Session {
 
     pub(super) fn client(&self) -> &ClientId {
         &self.client
-    }
-
-    /// Workers that asked for receipts or keepalives understand messages
-    /// that are not tasks; seed clients never get one.
-    fn extended(&self) -> bool {
-        self.receipts || self.keepalive.is_some()
     }
 
     /// Takes over from this worker's previous session: the tasks the resume
@@ -199,37 +188,21 @@ impl Session {
         self.finish(end).await;
     }
 
-    /// Slots kept free in the stream buffer: one for a control message,
-    /// one for the final status.
-    const RESERVED_SLOTS: usize = 2;
-
-    /// How many more tasks to ask for: the worker's free credit, but never
-    /// more than the stream buffer has room for (messages of tasks taken
-    /// back, keepalives and cancels also take slots until the worker reads).
-    fn credit(&self) -> u32 {
-        let free = self.max_in_flight.saturating_sub(self.live as u32);
-        let room = self.stream_tx.as_ref().map_or(0, |tx| {
-            tx.capacity().saturating_sub(Self::RESERVED_SLOTS) as u32
-        });
-        free.min(room)
+    /// Credit the worker has not used: its limit less what it holds.
+    fn free_credit(&self) -> u32 {
+        self.max_in_flight.saturating_sub(self.live as u32)
     }
 
-    /// How many free buffer slots to wait for before asking for tasks again:
-    /// a quarter of the buffer (or the free credit, if less), plus the
-    /// reserved slots. Never more than the buffer holds.
-    fn room_wanted(&self) -> usize {
-        let Some(tx) = &self.stream_tx else {
-            return 1;
-        };
-        let free = self.max_in_flight.saturating_sub(self.live as u32) as usize;
-        let batch = free.min(tx.max_capacity() / 4).max(1);
-        (batch + Self::RESERVED_SLOTS).min(tx.max_capacity())
+    /// How many more tasks to ask for: the worker's free credit, but never
+    /// more than the stream buffer has room for.
+    fn credit(&self) -> u32 {
+        self.free_credit().min(self.outbox.room())
     }
 
     /// The worker has credit left but the stream buffer is full: it is slow
     /// to read, and the session waits for it instead of asking for tasks.
     fn waiting_for_room(&self) -> bool {
-        self.stream_tx.is_some() && self.max_in_flight > self.live as u32 && self.credit() == 0
+        self.outbox.is_attached() && self.free_credit() > 0 && self.credit() == 0
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -238,7 +211,7 @@ impl Session {
         if let Some(until) = self.detached_until {
             consider(until);
         } else if let Some(keepalive) = self.keepalive {
-            consider(self.last_sent + keepalive);
+            consider(self.outbox.last_sent() + keepalive);
             consider(self.last_heard + self.timing.liveness_timeout);
         }
         next
@@ -249,7 +222,7 @@ impl Session {
             if self.draining && self.live == 0 {
                 return End::Drained;
             }
-            let attached = self.stream_tx.is_some();
+            let attached = self.outbox.is_attached();
             if attached
                 && self.lease.is_none()
                 && !self.draining
@@ -271,8 +244,9 @@ impl Session {
                 }
             }
             let next = self.next_deadline();
-            let wait_for_room = self.waiting_for_room();
-            let room_wanted = self.room_wanted();
+            let room_wanted = self
+                .waiting_for_room()
+                .then(|| self.outbox.room_wanted(self.free_credit()));
             let lease_slot = &mut self.lease;
             let lease = async {
                 match lease_slot.as_mut() {
@@ -280,24 +254,9 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
-            let stream_tx = self.stream_tx.clone();
-            let closed = async {
-                match &stream_tx {
-                    Some(tx) => tx.closed().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let room = async {
-                match &stream_tx {
-                    // The permit is dropped at once: this only waits for the
-                    // worker to read, then the loop asks for tasks again.
-                    // Wait for room for a worthwhile batch, not single tasks.
-                    Some(tx) if wait_for_room => {
-                        let _ = tx.reserve_many(room_wanted).await;
-                    }
-                    _ => std::future::pending().await,
-                }
-            };
+            let stream_tx = self.outbox.sender();
+            let closed = outbox::closed(stream_tx.as_ref());
+            let room = outbox::wait_for_room(stream_tx.as_ref(), room_wanted);
             self.alarm.set(next);
             let timer = self.alarm.fired();
             tokio::select! {
@@ -356,7 +315,7 @@ impl Session {
     /// The stream is gone. A worker with its own id that holds tasks gets
     /// the resume grace period; anyone else ends now.
     async fn on_stream_closed(&mut self) -> Option<End> {
-        self.stream_tx = None;
+        self.outbox.detach();
         self.cancel_lease().await;
         let grace = self.timing.resume_grace;
         if self.generated_id || self.live == 0 || grace.is_zero() || self.draining {
@@ -382,7 +341,7 @@ impl Session {
             SessionMsg::Cancelled { task, attempt } => match self.position_of(task, attempt) {
                 Some(i) if self.held[i].gone.is_none() => {
                     self.bury(i, GoneReason::Cancelled);
-                    self.send_cancel(task, attempt);
+                    self.outbox.send_cancel(task, attempt);
                     self.publish_in_flight();
                 }
                 Some(_) => {}
@@ -491,17 +450,12 @@ impl Session {
                 // Cancelled while on its way here; the queue has it as such.
                 continue;
             }
-            let sent = match &self.stream_tx {
-                Some(tx) if !closed => tx.try_send(StreamItem::Message(Box::new(
-                    delivery.to_message(self.receipts),
-                ))),
-                _ => {
-                    unpushed.push(delivery.task_id);
-                    continue;
-                }
-            };
-            match sent {
-                Ok(()) => self.track(Held {
+            if closed || !self.outbox.is_attached() {
+                unpushed.push(delivery.task_id);
+                continue;
+            }
+            match self.outbox.push(delivery.to_message(self.receipts)) {
+                Pushed::Sent => self.track(Held {
                     task: delivery.task_id,
                     attempt: delivery.attempt,
                     lease: delivery.lease,
@@ -510,17 +464,17 @@ impl Session {
                     receipt_until: self.receipts.then(|| now + self.timing.receipt_timeout),
                     gone: None,
                 }),
-                Err(TrySendError::Closed(_)) => {
+                Pushed::Closed => {
                     closed = true;
                     unpushed.push(delivery.task_id);
                 }
                 // Credit never asks for more than the buffer has room for,
                 // but a control message may have taken the last slot; the
                 // task simply goes back, undelivered.
-                Err(TrySendError::Full(_)) => unpushed.push(delivery.task_id),
+                Pushed::Full => unpushed.push(delivery.task_id),
             }
         }
-        self.last_sent = now;
+        self.outbox.sent_at(now);
         self.publish_in_flight();
         if !unpushed.is_empty() {
             self.release(Vec::new(), ReleaseReason::WorkerLost, unpushed, None)
@@ -700,8 +654,8 @@ impl Session {
                 );
                 return Some(End::Expired);
             }
-            if now >= self.last_sent + keepalive {
-                self.send_control(proto::Kind::Keepalive, None);
+            if now >= self.outbox.last_sent() + keepalive {
+                self.outbox.send_keepalive();
             }
         }
         let mut expired = Vec::new();
@@ -737,7 +691,7 @@ impl Session {
                 }
             };
             self.bury(i, why);
-            self.send_cancel(task, attempt);
+            self.outbox.send_cancel(task, attempt);
         }
         if !expired.is_empty() || !missed.is_empty() {
             self.publish_in_flight();
@@ -757,35 +711,9 @@ impl Session {
         None
     }
 
-    fn send_cancel(&mut self, task: TaskId, attempt: u32) {
-        if self.extended() {
-            self.send_control(proto::Kind::Cancel, Some((task, attempt)));
-        }
-    }
-
-    /// Sends a keepalive or cancel message if the stream has room; both are
-    /// hints, so a full buffer (the worker is busy reading tasks) skips them.
-    fn send_control(&mut self, kind: proto::Kind, task: Option<(TaskId, u32)>) {
-        // Counted as sent even when skipped, so a full buffer does not make
-        // the keepalive deadline fire again at once.
-        self.last_sent = Instant::now();
-        // The last slot is kept for the final status.
-        let Some(tx) = self.stream_tx.as_ref().filter(|tx| tx.capacity() > 1) else {
-            return;
-        };
-        let (task_id, attempt) = task.map_or((String::new(), 0), |(t, a)| (t.to_string(), a));
-        let message = proto::ServerMsg {
-            kind: kind.into(),
-            task_id,
-            attempt,
-            ..Default::default()
-        };
-        let _ = tx.try_send(StreamItem::Message(Box::new(message)));
-    }
-
     /// A server-wide broadcast: workers of its queue submit themselves a copy.
     async fn take_broadcast_copy(&mut self, task: &crate::queue::BroadcastTask) {
-        if self.stream_tx.is_none() || self.draining || !self.queues.contains(&task.queue) {
+        if !self.outbox.is_attached() || self.draining || !self.queues.contains(&task.queue) {
             return;
         }
         let copy = NewTask {
@@ -890,10 +818,8 @@ impl Session {
                 .await;
         }
         // The worker is still reading: tell it why the stream ends.
-        if let Some(status) = end.status(self.operator_drain, self.timing.liveness_timeout)
-            && let Some(tx) = &self.stream_tx
-        {
-            let _ = tx.try_send(StreamItem::End(Box::new(status)));
+        if let Some(status) = end.status(self.operator_drain, self.timing.liveness_timeout) {
+            self.outbox.end(status);
         }
     }
 }

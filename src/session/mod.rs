@@ -35,6 +35,7 @@ use crate::{
 
 mod actor;
 mod end;
+mod outbox;
 mod worker;
 
 use actor::{Held, Session};
