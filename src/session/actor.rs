@@ -1,7 +1,12 @@
-//! The session actor's loop, state and handlers.
+//! The session actor: its state, its loop and its message handling.
+//!
+//! The loop asks the queue for tasks while the worker has credit and the
+//! stream has room, pushes what it is given, applies the worker's acks,
+//! receipts, extensions and credit changes, and fires the deadlines of what
+//! it holds. The bookkeeping it drives lives beside it: the held-task list
+//! in `held`, the stream buffer in `outbox`, the final status in `end`.
 
 use std::{
-    collections::{BTreeSet, VecDeque},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -13,9 +18,9 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
-    GoneReason, Notice, Rejection, SessionDeps, SessionHandle, SessionMsg, SessionTiming,
-    StreamItem,
+    Notice, Rejection, SessionDeps, SessionHandle, SessionMsg, SessionTiming, StreamItem,
     end::End,
+    held::{Cancel, Deadline, Expired, Held, HeldTasks},
     outbox::{self, Outbox, Pushed},
     worker::{WorkerStats, unix_ms_now},
 };
@@ -30,29 +35,8 @@ use crate::{
     registry::RegistryHandle,
 };
 
-/// One task this session's worker holds (or held: a tombstone).
-#[derive(Debug, Clone)]
-pub(crate) struct Held {
-    task: TaskId,
-    attempt: u32,
-    /// The task's lease length, for extensions that name none.
-    lease: Duration,
-    /// When it was pushed down the stream, for the latency histograms.
-    pushed_at: Instant,
-    lease_until: Instant,
-    receipt_until: Option<Instant>,
-    /// Set when the task was taken back. The entry stays (a tombstone) so
-    /// that a seed client's positional acks stay aligned with its tasks.
-    gone: Option<GoneReason>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Deadline {
-    Lease,
-    Receipt,
-}
-
-/// The latency samples of one batch of worker operations.
+/// The latency samples of one batch of worker operations, recorded into
+/// the shared histograms once, when the batch is dropped.
 struct Latencies {
     receipt: LatencyBatch,
     ack: LatencyBatch,
@@ -73,12 +57,8 @@ pub(crate) struct Session {
     notices: async_broadcast::Receiver<Notice>,
     pub(super) queue: QueueHandle,
     pub(super) registry: RegistryHandle,
-    /// Delivered tasks, oldest first (seed acks take the front).
-    held: VecDeque<Held>,
-    /// Entries of `held` that are not tombstones.
-    live: usize,
-    /// Lease and receipt deadlines of held tasks, earliest first.
-    deadlines: BTreeSet<(Instant, Deadline, TaskId, u32)>,
+    /// Delivered tasks not yet acknowledged, and their deadlines.
+    held: HeldTasks,
     /// The outstanding lease request, if any.
     lease: Option<oneshot::Receiver<Vec<Delivery>>>,
     /// Cancels for tasks this session does not hold yet: they may be in the
@@ -123,9 +103,7 @@ impl Session {
             notices,
             queue: deps.queue.clone(),
             registry: deps.registry.clone(),
-            held: VecDeque::new(),
-            live: 0,
-            deadlines: BTreeSet::new(),
+            held: HeldTasks::default(),
             lease: None,
             early_cancels: Vec::new(),
             draining: false,
@@ -160,24 +138,24 @@ impl Session {
         for mut entry in taken {
             // A cancel may have reached the old session after it handed
             // over; only tasks the queue still has with this worker stay.
-            let current = self.queue.get(entry.task).await.is_ok_and(|info| {
+            let current = self.queue.get(entry.task()).await.is_ok_and(|info| {
                 info.state == TaskState::Delivered
                     && info.worker.as_ref() == Some(&self.client)
-                    && info.attempts == entry.attempt
+                    && info.attempts == entry.attempt()
             });
             if !current {
                 continue;
             }
             // Claiming the task proves the worker received it.
-            entry.receipt_until = None;
-            self.track(entry);
+            entry.mark_received();
+            self.held.track(entry);
         }
         if resuming {
             self.metrics.sessions_resumed.increment(1);
-            info!(kept = self.live, "session resumed");
+            info!(kept = self.held.live(), "session resumed");
         }
         self.publish_in_flight();
-        self.live
+        self.held.live()
     }
 
     pub(super) async fn run(mut self) {
@@ -190,7 +168,7 @@ impl Session {
 
     /// Credit the worker has not used: its limit less what it holds.
     fn free_credit(&self) -> u32 {
-        self.max_in_flight.saturating_sub(self.live as u32)
+        self.max_in_flight.saturating_sub(self.held.live() as u32)
     }
 
     /// How many more tasks to ask for: the worker's free credit, but never
@@ -206,7 +184,7 @@ impl Session {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut next = self.deadlines.first().map(|(at, ..)| *at);
+        let mut next = self.held.next_deadline();
         let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         if let Some(until) = self.detached_until {
             consider(until);
@@ -219,7 +197,7 @@ impl Session {
 
     async fn serve(&mut self) -> End {
         loop {
-            if self.draining && self.live == 0 {
+            if self.draining && self.held.live() == 0 {
                 return End::Drained;
             }
             let attached = self.outbox.is_attached();
@@ -318,10 +296,11 @@ impl Session {
         self.outbox.detach();
         self.cancel_lease().await;
         let grace = self.timing.resume_grace;
-        if self.generated_id || self.live == 0 || grace.is_zero() || self.draining {
+        let live = self.held.live();
+        if self.generated_id || live == 0 || grace.is_zero() || self.draining {
             return Some(End::Disconnected { by_operator: false });
         }
-        debug!(held = self.live, "stream dropped; waiting for a resume");
+        debug!(held = live, "stream dropped; waiting for a resume");
         self.detached_until = Some(Instant::now() + grace);
         let _ = self.registry.detached(self.client.clone(), self.id).await;
         None
@@ -338,17 +317,20 @@ impl Session {
                 let _ = respond_to.send(answers);
             }
             SessionMsg::Heard => self.heard(),
-            SessionMsg::Cancelled { task, attempt } => match self.position_of(task, attempt) {
-                Some(i) if self.held[i].gone.is_none() => {
-                    self.bury(i, GoneReason::Cancelled);
-                    self.outbox.send_cancel(task, attempt);
-                    self.publish_in_flight();
+            SessionMsg::Cancelled { task, attempt } => {
+                match self.held.cancel(task, attempt, self.max_in_flight) {
+                    Cancel::Taken => {
+                        self.outbox.send_cancel(task, attempt);
+                        self.publish_in_flight();
+                    }
+                    Cancel::AlreadyGone => {}
+                    // Not here yet: it may be in the answer to our lease request.
+                    Cancel::NotHeld if self.lease.is_some() => {
+                        self.early_cancels.push((task, attempt));
+                    }
+                    Cancel::NotHeld => {}
                 }
-                Some(_) => {}
-                // Not here yet: it may be in the answer to our lease request.
-                None if self.lease.is_some() => self.early_cancels.push((task, attempt)),
-                None => {}
-            },
+            }
             SessionMsg::HandOver { held, respond_to } => {
                 let kept = self.hand_over(&held).await;
                 let _ = respond_to.send(kept);
@@ -373,68 +355,10 @@ impl Session {
         self.suspected = false;
     }
 
-    /// The entry for `task`: the live one if any, else its latest
-    /// tombstone. The same task can be here twice, dead and alive, when it
-    /// came back to this worker after its lease ran out.
-    fn position(&self, task: TaskId) -> Option<usize> {
-        self.held
-            .iter()
-            .position(|h| h.task == task && h.gone.is_none())
-            .or_else(|| self.held.iter().rposition(|h| h.task == task))
-    }
-
-    fn position_of(&self, task: TaskId, attempt: u32) -> Option<usize> {
-        self.held
-            .iter()
-            .position(|h| h.task == task && h.attempt == attempt)
-    }
-
-    /// Starts tracking a delivered (or taken-over) task.
-    fn track(&mut self, entry: Held) {
-        self.schedule(&entry);
-        self.held.push_back(entry);
-        self.live += 1;
-    }
-
-    fn schedule(&mut self, entry: &Held) {
-        let (task, attempt) = (entry.task, entry.attempt);
-        self.deadlines
-            .insert((entry.lease_until, Deadline::Lease, task, attempt));
-        if let Some(at) = entry.receipt_until {
-            self.deadlines
-                .insert((at, Deadline::Receipt, task, attempt));
-        }
-    }
-
-    fn unschedule(&mut self, entry: &Held) {
-        let (task, attempt) = (entry.task, entry.attempt);
-        self.deadlines
-            .remove(&(entry.lease_until, Deadline::Lease, task, attempt));
-        if let Some(at) = entry.receipt_until {
-            self.deadlines
-                .remove(&(at, Deadline::Receipt, task, attempt));
-        }
-    }
-
-    /// Turns a held task into a tombstone. Tombstones beyond the worker's
-    /// credit are dropped oldest first: they only serve positional acks.
-    fn bury(&mut self, i: usize, why: GoneReason) {
-        let entry = self.held[i].clone();
-        self.unschedule(&entry);
-        self.held[i].gone = Some(why);
-        self.live -= 1;
-        let limit = self.max_in_flight.max(16) as usize;
-        if self.held.len() - self.live > limit
-            && let Some(oldest) = self.held.iter().position(|h| h.gone.is_some())
-        {
-            self.held.remove(oldest);
-        }
-    }
-
     fn publish_in_flight(&self) {
         self.stats
             .in_flight
-            .store(self.live as u32, Ordering::Relaxed);
+            .store(self.held.live() as u32, Ordering::Relaxed);
     }
 
     /// Pushes leased tasks down the stream. Returns how the session must
@@ -444,6 +368,7 @@ impl Session {
         let mut closed = false;
         let mut unpushed = Vec::new();
         let now = Instant::now();
+        let receipt_timeout = self.receipts.then_some(self.timing.receipt_timeout);
         let early_cancels = std::mem::take(&mut self.early_cancels);
         for delivery in deliveries {
             if early_cancels.contains(&(delivery.task_id, delivery.attempt)) {
@@ -455,15 +380,13 @@ impl Session {
                 continue;
             }
             match self.outbox.push(delivery.to_message(self.receipts)) {
-                Pushed::Sent => self.track(Held {
-                    task: delivery.task_id,
-                    attempt: delivery.attempt,
-                    lease: delivery.lease,
-                    pushed_at: now,
-                    lease_until: now + delivery.lease,
-                    receipt_until: self.receipts.then(|| now + self.timing.receipt_timeout),
-                    gone: None,
-                }),
+                Pushed::Sent => self.held.track(Held::pushed(
+                    delivery.task_id,
+                    delivery.attempt,
+                    delivery.lease,
+                    now,
+                    receipt_timeout,
+                )),
                 Pushed::Closed => {
                     closed = true;
                     unpushed.push(delivery.task_id);
@@ -529,34 +452,6 @@ impl Session {
         answers
     }
 
-    /// Finds the entry an op names and checks its attempt.
-    fn find(&self, task: Option<TaskId>, attempt: Option<u32>) -> Result<usize, Rejection> {
-        let i = match task {
-            None => {
-                if self.held.is_empty() {
-                    return Err(Rejection::NothingHeld);
-                }
-                0
-            }
-            Some(task) => self.position(task).ok_or(Rejection::NotHeld(task))?,
-        };
-        let entry = &self.held[i];
-        if let Some(why) = entry.gone {
-            return Err(Rejection::Gone {
-                task: entry.task,
-                why,
-            });
-        }
-        match attempt {
-            Some(given) if given != entry.attempt => Err(Rejection::Stale {
-                task: entry.task,
-                given,
-                held: entry.attempt,
-            }),
-            _ => Ok(i),
-        }
-    }
-
     async fn apply_one(
         &mut self,
         op: WorkerOp,
@@ -565,65 +460,37 @@ impl Session {
         latencies: &mut Latencies,
     ) -> Result<(), Rejection> {
         match op {
-            WorkerOp::Ack(ack) => {
-                let found = self.find(ack.task_id, ack.attempt);
-                if let Err(Rejection::Gone { .. }) = found
-                    && ack.task_id.is_none()
-                    && !matches!(ack.kind, AckKind::Receipt)
-                {
-                    // A positional ack consumes the tombstone it lines up with.
-                    self.held.pop_front();
-                }
-                let i = found?;
-                match ack.kind {
-                    AckKind::Receipt => {
-                        if let Some(at) = self.held[i].receipt_until.take() {
-                            let entry = &self.held[i];
-                            latencies.receipt.record(now - entry.pushed_at);
-                            let key = (at, Deadline::Receipt, entry.task, entry.attempt);
-                            self.deadlines.remove(&key);
-                        }
+            WorkerOp::Ack(ack) => match ack.kind {
+                AckKind::Receipt => {
+                    if let Some(latency) =
+                        self.held.confirm_receipt(ack.task_id, ack.attempt, now)?
+                    {
+                        latencies.receipt.record(latency);
                     }
-                    AckKind::Outcome {
+                }
+                AckKind::Outcome {
+                    outcome,
+                    result,
+                    retry_after,
+                } => {
+                    let acked = self.held.complete(ack.task_id, ack.attempt, now)?;
+                    latencies.ack.record(acked.latency);
+                    completions.push(Completion {
+                        task: acked.task,
+                        attempt: acked.attempt,
                         outcome,
                         result,
                         retry_after,
-                    } => {
-                        if let Some(entry) = self.held.remove(i) {
-                            latencies.ack.record(now - entry.pushed_at);
-                            self.unschedule(&entry);
-                            self.live -= 1;
-                            completions.push(Completion {
-                                task: entry.task,
-                                attempt: entry.attempt,
-                                outcome,
-                                result,
-                                retry_after,
-                            });
-                        }
-                    }
+                    });
                 }
-                Ok(())
-            }
+            },
             WorkerOp::Extend {
                 task_id,
                 attempt,
                 lease,
             } => {
-                let i = self.find(Some(task_id), attempt)?;
-                let entry = &mut self.held[i];
-                let old = (
-                    entry.lease_until,
-                    Deadline::Lease,
-                    entry.task,
-                    entry.attempt,
-                );
-                let until = now + lease.unwrap_or(entry.lease).min(self.timing.max_lease);
-                entry.lease_until = until;
-                let new = (until, Deadline::Lease, entry.task, entry.attempt);
-                self.deadlines.remove(&old);
-                self.deadlines.insert(new);
-                Ok(())
+                self.held
+                    .extend(task_id, attempt, lease, self.timing.max_lease, now)?;
             }
             WorkerOp::Credit(credit) => {
                 self.metrics
@@ -633,9 +500,9 @@ impl Session {
                 self.stats.max_in_flight.store(credit, Ordering::Relaxed);
                 // The outstanding request asked for the old credit.
                 self.cancel_lease().await;
-                Ok(())
             }
         }
+        Ok(())
     }
 
     /// Fires due lease, receipt, liveness, keepalive and resume deadlines.
@@ -660,37 +527,23 @@ impl Session {
         }
         let mut expired = Vec::new();
         let mut missed = Vec::new();
-        while let Some((at, kind, task, attempt)) = self.deadlines.first().copied() {
-            if at > now {
-                break;
-            }
-            self.deadlines.pop_first();
-            let Some(i) = self.position_of(task, attempt) else {
-                continue;
-            };
-            let entry = &self.held[i];
-            let current = entry.gone.is_none()
-                && match kind {
-                    Deadline::Lease => entry.lease_until == at,
-                    Deadline::Receipt => entry.receipt_until == Some(at),
-                };
-            if !current {
-                continue;
-            }
-            let why = match kind {
+        while let Some(Expired {
+            task,
+            attempt,
+            deadline,
+        }) = self.held.pop_expired(now, self.max_in_flight)
+        {
+            match deadline {
                 Deadline::Lease => {
                     self.metrics.leases_expired.increment(1);
                     expired.push((task, attempt));
-                    GoneReason::LeaseExpired
                 }
                 Deadline::Receipt => {
                     self.metrics.receipts_missed.increment(1);
                     missed.push((task, attempt));
                     self.suspected = true;
-                    GoneReason::ReceiptMissed
                 }
-            };
-            self.bury(i, why);
+            }
             self.outbox.send_cancel(task, attempt);
         }
         if !expired.is_empty() || !missed.is_empty() {
@@ -738,17 +591,14 @@ impl Session {
         self.cancel_lease().await;
         let mut kept = Vec::new();
         let mut lost = Vec::new();
-        for entry in self.held.drain(..) {
-            if entry.gone.is_some() {
-                continue;
-            }
-            if claimed.contains(&(entry.task, entry.attempt)) {
+        for entry in self.held.drain_live() {
+            let key = (entry.task(), entry.attempt());
+            if claimed.contains(&key) {
                 kept.push(entry);
             } else {
-                lost.push((entry.task, entry.attempt));
+                lost.push(key);
             }
         }
-        self.live = 0;
         if !lost.is_empty() {
             self.release(lost, ReleaseReason::WorkerLost, Vec::new(), None)
                 .await;
@@ -794,15 +644,13 @@ impl Session {
         self.cancel_lease().await;
         let held: Vec<(TaskId, u32)> = self
             .held
-            .drain(..)
-            .filter(|h| h.gone.is_none())
-            .map(|h| (h.task, h.attempt))
+            .drain_live()
+            .map(|h| (h.task(), h.attempt()))
             .collect();
         debug!(?end, held = held.len(), "session ending");
         self.metrics
             .worker_credit
             .decrement(f64::from(self.max_in_flight));
-        self.live = 0;
         self.publish_in_flight();
         if end != End::HandedOver {
             self.release(

@@ -35,10 +35,12 @@ use crate::{
 
 mod actor;
 mod end;
+mod held;
 mod outbox;
 mod worker;
 
-use actor::{Held, Session};
+use actor::Session;
+use held::Held;
 pub(crate) use worker::unix_ms_now;
 pub use worker::{WorkerRecord, WorkerStats};
 
