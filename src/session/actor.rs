@@ -4,7 +4,8 @@
 //! stream has room, pushes what it is given, applies the worker's acks,
 //! receipts, extensions and credit changes, and fires the deadlines of what
 //! it holds. The bookkeeping it drives lives beside it: the held-task list
-//! in `held`, the stream buffer in `outbox`, the final status in `end`.
+//! in `held`, the stream buffer in `outbox`, the final status in `end`; the
+//! handover between an old and a resuming session is in `resume`.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -18,7 +19,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use super::{
-    Notice, Rejection, SessionDeps, SessionHandle, SessionMsg, SessionTiming, StreamItem,
+    Notice, Rejection, SessionDeps, SessionMsg, SessionTiming, StreamItem,
     end::End,
     held::{Cancel, Deadline, Expired, Held, HeldTasks},
     outbox::{self, Outbox, Pushed},
@@ -27,13 +28,15 @@ use super::{
 use crate::{
     alarm::Alarm,
     domain::{
-        AckKind, ClientId, Delivery, NewTask, QueueName, Registration, Resume, SessionId, Target,
-        TaskId, TaskState, WorkerOp,
+        AckKind, ClientId, Delivery, NewTask, QueueName, Registration, SessionId, Target, TaskId,
+        WorkerOp,
     },
     metrics::{DISPATCH_TO_ACK_SECONDS, DISPATCH_TO_RECEIPT_SECONDS, LatencyBatch, SessionMetrics},
     queue::{Completion, QueueHandle, Release, ReleaseReason},
     registry::RegistryHandle,
 };
+
+mod resume;
 
 /// The latency samples of one batch of worker operations, recorded into
 /// the shared histograms once, when the batch is dropped.
@@ -42,6 +45,7 @@ struct Latencies {
     ack: LatencyBatch,
 }
 
+/// One worker session's actor: everything it owns, driven by `run`.
 #[derive(Debug)]
 pub(crate) struct Session {
     id: SessionId,
@@ -119,43 +123,6 @@ impl Session {
 
     pub(super) fn client(&self) -> &ClientId {
         &self.client
-    }
-
-    /// Takes over from this worker's previous session: the tasks the resume
-    /// names (at their attempts) stay with the worker, the rest go back.
-    /// Returns how many were kept.
-    pub(super) async fn take_over(
-        &mut self,
-        previous: SessionHandle,
-        resume: Option<Resume>,
-    ) -> usize {
-        let held = match resume {
-            Some(resume) if resume.session == previous.id() => resume.held,
-            _ => Vec::new(),
-        };
-        let resuming = !held.is_empty();
-        let taken = previous.hand_over(held).await;
-        for mut entry in taken {
-            // A cancel may have reached the old session after it handed
-            // over; only tasks the queue still has with this worker stay.
-            let current = self.queue.get(entry.task()).await.is_ok_and(|info| {
-                info.state == TaskState::Delivered
-                    && info.worker.as_ref() == Some(&self.client)
-                    && info.attempts == entry.attempt()
-            });
-            if !current {
-                continue;
-            }
-            // Claiming the task proves the worker received it.
-            entry.mark_received();
-            self.held.track(entry);
-        }
-        if resuming {
-            self.metrics.sessions_resumed.increment(1);
-            info!(kept = self.held.live(), "session resumed");
-        }
-        self.publish_in_flight();
-        self.held.live()
     }
 
     pub(super) async fn run(mut self) {
@@ -584,26 +551,6 @@ impl Session {
             }
             Err(error) => warn!(%error, "queue stopped before a broadcast copy was made"),
         }
-    }
-
-    /// Gives a resuming session the tasks it names; releases the rest.
-    async fn hand_over(&mut self, claimed: &[(TaskId, u32)]) -> Vec<Held> {
-        self.cancel_lease().await;
-        let mut kept = Vec::new();
-        let mut lost = Vec::new();
-        for entry in self.held.drain_live() {
-            let key = (entry.task(), entry.attempt());
-            if claimed.contains(&key) {
-                kept.push(entry);
-            } else {
-                lost.push(key);
-            }
-        }
-        if !lost.is_empty() {
-            self.release(lost, ReleaseReason::WorkerLost, Vec::new(), None)
-                .await;
-        }
-        kept
     }
 
     async fn release(
