@@ -1,6 +1,9 @@
 //! The registry: one actor that knows every connected worker, fed by getTask
 //! registrations, sendStatus reports and (through each session's counters)
-//! tellResult acknowledgements.
+//! tellResult acknowledgements. The record and counters it keeps are the
+//! session's types ([`WorkerRecord`], [`crate::session::WorkerStats`]):
+//! sessions create and write them, the registry stores and reads them, so
+//! the session module needs nothing from here but the handle.
 //!
 //! It is also the only writer of [`SessionIndex`], the lock-sharded map that
 //! request handlers read to find the session a tellResult or sendStatus call
@@ -12,11 +15,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering},
-    },
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{Arc, atomic::Ordering},
 };
 
 use dashmap::DashMap;
@@ -28,50 +27,11 @@ use tracing::{Instrument, debug, info, info_span};
 use crate::{
     domain::{ClientId, QueueName, SessionId, StatusReport},
     error::Error,
-    session::SessionHandle,
+    session::{SessionHandle, WorkerRecord, unix_ms_now},
 };
 
 /// Capacity of the registry's inbox; status reports wait when it is full.
 pub const REGISTRY_INBOX_CAPACITY: usize = 1024;
-
-/// Counters a session keeps about its worker and the registry reads.
-/// Each field has one writer (the session); atomics keep the hot path free
-/// of messages and locks.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Its in-flight limit (credit), which it may change at runtime.
-    pub max_in_flight: AtomicU32,
-    /// Tasks pushed and not yet acknowledged.
-    pub in_flight: AtomicU32,
-    /// When the worker last acknowledged a task, in milliseconds since the Unix epoch.
-    pub last_ack_unix_ms: AtomicU64,
-}
-
-/// Milliseconds since the Unix epoch, for wall-clock timestamps shown to operators.
-pub(crate) fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// What the registry keeps about one connected worker.
-#[derive(Debug)]
-pub struct WorkerRecord {
-    /// The worker.
-    pub client: ClientId,
-    /// True when the server chose the id: the worker can only be found by
-    /// its connection.
-    pub generated_id: bool,
-    /// Its getTask session.
-    pub session: SessionHandle,
-    /// The connection's peer address, when the transport knows it.
-    pub peer: Option<SocketAddr>,
-    /// Its queues.
-    pub queues: Arc<[QueueName]>,
-    /// Shared counters, written by the session.
-    pub stats: Arc<WorkerStats>,
-}
 
 /// A connected worker, as operators see it.
 #[derive(Clone, Debug, PartialEq, Eq)]

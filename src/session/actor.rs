@@ -1,84 +1,51 @@
-//! The session actor's loop, state and handlers.
+//! The session actor: its state, its loop and its message handling.
+//!
+//! The loop asks the queue for tasks while the worker has credit and the
+//! stream has room, pushes what it is given, applies the worker's acks,
+//! receipts, extensions and credit changes, and fires the deadlines of what
+//! it holds. The bookkeeping it drives lives beside it: the held-task list
+//! in `held`, the stream buffer in `outbox`, the final status in `end`; the
+//! handover between an old and a resuming session is in `resume`.
 
 use std::{
-    collections::{BTreeSet, VecDeque},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use tokio::{
-    sync::{
-        mpsc::{self, error::TrySendError},
-        oneshot,
-    },
+    sync::{mpsc, oneshot},
     time::Instant,
 };
-use tonic::Status;
 use tracing::{debug, info, warn};
 
 use super::{
-    GoneReason, Notice, Rejection, SessionDeps, SessionHandle, SessionMsg, SessionTiming,
-    StreamItem,
+    Notice, Rejection, SessionDeps, SessionMsg, SessionTiming, StreamItem,
+    end::End,
+    held::{Cancel, Deadline, Expired, Held, HeldTasks},
+    outbox::{self, Outbox, Pushed},
+    worker::{WorkerStats, unix_ms_now},
 };
 use crate::{
     alarm::Alarm,
     domain::{
-        AckKind, ClientId, Delivery, END_REASON_KEY, EndReason, NewTask, QueueName, Registration,
-        Resume, SessionId, Target, TaskId, TaskState, WorkerOp,
+        AckKind, ClientId, Delivery, NewTask, QueueName, Registration, SessionId, Target, TaskId,
+        WorkerOp,
     },
     metrics::{DISPATCH_TO_ACK_SECONDS, DISPATCH_TO_RECEIPT_SECONDS, LatencyBatch, SessionMetrics},
-    proto,
     queue::{Completion, QueueHandle, Release, ReleaseReason},
-    registry::{RegistryHandle, WorkerStats, unix_ms_now},
+    registry::RegistryHandle,
 };
 
-/// One task this session's worker holds (or held: a tombstone).
-#[derive(Debug, Clone)]
-pub(crate) struct Held {
-    task: TaskId,
-    attempt: u32,
-    /// The task's lease length, for extensions that name none.
-    lease: Duration,
-    /// When it was pushed down the stream, for the latency histograms.
-    pushed_at: Instant,
-    lease_until: Instant,
-    receipt_until: Option<Instant>,
-    /// Set when the task was taken back. The entry stays (a tombstone) so
-    /// that a seed client's positional acks stay aligned with its tasks.
-    gone: Option<GoneReason>,
-}
+mod resume;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Deadline {
-    Lease,
-    Receipt,
-}
-
-/// The latency samples of one batch of worker operations.
+/// The latency samples of one batch of worker operations, recorded into
+/// the shared histograms once, when the batch is dropped.
 struct Latencies {
     receipt: LatencyBatch,
     ack: LatencyBatch,
 }
 
-/// How a session ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum End {
-    /// The worker closed the stream or its connection dropped (and it did
-    /// not resume in time), or an operator disconnected it.
-    Disconnected {
-        /// An operator's doing: the worker is still there to be told.
-        by_operator: bool,
-    },
-    /// The server drained and this worker acknowledged everything.
-    Drained,
-    /// The server is stopping now (or an actor it needs is gone).
-    Shutdown,
-    /// The worker was silent past the liveness timeout.
-    Expired,
-    /// A resuming session took over.
-    HandedOver,
-}
-
+/// One worker session's actor: everything it owns, driven by `run`.
 #[derive(Debug)]
 pub(crate) struct Session {
     id: SessionId,
@@ -90,17 +57,12 @@ pub(crate) struct Session {
     keepalive: Option<Duration>,
     timing: SessionTiming,
     inbox: mpsc::Receiver<SessionMsg>,
-    /// `None` while detached (the stream dropped, waiting for a resume).
-    stream_tx: Option<mpsc::Sender<StreamItem>>,
+    outbox: Outbox,
     notices: async_broadcast::Receiver<Notice>,
     pub(super) queue: QueueHandle,
     pub(super) registry: RegistryHandle,
-    /// Delivered tasks, oldest first (seed acks take the front).
-    held: VecDeque<Held>,
-    /// Entries of `held` that are not tombstones.
-    live: usize,
-    /// Lease and receipt deadlines of held tasks, earliest first.
-    deadlines: BTreeSet<(Instant, Deadline, TaskId, u32)>,
+    /// Delivered tasks not yet acknowledged, and their deadlines.
+    held: HeldTasks,
     /// The outstanding lease request, if any.
     lease: Option<oneshot::Receiver<Vec<Delivery>>>,
     /// Cancels for tasks this session does not hold yet: they may be in the
@@ -112,7 +74,6 @@ pub(crate) struct Session {
     /// A receipt was missed: send nothing new until the worker shows life.
     suspected: bool,
     last_heard: Instant,
-    last_sent: Instant,
     /// Fires at `next_deadline()`.
     alarm: Alarm,
     detached_until: Option<Instant>,
@@ -131,6 +92,7 @@ impl Session {
         stats: Arc<WorkerStats>,
     ) -> Self {
         let now = Instant::now();
+        let extended = registration.receipts || registration.keepalive.is_some();
         Self {
             id,
             client: registration.client_id,
@@ -141,20 +103,17 @@ impl Session {
             keepalive: registration.keepalive,
             timing: deps.timing,
             inbox,
-            stream_tx: Some(stream_tx),
+            outbox: Outbox::new(stream_tx, extended, now),
             notices,
             queue: deps.queue.clone(),
             registry: deps.registry.clone(),
-            held: VecDeque::new(),
-            live: 0,
-            deadlines: BTreeSet::new(),
+            held: HeldTasks::default(),
             lease: None,
             early_cancels: Vec::new(),
             draining: false,
             operator_drain: false,
             suspected: false,
             last_heard: now,
-            last_sent: now,
             alarm: Alarm::new(),
             detached_until: None,
             stats,
@@ -166,49 +125,6 @@ impl Session {
         &self.client
     }
 
-    /// Workers that asked for receipts or keepalives understand messages
-    /// that are not tasks; seed clients never get one.
-    fn extended(&self) -> bool {
-        self.receipts || self.keepalive.is_some()
-    }
-
-    /// Takes over from this worker's previous session: the tasks the resume
-    /// names (at their attempts) stay with the worker, the rest go back.
-    /// Returns how many were kept.
-    pub(super) async fn take_over(
-        &mut self,
-        previous: SessionHandle,
-        resume: Option<Resume>,
-    ) -> usize {
-        let held = match resume {
-            Some(resume) if resume.session == previous.id() => resume.held,
-            _ => Vec::new(),
-        };
-        let resuming = !held.is_empty();
-        let taken = previous.hand_over(held).await;
-        for mut entry in taken {
-            // A cancel may have reached the old session after it handed
-            // over; only tasks the queue still has with this worker stay.
-            let current = self.queue.get(entry.task).await.is_ok_and(|info| {
-                info.state == TaskState::Delivered
-                    && info.worker.as_ref() == Some(&self.client)
-                    && info.attempts == entry.attempt
-            });
-            if !current {
-                continue;
-            }
-            // Claiming the task proves the worker received it.
-            entry.receipt_until = None;
-            self.track(entry);
-        }
-        if resuming {
-            self.metrics.sessions_resumed.increment(1);
-            info!(kept = self.live, "session resumed");
-        }
-        self.publish_in_flight();
-        self.live
-    }
-
     pub(super) async fn run(mut self) {
         self.metrics
             .worker_credit
@@ -217,46 +133,30 @@ impl Session {
         self.finish(end).await;
     }
 
-    /// Slots kept free in the stream buffer: one for a control message,
-    /// one for the final status.
-    const RESERVED_SLOTS: usize = 2;
-
-    /// How many more tasks to ask for: the worker's free credit, but never
-    /// more than the stream buffer has room for (messages of tasks taken
-    /// back, keepalives and cancels also take slots until the worker reads).
-    fn credit(&self) -> u32 {
-        let free = self.max_in_flight.saturating_sub(self.live as u32);
-        let room = self.stream_tx.as_ref().map_or(0, |tx| {
-            tx.capacity().saturating_sub(Self::RESERVED_SLOTS) as u32
-        });
-        free.min(room)
+    /// Credit the worker has not used: its limit less what it holds.
+    fn free_credit(&self) -> u32 {
+        self.max_in_flight.saturating_sub(self.held.live() as u32)
     }
 
-    /// How many free buffer slots to wait for before asking for tasks again:
-    /// a quarter of the buffer (or the free credit, if less), plus the
-    /// reserved slots. Never more than the buffer holds.
-    fn room_wanted(&self) -> usize {
-        let Some(tx) = &self.stream_tx else {
-            return 1;
-        };
-        let free = self.max_in_flight.saturating_sub(self.live as u32) as usize;
-        let batch = free.min(tx.max_capacity() / 4).max(1);
-        (batch + Self::RESERVED_SLOTS).min(tx.max_capacity())
+    /// How many more tasks to ask for: the worker's free credit, but never
+    /// more than the stream buffer has room for.
+    fn credit(&self) -> u32 {
+        self.free_credit().min(self.outbox.room())
     }
 
     /// The worker has credit left but the stream buffer is full: it is slow
     /// to read, and the session waits for it instead of asking for tasks.
     fn waiting_for_room(&self) -> bool {
-        self.stream_tx.is_some() && self.max_in_flight > self.live as u32 && self.credit() == 0
+        self.outbox.is_attached() && self.free_credit() > 0 && self.credit() == 0
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let mut next = self.deadlines.first().map(|(at, ..)| *at);
+        let mut next = self.held.next_deadline();
         let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         if let Some(until) = self.detached_until {
             consider(until);
         } else if let Some(keepalive) = self.keepalive {
-            consider(self.last_sent + keepalive);
+            consider(self.outbox.last_sent() + keepalive);
             consider(self.last_heard + self.timing.liveness_timeout);
         }
         next
@@ -264,10 +164,10 @@ impl Session {
 
     async fn serve(&mut self) -> End {
         loop {
-            if self.draining && self.live == 0 {
+            if self.draining && self.held.live() == 0 {
                 return End::Drained;
             }
-            let attached = self.stream_tx.is_some();
+            let attached = self.outbox.is_attached();
             if attached
                 && self.lease.is_none()
                 && !self.draining
@@ -289,8 +189,9 @@ impl Session {
                 }
             }
             let next = self.next_deadline();
-            let wait_for_room = self.waiting_for_room();
-            let room_wanted = self.room_wanted();
+            let room_wanted = self
+                .waiting_for_room()
+                .then(|| self.outbox.room_wanted(self.free_credit()));
             let lease_slot = &mut self.lease;
             let lease = async {
                 match lease_slot.as_mut() {
@@ -298,24 +199,9 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
-            let stream_tx = self.stream_tx.clone();
-            let closed = async {
-                match &stream_tx {
-                    Some(tx) => tx.closed().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let room = async {
-                match &stream_tx {
-                    // The permit is dropped at once: this only waits for the
-                    // worker to read, then the loop asks for tasks again.
-                    // Wait for room for a worthwhile batch, not single tasks.
-                    Some(tx) if wait_for_room => {
-                        let _ = tx.reserve_many(room_wanted).await;
-                    }
-                    _ => std::future::pending().await,
-                }
-            };
+            let stream_tx = self.outbox.sender();
+            let closed = outbox::closed(stream_tx.as_ref());
+            let room = outbox::wait_for_room(stream_tx.as_ref(), room_wanted);
             self.alarm.set(next);
             let timer = self.alarm.fired();
             tokio::select! {
@@ -374,13 +260,14 @@ impl Session {
     /// The stream is gone. A worker with its own id that holds tasks gets
     /// the resume grace period; anyone else ends now.
     async fn on_stream_closed(&mut self) -> Option<End> {
-        self.stream_tx = None;
+        self.outbox.detach();
         self.cancel_lease().await;
         let grace = self.timing.resume_grace;
-        if self.generated_id || self.live == 0 || grace.is_zero() || self.draining {
+        let live = self.held.live();
+        if self.generated_id || live == 0 || grace.is_zero() || self.draining {
             return Some(End::Disconnected { by_operator: false });
         }
-        debug!(held = self.live, "stream dropped; waiting for a resume");
+        debug!(held = live, "stream dropped; waiting for a resume");
         self.detached_until = Some(Instant::now() + grace);
         let _ = self.registry.detached(self.client.clone(), self.id).await;
         None
@@ -397,17 +284,20 @@ impl Session {
                 let _ = respond_to.send(answers);
             }
             SessionMsg::Heard => self.heard(),
-            SessionMsg::Cancelled { task, attempt } => match self.position_of(task, attempt) {
-                Some(i) if self.held[i].gone.is_none() => {
-                    self.bury(i, GoneReason::Cancelled);
-                    self.send_cancel(task, attempt);
-                    self.publish_in_flight();
+            SessionMsg::Cancelled { task, attempt } => {
+                match self.held.cancel(task, attempt, self.max_in_flight) {
+                    Cancel::Taken => {
+                        self.outbox.send_cancel(task, attempt);
+                        self.publish_in_flight();
+                    }
+                    Cancel::AlreadyGone => {}
+                    // Not here yet: it may be in the answer to our lease request.
+                    Cancel::NotHeld if self.lease.is_some() => {
+                        self.early_cancels.push((task, attempt));
+                    }
+                    Cancel::NotHeld => {}
                 }
-                Some(_) => {}
-                // Not here yet: it may be in the answer to our lease request.
-                None if self.lease.is_some() => self.early_cancels.push((task, attempt)),
-                None => {}
-            },
+            }
             SessionMsg::HandOver { held, respond_to } => {
                 let kept = self.hand_over(&held).await;
                 let _ = respond_to.send(kept);
@@ -432,68 +322,10 @@ impl Session {
         self.suspected = false;
     }
 
-    /// The entry for `task`: the live one if any, else its latest
-    /// tombstone. The same task can be here twice, dead and alive, when it
-    /// came back to this worker after its lease ran out.
-    fn position(&self, task: TaskId) -> Option<usize> {
-        self.held
-            .iter()
-            .position(|h| h.task == task && h.gone.is_none())
-            .or_else(|| self.held.iter().rposition(|h| h.task == task))
-    }
-
-    fn position_of(&self, task: TaskId, attempt: u32) -> Option<usize> {
-        self.held
-            .iter()
-            .position(|h| h.task == task && h.attempt == attempt)
-    }
-
-    /// Starts tracking a delivered (or taken-over) task.
-    fn track(&mut self, entry: Held) {
-        self.schedule(&entry);
-        self.held.push_back(entry);
-        self.live += 1;
-    }
-
-    fn schedule(&mut self, entry: &Held) {
-        let (task, attempt) = (entry.task, entry.attempt);
-        self.deadlines
-            .insert((entry.lease_until, Deadline::Lease, task, attempt));
-        if let Some(at) = entry.receipt_until {
-            self.deadlines
-                .insert((at, Deadline::Receipt, task, attempt));
-        }
-    }
-
-    fn unschedule(&mut self, entry: &Held) {
-        let (task, attempt) = (entry.task, entry.attempt);
-        self.deadlines
-            .remove(&(entry.lease_until, Deadline::Lease, task, attempt));
-        if let Some(at) = entry.receipt_until {
-            self.deadlines
-                .remove(&(at, Deadline::Receipt, task, attempt));
-        }
-    }
-
-    /// Turns a held task into a tombstone. Tombstones beyond the worker's
-    /// credit are dropped oldest first: they only serve positional acks.
-    fn bury(&mut self, i: usize, why: GoneReason) {
-        let entry = self.held[i].clone();
-        self.unschedule(&entry);
-        self.held[i].gone = Some(why);
-        self.live -= 1;
-        let limit = self.max_in_flight.max(16) as usize;
-        if self.held.len() - self.live > limit
-            && let Some(oldest) = self.held.iter().position(|h| h.gone.is_some())
-        {
-            self.held.remove(oldest);
-        }
-    }
-
     fn publish_in_flight(&self) {
         self.stats
             .in_flight
-            .store(self.live as u32, Ordering::Relaxed);
+            .store(self.held.live() as u32, Ordering::Relaxed);
     }
 
     /// Pushes leased tasks down the stream. Returns how the session must
@@ -503,42 +335,36 @@ impl Session {
         let mut closed = false;
         let mut unpushed = Vec::new();
         let now = Instant::now();
+        let receipt_timeout = self.receipts.then_some(self.timing.receipt_timeout);
         let early_cancels = std::mem::take(&mut self.early_cancels);
         for delivery in deliveries {
             if early_cancels.contains(&(delivery.task_id, delivery.attempt)) {
                 // Cancelled while on its way here; the queue has it as such.
                 continue;
             }
-            let sent = match &self.stream_tx {
-                Some(tx) if !closed => tx.try_send(StreamItem::Message(Box::new(
-                    delivery.to_message(self.receipts),
-                ))),
-                _ => {
-                    unpushed.push(delivery.task_id);
-                    continue;
-                }
-            };
-            match sent {
-                Ok(()) => self.track(Held {
-                    task: delivery.task_id,
-                    attempt: delivery.attempt,
-                    lease: delivery.lease,
-                    pushed_at: now,
-                    lease_until: now + delivery.lease,
-                    receipt_until: self.receipts.then(|| now + self.timing.receipt_timeout),
-                    gone: None,
-                }),
-                Err(TrySendError::Closed(_)) => {
+            if closed || !self.outbox.is_attached() {
+                unpushed.push(delivery.task_id);
+                continue;
+            }
+            match self.outbox.push(delivery.to_message(self.receipts)) {
+                Pushed::Sent => self.held.track(Held::pushed(
+                    delivery.task_id,
+                    delivery.attempt,
+                    delivery.lease,
+                    now,
+                    receipt_timeout,
+                )),
+                Pushed::Closed => {
                     closed = true;
                     unpushed.push(delivery.task_id);
                 }
                 // Credit never asks for more than the buffer has room for,
                 // but a control message may have taken the last slot; the
                 // task simply goes back, undelivered.
-                Err(TrySendError::Full(_)) => unpushed.push(delivery.task_id),
+                Pushed::Full => unpushed.push(delivery.task_id),
             }
         }
-        self.last_sent = now;
+        self.outbox.sent_at(now);
         self.publish_in_flight();
         if !unpushed.is_empty() {
             self.release(Vec::new(), ReleaseReason::WorkerLost, unpushed, None)
@@ -593,34 +419,6 @@ impl Session {
         answers
     }
 
-    /// Finds the entry an op names and checks its attempt.
-    fn find(&self, task: Option<TaskId>, attempt: Option<u32>) -> Result<usize, Rejection> {
-        let i = match task {
-            None => {
-                if self.held.is_empty() {
-                    return Err(Rejection::NothingHeld);
-                }
-                0
-            }
-            Some(task) => self.position(task).ok_or(Rejection::NotHeld(task))?,
-        };
-        let entry = &self.held[i];
-        if let Some(why) = entry.gone {
-            return Err(Rejection::Gone {
-                task: entry.task,
-                why,
-            });
-        }
-        match attempt {
-            Some(given) if given != entry.attempt => Err(Rejection::Stale {
-                task: entry.task,
-                given,
-                held: entry.attempt,
-            }),
-            _ => Ok(i),
-        }
-    }
-
     async fn apply_one(
         &mut self,
         op: WorkerOp,
@@ -629,65 +427,37 @@ impl Session {
         latencies: &mut Latencies,
     ) -> Result<(), Rejection> {
         match op {
-            WorkerOp::Ack(ack) => {
-                let found = self.find(ack.task_id, ack.attempt);
-                if let Err(Rejection::Gone { .. }) = found
-                    && ack.task_id.is_none()
-                    && !matches!(ack.kind, AckKind::Receipt)
-                {
-                    // A positional ack consumes the tombstone it lines up with.
-                    self.held.pop_front();
-                }
-                let i = found?;
-                match ack.kind {
-                    AckKind::Receipt => {
-                        if let Some(at) = self.held[i].receipt_until.take() {
-                            let entry = &self.held[i];
-                            latencies.receipt.record(now - entry.pushed_at);
-                            let key = (at, Deadline::Receipt, entry.task, entry.attempt);
-                            self.deadlines.remove(&key);
-                        }
+            WorkerOp::Ack(ack) => match ack.kind {
+                AckKind::Receipt => {
+                    if let Some(latency) =
+                        self.held.confirm_receipt(ack.task_id, ack.attempt, now)?
+                    {
+                        latencies.receipt.record(latency);
                     }
-                    AckKind::Outcome {
+                }
+                AckKind::Outcome {
+                    outcome,
+                    result,
+                    retry_after,
+                } => {
+                    let acked = self.held.complete(ack.task_id, ack.attempt, now)?;
+                    latencies.ack.record(acked.latency);
+                    completions.push(Completion {
+                        task: acked.task,
+                        attempt: acked.attempt,
                         outcome,
                         result,
                         retry_after,
-                    } => {
-                        if let Some(entry) = self.held.remove(i) {
-                            latencies.ack.record(now - entry.pushed_at);
-                            self.unschedule(&entry);
-                            self.live -= 1;
-                            completions.push(Completion {
-                                task: entry.task,
-                                attempt: entry.attempt,
-                                outcome,
-                                result,
-                                retry_after,
-                            });
-                        }
-                    }
+                    });
                 }
-                Ok(())
-            }
+            },
             WorkerOp::Extend {
                 task_id,
                 attempt,
                 lease,
             } => {
-                let i = self.find(Some(task_id), attempt)?;
-                let entry = &mut self.held[i];
-                let old = (
-                    entry.lease_until,
-                    Deadline::Lease,
-                    entry.task,
-                    entry.attempt,
-                );
-                let until = now + lease.unwrap_or(entry.lease).min(self.timing.max_lease);
-                entry.lease_until = until;
-                let new = (until, Deadline::Lease, entry.task, entry.attempt);
-                self.deadlines.remove(&old);
-                self.deadlines.insert(new);
-                Ok(())
+                self.held
+                    .extend(task_id, attempt, lease, self.timing.max_lease, now)?;
             }
             WorkerOp::Credit(credit) => {
                 self.metrics
@@ -697,9 +467,9 @@ impl Session {
                 self.stats.max_in_flight.store(credit, Ordering::Relaxed);
                 // The outstanding request asked for the old credit.
                 self.cancel_lease().await;
-                Ok(())
             }
         }
+        Ok(())
     }
 
     /// Fires due lease, receipt, liveness, keepalive and resume deadlines.
@@ -718,44 +488,30 @@ impl Session {
                 );
                 return Some(End::Expired);
             }
-            if now >= self.last_sent + keepalive {
-                self.send_control(proto::Kind::Keepalive, None);
+            if now >= self.outbox.last_sent() + keepalive {
+                self.outbox.send_keepalive();
             }
         }
         let mut expired = Vec::new();
         let mut missed = Vec::new();
-        while let Some((at, kind, task, attempt)) = self.deadlines.first().copied() {
-            if at > now {
-                break;
-            }
-            self.deadlines.pop_first();
-            let Some(i) = self.position_of(task, attempt) else {
-                continue;
-            };
-            let entry = &self.held[i];
-            let current = entry.gone.is_none()
-                && match kind {
-                    Deadline::Lease => entry.lease_until == at,
-                    Deadline::Receipt => entry.receipt_until == Some(at),
-                };
-            if !current {
-                continue;
-            }
-            let why = match kind {
+        while let Some(Expired {
+            task,
+            attempt,
+            deadline,
+        }) = self.held.pop_expired(now, self.max_in_flight)
+        {
+            match deadline {
                 Deadline::Lease => {
                     self.metrics.leases_expired.increment(1);
                     expired.push((task, attempt));
-                    GoneReason::LeaseExpired
                 }
                 Deadline::Receipt => {
                     self.metrics.receipts_missed.increment(1);
                     missed.push((task, attempt));
                     self.suspected = true;
-                    GoneReason::ReceiptMissed
                 }
-            };
-            self.bury(i, why);
-            self.send_cancel(task, attempt);
+            }
+            self.outbox.send_cancel(task, attempt);
         }
         if !expired.is_empty() || !missed.is_empty() {
             self.publish_in_flight();
@@ -775,35 +531,9 @@ impl Session {
         None
     }
 
-    fn send_cancel(&mut self, task: TaskId, attempt: u32) {
-        if self.extended() {
-            self.send_control(proto::Kind::Cancel, Some((task, attempt)));
-        }
-    }
-
-    /// Sends a keepalive or cancel message if the stream has room; both are
-    /// hints, so a full buffer (the worker is busy reading tasks) skips them.
-    fn send_control(&mut self, kind: proto::Kind, task: Option<(TaskId, u32)>) {
-        // Counted as sent even when skipped, so a full buffer does not make
-        // the keepalive deadline fire again at once.
-        self.last_sent = Instant::now();
-        // The last slot is kept for the final status.
-        let Some(tx) = self.stream_tx.as_ref().filter(|tx| tx.capacity() > 1) else {
-            return;
-        };
-        let (task_id, attempt) = task.map_or((String::new(), 0), |(t, a)| (t.to_string(), a));
-        let message = proto::ServerMsg {
-            kind: kind.into(),
-            task_id,
-            attempt,
-            ..Default::default()
-        };
-        let _ = tx.try_send(StreamItem::Message(Box::new(message)));
-    }
-
     /// A server-wide broadcast: workers of its queue submit themselves a copy.
     async fn take_broadcast_copy(&mut self, task: &crate::queue::BroadcastTask) {
-        if self.stream_tx.is_none() || self.draining || !self.queues.contains(&task.queue) {
+        if !self.outbox.is_attached() || self.draining || !self.queues.contains(&task.queue) {
             return;
         }
         let copy = NewTask {
@@ -821,29 +551,6 @@ impl Session {
             }
             Err(error) => warn!(%error, "queue stopped before a broadcast copy was made"),
         }
-    }
-
-    /// Gives a resuming session the tasks it names; releases the rest.
-    async fn hand_over(&mut self, claimed: &[(TaskId, u32)]) -> Vec<Held> {
-        self.cancel_lease().await;
-        let mut kept = Vec::new();
-        let mut lost = Vec::new();
-        for entry in self.held.drain(..) {
-            if entry.gone.is_some() {
-                continue;
-            }
-            if claimed.contains(&(entry.task, entry.attempt)) {
-                kept.push(entry);
-            } else {
-                lost.push((entry.task, entry.attempt));
-            }
-        }
-        self.live = 0;
-        if !lost.is_empty() {
-            self.release(lost, ReleaseReason::WorkerLost, Vec::new(), None)
-                .await;
-        }
-        kept
     }
 
     async fn release(
@@ -884,15 +591,13 @@ impl Session {
         self.cancel_lease().await;
         let held: Vec<(TaskId, u32)> = self
             .held
-            .drain(..)
-            .filter(|h| h.gone.is_none())
-            .map(|h| (h.task, h.attempt))
+            .drain_live()
+            .map(|h| (h.task(), h.attempt()))
             .collect();
         debug!(?end, held = held.len(), "session ending");
         self.metrics
             .worker_credit
             .decrement(f64::from(self.max_in_flight));
-        self.live = 0;
         self.publish_in_flight();
         if end != End::HandedOver {
             self.release(
@@ -907,37 +612,9 @@ impl Session {
                 .session_closed(self.client.clone(), self.id)
                 .await;
         }
-        let (reason, message) = match end {
-            End::Drained if self.operator_drain => (
-                EndReason::Drained,
-                "drained by an operator; every task was acknowledged".to_owned(),
-            ),
-            End::Disconnected { by_operator: true } => (
-                EndReason::Disconnected,
-                "disconnected by an operator; held tasks went to other workers".to_owned(),
-            ),
-            End::Drained | End::Shutdown => (
-                EndReason::ShuttingDown,
-                "server is shutting down".to_owned(),
-            ),
-            End::Expired => (
-                EndReason::Expired,
-                format!(
-                    "no message from this worker for {} s; its tasks were redelivered",
-                    self.timing.liveness_timeout.as_secs()
-                ),
-            ),
-            End::Disconnected { .. } | End::HandedOver => return,
-        };
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        metadata.insert(
-            END_REASON_KEY,
-            tonic::metadata::MetadataValue::from_static(reason.as_str()),
-        );
-        let status = Status::with_metadata(tonic::Code::Unavailable, message, metadata);
         // The worker is still reading: tell it why the stream ends.
-        if let Some(tx) = &self.stream_tx {
-            let _ = tx.try_send(StreamItem::End(Box::new(status)));
+        if let Some(status) = end.status(self.operator_drain, self.timing.liveness_timeout) {
+            self.outbox.end(status);
         }
     }
 }

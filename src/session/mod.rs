@@ -17,6 +17,13 @@
 //! Talks to: the queue (lease, complete, release, submit of broadcast copies)
 //! and the registry (detached, closed), both over their bounded inboxes;
 //! neither ever sends back to a session on a bounded channel.
+//!
+//! This file holds the handle, the messages and the types callers see. The
+//! actor's loop and handlers are in `actor` (the resume handover in
+//! `actor/resume`); the held-task list and its deadlines in `held`; the
+//! getTask stream's buffer and control messages in `outbox`; how a session
+//! ends, and the status it says so with, in `end`; and the record and
+//! counters the registry reads, in `worker`.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -30,12 +37,19 @@ use crate::{
     error::Error,
     proto,
     queue::{BroadcastTask, QueueHandle},
-    registry::{RegistryHandle, WorkerRecord, WorkerStats},
+    registry::RegistryHandle,
 };
 
 mod actor;
+mod end;
+mod held;
+mod outbox;
+mod worker;
 
-use actor::{Held, Session};
+use actor::Session;
+use held::Held;
+pub(crate) use worker::unix_ms_now;
+pub use worker::{WorkerRecord, WorkerStats};
 
 /// Capacity of a session's inbox (operations from tellResult and sendStatus
 /// handlers, cancellations).

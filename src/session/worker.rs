@@ -1,0 +1,60 @@
+//! What a session tells the registry about its worker: the record it
+//! registers, and the counters it keeps up to date for operators to read.
+//!
+//! These types belong to the session, which creates and writes them; the
+//! registry stores and reads them (and imports them from here), so the
+//! session depends on the registry only for its handle.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use super::SessionHandle;
+use crate::domain::{ClientId, QueueName};
+
+/// Counters a session keeps about its worker and the registry reads.
+/// Each field has one writer (the session); atomics keep the hot path free
+/// of messages and locks.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Its in-flight limit (credit), which it may change at runtime.
+    pub max_in_flight: AtomicU32,
+    /// Tasks pushed and not yet acknowledged.
+    pub in_flight: AtomicU32,
+    /// When the worker last acknowledged a task, in milliseconds since the Unix epoch.
+    pub last_ack_unix_ms: AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch, for wall-clock timestamps shown to
+/// operators. The registry stamps status reports with it too, so that they
+/// compare with [`WorkerStats::last_ack_unix_ms`].
+pub(crate) fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What a session registers about its worker; the registry keeps it while
+/// the worker is connected.
+#[derive(Debug)]
+pub struct WorkerRecord {
+    /// The worker.
+    pub client: ClientId,
+    /// True when the server chose the id: the worker can only be found by
+    /// its connection.
+    pub generated_id: bool,
+    /// Its getTask session.
+    pub session: SessionHandle,
+    /// The connection's peer address, when the transport knows it.
+    pub peer: Option<SocketAddr>,
+    /// Its queues.
+    pub queues: Arc<[QueueName]>,
+    /// Shared counters, written by the session.
+    pub stats: Arc<WorkerStats>,
+}
