@@ -27,7 +27,8 @@ use tracing::{Instrument, debug, info, info_span};
 use crate::{
     domain::{ClientId, QueueName, SessionId, StatusReport},
     error::Error,
-    session::{SessionHandle, WorkerRecord, unix_ms_now},
+    clock::unix_ms_now,
+    session::{SessionHandle, WorkerRecord},
 };
 
 /// Capacity of the registry's inbox; status reports wait when it is full.

@@ -23,7 +23,7 @@ use super::{
     end::End,
     held::{Cancel, Deadline, Expired, Held, HeldTasks},
     outbox::{self, Outbox, Pushed},
-    worker::{WorkerStats, unix_ms_now},
+    worker::WorkerStats,
 };
 use crate::{
     alarm::Alarm,
@@ -406,7 +406,7 @@ impl Session {
             self.publish_in_flight();
             self.stats
                 .last_ack_unix_ms
-                .store(unix_ms_now(), Ordering::Relaxed);
+                .store(crate::clock::unix_ms_now(), Ordering::Relaxed);
             if self
                 .queue
                 .complete(self.client.clone(), completions)

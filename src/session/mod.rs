@@ -48,7 +48,6 @@ mod worker;
 
 use actor::Session;
 use held::Held;
-pub(crate) use worker::unix_ms_now;
 pub use worker::{WorkerRecord, WorkerStats};
 
 /// Capacity of a session's inbox (operations from tellResult and sendStatus

@@ -11,7 +11,6 @@ use std::{
         Arc,
         atomic::{AtomicU32, AtomicU64},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use super::SessionHandle;
@@ -28,16 +27,6 @@ pub struct WorkerStats {
     pub in_flight: AtomicU32,
     /// When the worker last acknowledged a task, in milliseconds since the Unix epoch.
     pub last_ack_unix_ms: AtomicU64,
-}
-
-/// Milliseconds since the Unix epoch, for wall-clock timestamps shown to
-/// operators. The registry stamps status reports with it too, so that they
-/// compare with [`WorkerStats::last_ack_unix_ms`].
-pub(crate) fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// What a session registers about its worker; the registry keeps it while
