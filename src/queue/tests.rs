@@ -349,24 +349,6 @@ fn failures_wait_for_their_backoff() {
     );
 }
 
-/// RetryPolicy grows by its factor, stays under its maximum, and jitters
-/// within the upper half.
-#[test]
-fn retry_delays_grow_with_jitter() {
-    let retry = RetryPolicy {
-        initial: Duration::from_secs(1),
-        factor: 2.0,
-        max: Duration::from_secs(5),
-    };
-    for _ in 0..100 {
-        let first = retry.delay(1);
-        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
-        let third = retry.delay(3);
-        assert!(third >= Duration::from_secs(2) && third <= Duration::from_secs(4));
-        assert!(retry.delay(30) <= Duration::from_secs(5));
-    }
-}
-
 /// A delayed task is not delivered before its time; a task whose TTL
 /// passes unstarted is dead-lettered as expired.
 #[test]
