@@ -22,9 +22,18 @@
 //! that holds the task, which tells the queue when one runs out.
 //!
 //! The interface speaks only of ids and domain values, so a durable store can
-//! later sit under the maps in `actor.rs` without changing any caller.
+//! later sit under the actor's state without changing any caller.
+//!
+//! This file holds the handle and the messages. The actor's state is split
+//! by owner: `actor.rs` (the loop and the handlers that tie the rest
+//! together), `entry.rs` (one task, and the one readiness check of a line
+//! slot), `backlog.rs` (pending tasks per queue or worker), `lines.rs` (a
+//! line's order, and the timer heap), `table.rs` (tasks by id),
+//! `waiting.rs` (sessions waiting for tasks), `archive.rs` (finished tasks,
+//! watchers, dead letters, idempotency keys, broadcast records) and
+//! `policy.rs` (limits, and what becomes of a task that fails or expires).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -32,135 +41,29 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
 use crate::{
-    config::Config,
     domain::{
-        BroadcastId, ClientId, Delivery, NewTask, Outcome, QueueName, SessionId, Target, TaskId,
-        TaskInfo, TaskResult,
+        BroadcastId, ClientId, Delivery, NewTask, Outcome, QueueName, SessionId, TaskId, TaskInfo,
+        TaskResult,
     },
     error::Error,
 };
 
 mod actor;
+mod archive;
+mod backlog;
+mod entry;
 mod lines;
+mod policy;
 mod table;
 #[cfg(test)]
 mod tests;
+mod waiting;
+
+pub use policy::{QueueLimits, QueuePolicy, RetryPolicy};
 
 /// Capacity of the queue's inbox. Producers and sessions wait (backpressure)
 /// when it is full; it never drops a message.
 pub const QUEUE_INBOX_CAPACITY: usize = 4096;
-
-/// Retry backoff: `initial * factor^(attempt-1)`, at most `max`, with jitter.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RetryPolicy {
-    /// Delay after the first failure.
-    pub initial: Duration,
-    /// Growth per attempt.
-    pub factor: f64,
-    /// Longest delay.
-    pub max: Duration,
-}
-
-impl RetryPolicy {
-    /// The delay before the next delivery after `attempts` deliveries, drawn
-    /// at random from the upper half of the exponential delay, so that tasks
-    /// failed together do not come back together.
-    pub fn delay(&self, attempts: u32) -> Duration {
-        let exponent = attempts.saturating_sub(1).min(64) as i32;
-        let full = self.initial.as_secs_f64() * self.factor.powi(exponent);
-        let capped = full.min(self.max.as_secs_f64());
-        Duration::from_secs_f64(capped * (0.5 + fastrand::f64() / 2.0))
-    }
-}
-
-/// One queue's limits.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct QueueLimits {
-    /// Deliveries before a task is dead-lettered.
-    pub max_attempts: u32,
-    /// Most pending tasks.
-    pub max_depth: usize,
-    /// Backoff after failures.
-    pub retry: RetryPolicy,
-}
-
-/// Everything the queue enforces.
-#[derive(Clone, Debug)]
-pub struct QueuePolicy {
-    /// Done and cancelled tasks kept for `get`/`watch`.
-    pub max_finished_tasks: usize,
-    /// Most pending tasks in the whole server.
-    pub max_pending_tasks: usize,
-    /// A delivery's lease when the task names none.
-    pub default_lease: Duration,
-    /// The longest lease a task may name.
-    pub max_lease: Duration,
-    /// How long a task waits for its offline target worker.
-    pub target_ttl: Duration,
-    /// How long an idempotency key is remembered.
-    pub idempotency_window: Duration,
-    /// Limits of queues without overrides, and of targeted tasks.
-    pub default_limits: QueueLimits,
-    /// Per-queue overrides.
-    pub per_queue: HashMap<QueueName, QueueLimits>,
-    /// Queues labelled by name on the per-queue gauges.
-    pub metrics_queue_labels: usize,
-}
-
-impl QueuePolicy {
-    /// The policy a config describes (the config is validated already).
-    pub fn from_config(config: &Config) -> Self {
-        let t = &config.tasks;
-        let default_limits = QueueLimits {
-            max_attempts: t.max_attempts,
-            max_depth: t.max_queue_depth,
-            retry: RetryPolicy {
-                initial: Duration::from_millis(t.retry_initial_delay_ms),
-                factor: t.retry_factor,
-                max: Duration::from_millis(t.retry_max_delay_ms),
-            },
-        };
-        let per_queue = config
-            .queues
-            .iter()
-            .filter_map(|(name, q)| {
-                let name = QueueName::parse(name).ok()?;
-                let limits = QueueLimits {
-                    max_attempts: q.max_attempts.unwrap_or(default_limits.max_attempts),
-                    max_depth: q.max_queue_depth.unwrap_or(default_limits.max_depth),
-                    retry: RetryPolicy {
-                        initial: q
-                            .retry_initial_delay_ms
-                            .map_or(default_limits.retry.initial, Duration::from_millis),
-                        factor: q.retry_factor.unwrap_or(default_limits.retry.factor),
-                        max: q
-                            .retry_max_delay_ms
-                            .map_or(default_limits.retry.max, Duration::from_millis),
-                    },
-                };
-                Some((name, limits))
-            })
-            .collect();
-        Self {
-            max_finished_tasks: t.max_finished_tasks,
-            max_pending_tasks: t.max_pending_tasks,
-            default_lease: Duration::from_secs(t.lease_secs),
-            max_lease: Duration::from_secs(t.max_lease_secs),
-            target_ttl: Duration::from_secs(t.target_ttl_secs),
-            idempotency_window: Duration::from_secs(t.idempotency_window_secs),
-            default_limits,
-            per_queue,
-            metrics_queue_labels: config.server.metrics_queue_labels,
-        }
-    }
-
-    fn limits(&self, target: &Target) -> &QueueLimits {
-        match target {
-            Target::Queue(queue) => self.per_queue.get(queue).unwrap_or(&self.default_limits),
-            Target::Client(_) => &self.default_limits,
-        }
-    }
-}
 
 /// Why tasks are handed back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
