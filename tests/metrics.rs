@@ -1,6 +1,8 @@
 //! `/metrics` reports the right values after a known workload, and passes
-//! `promtool check metrics`. This file holds one test, so the process-wide
-//! recorder and histograms see only its workload.
+//! `promtool check metrics`. The recorder and histograms are process-wide,
+//! and state gauges are set whole by whichever server last changed them, so
+//! the tests here take turns (`SERIAL`); only the known workload moves
+//! the counters.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,6 +17,10 @@ use contact_server::proto::{
     v1::{self, TaskState},
 };
 
+/// Held by each test for its whole run, so no two servers publish into the
+/// process-wide recorder at once.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The value of one sample line (`name{labels}` exactly), if present.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -26,6 +32,17 @@ fn sample(text: &str, series: &str) -> Option<f64> {
                 .parse()
                 .ok()
         })
+}
+
+/// The value of `contact_rpc_errors_total` for one method and code, if the
+/// series is there (in whatever order the exporter writes the labels).
+fn rpc_errors(text: &str, method: &str, code: &str) -> Option<f64> {
+    let method = format!("method=\"{method}\"");
+    let code = format!("code=\"{code}\"");
+    text.lines()
+        .filter(|line| line.starts_with("contact_rpc_errors_total{"))
+        .find(|line| line.contains(&method) && line.contains(&code))
+        .and_then(|line| line.rsplit_once(' ')?.1.parse().ok())
 }
 
 /// Scrapes until every `(series, value)` holds; the scrape that did.
@@ -66,6 +83,7 @@ async fn submit_to_client(server: &TestServer, client: &str, text: &str) -> Stri
 /// histogram says exactly that, and promtool finds nothing to complain of.
 #[tokio::test]
 async fn metrics_match_a_known_workload() {
+    let _turn = SERIAL.lock().await;
     let mut config = test_config();
     // "default" and two more queues get their own label.
     config.server.metrics_queue_labels = 3;
@@ -196,13 +214,11 @@ async fn metrics_match_a_known_workload() {
     .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     let text = server.scrape().await;
-    let counted = text.lines().any(|line| {
-        line.starts_with("contact_rpc_errors_total{")
-            && line.contains("method=\"contact.v1.Tasks/Get\"")
-            && line.contains("code=\"invalid_argument\"")
-            && line.ends_with(" 1")
-    });
-    assert!(counted, "{text}");
+    assert_eq!(
+        rpc_errors(&text, "contact.v1.Tasks/Get", "invalid_argument"),
+        Some(1.0),
+        "{text}"
+    );
     // No series is labelled with an id.
     assert!(!text.contains(&ids[0]));
     assert!(!text.contains("client_id"));
@@ -212,5 +228,53 @@ async fn metrics_match_a_known_workload() {
     if let Err(complaints) = promtool::check_metrics(&text) {
         panic!("promtool check metrics:\n{complaints}\n--- exposition ---\n{text}");
     }
+    server.stop().await;
+}
+
+/// A server that has failed no call already exports the rpc error series
+/// at zero, so a dashboard shows 0 rather than "no data": every served
+/// method with every code the error mapping produces, and "other" with
+/// `unimplemented`.
+#[tokio::test]
+async fn rpc_error_series_start_at_zero() {
+    let _turn = SERIAL.lock().await;
+    let server = TestServer::start().await;
+    let text = server.scrape().await;
+    let codes = [
+        "invalid_argument",
+        "not_found",
+        "failed_precondition",
+        "already_exists",
+        "resource_exhausted",
+        "deadline_exceeded",
+        "unavailable",
+    ];
+    for method in [
+        "Contact/getTask",
+        "Contact/tellResult",
+        "Contact/sendStatus",
+        "contact.v1.Tasks/Submit",
+        "contact.v1.Tasks/Get",
+        "contact.v1.Admin/ListWorkers",
+        "grpc.health.v1.Health/Check",
+    ] {
+        for code in codes {
+            assert!(
+                rpc_errors(&text, method, code).is_some(),
+                "no series for {method} {code} in\n{text}"
+            );
+        }
+    }
+    // No test in this process fails a call to these.
+    for code in codes {
+        assert_eq!(
+            rpc_errors(&text, "contact.v1.Admin/DrainWorker", code),
+            Some(0.0),
+            "{code}: {text}"
+        );
+    }
+    assert_eq!(rpc_errors(&text, "other", "unimplemented"), Some(0.0));
+    // Codes the server does not answer with are not registered in advance.
+    assert!(rpc_errors(&text, "contact.v1.Tasks/Get", "data_loss").is_none());
     server.stop().await;
 }

@@ -11,6 +11,8 @@
 //! - `endpoint`: the `GET /metrics` HTTP endpoint;
 //! - `handles`: the queue's and sessions' pre-resolved handles;
 //! - `queue_gauges`: the per-queue gauges under a bounded label set;
+//! - `rpc_errors`: the label sets of `contact_rpc_errors_total`, whose
+//!   series are registered at zero when the recorder is installed;
 //! - `histogram`: the server's own fixed-bucket latency histograms (the
 //!   exporter's would keep every sample until the next scrape), declared
 //!   below with their names and help.
@@ -19,6 +21,7 @@ mod endpoint;
 mod handles;
 mod histogram;
 mod queue_gauges;
+pub(crate) mod rpc_errors;
 
 use std::sync::OnceLock;
 
@@ -57,7 +60,8 @@ pub const SESSIONS_RESUMED: &str = "contact_sessions_resumed_total";
 /// Counter: sessions expired because their worker went silent.
 pub const SESSIONS_EXPIRED: &str = "contact_sessions_expired_total";
 /// Counter: gRPC calls that failed, by `method` (a fixed list, else
-/// `other`) and `code` (the gRPC status code's name).
+/// `other`) and `code` (the gRPC status code's name). The likely series
+/// exist at zero from the start; see `rpc_errors`.
 pub const RPC_ERRORS: &str = "contact_rpc_errors_total";
 /// Gauge: tasks waiting to be delivered (ready or delayed), by `queue`.
 pub const QUEUE_DEPTH: &str = "contact_queue_depth";
@@ -85,7 +89,8 @@ pub const OTHER_LABEL: &str = "(other)";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the process-wide recorder once and returns its handle. Later
+/// Installs the process-wide recorder once, describes every metric,
+/// registers the rpc error series at zero, and returns its handle. Later
 /// calls (several servers in one test process) share the first recorder.
 pub fn install() -> PrometheusHandle {
     HANDLE
@@ -96,6 +101,7 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
             }
             describe_all();
+            rpc_errors::register_all();
             handle
         })
         .clone()
