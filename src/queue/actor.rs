@@ -47,12 +47,6 @@ mod leasing;
 /// handed to workers in batches rather than one by one.
 const MAX_MESSAGES_PER_TURN: usize = 256;
 
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The queue actor's state; see the module docs for who owns which part.
 #[derive(Debug)]
 pub(super) struct Queue {

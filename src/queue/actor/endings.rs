@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Queue, unix_ms};
+use super::Queue;
 use crate::{
     domain::{ClientId, DeadLetterReason, Outcome, SessionId, Target, TaskId, TaskInfo, TaskState},
     error::Error,
@@ -162,7 +162,7 @@ impl Queue {
             self.make_pending(id, Placement::Back(Instant::now()));
             return;
         }
-        let at_unix_ms = unix_ms(SystemTime::now() + delay);
+        let at_unix_ms = crate::clock::unix_ms(SystemTime::now() + delay);
         self.make_pending_later(id, Instant::now() + delay, at_unix_ms);
     }
 
