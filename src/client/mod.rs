@@ -41,13 +41,19 @@
 //! # Ok(()) }
 //! ```
 
+mod builder;
+mod command;
+mod driver;
 mod producer;
+mod task;
 mod worker;
 
 use std::time::Duration;
 
+pub use builder::WorkerBuilder;
 pub use producer::{Producer, Submission};
-pub use worker::{Task, Worker, WorkerBuilder, WorkerHandle, WorkerState};
+pub use task::Task;
+pub use worker::{Worker, WorkerHandle, WorkerState};
 
 use tonic::transport::{Channel, Endpoint};
 
