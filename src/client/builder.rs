@@ -20,7 +20,7 @@ pub struct WorkerBuilder {
     queues: Vec<String>,
     pub(super) max_in_flight: u32,
     receipts: bool,
-    keepalive: Option<Duration>,
+    pub(super) keepalive: Option<Duration>,
     pub(super) backoff_initial: Duration,
     pub(super) backoff_max: Duration,
 }
@@ -74,8 +74,11 @@ impl WorkerBuilder {
         self
     }
 
-    /// Ask for keepalives when the stream is idle this long; the worker
-    /// answers each, so the server can expire it if it goes silent.
+    /// Ask for keepalives when the stream is idle this long, so the server
+    /// can expire the worker if it goes silent. The worker answers each,
+    /// and sends a heartbeat of its own whenever it has sent nothing for
+    /// that long: it is heard from at least this often even when no
+    /// keepalive comes (a busy stream sends none).
     pub fn keepalive(mut self, every: Duration) -> Self {
         self.keepalive = Some(every);
         self

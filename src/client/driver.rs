@@ -6,8 +6,8 @@
 //! talks to the server. Every operation goes on `sendStatus`, which answers
 //! each message in order, so a refused ack is reported to the caller
 //! without ending the call. It registers (resuming when it can), confirms
-//! receipts, answers keepalives, redials a dropped connection with backoff
-//! and jitter, and drains.
+//! receipts, answers keepalives and heartbeats on its own schedule, redials
+//! a dropped connection with backoff and jitter, and drains.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -61,6 +61,7 @@ pub(super) async fn start(
         awaiting_reply: VecDeque::new(),
         queued: VecDeque::new(),
         session_id: None,
+        last_sent: Instant::now(),
         draining: false,
         drained: Vec::new(),
         state: state_tx,
@@ -118,6 +119,9 @@ struct Driver {
     /// Waiting for a connection.
     queued: VecDeque<PendingOp>,
     session_id: Option<String>,
+    /// When this connection last sent the server anything (registration
+    /// included): the server hears from the worker with every message.
+    last_sent: Instant,
     draining: bool,
     drained: Vec<oneshot::Sender<()>>,
     state: watch::Sender<WorkerState>,
@@ -233,6 +237,7 @@ impl Driver {
             self.session_id.clone().unwrap_or_default(),
         );
         info!(client.id = %client_id, session.id = %session_id, resumed, "worker registered");
+        self.last_sent = Instant::now();
         let held = self.held.len();
         self.state.send_modify(|s| {
             s.client_id = client_id;
@@ -271,6 +276,15 @@ impl Driver {
                 }
             }
             let worker_dropped = self.tasks.clone();
+            // With keepalives on, the worker promised to be heard from; a
+            // server whose stream is never idle sends no keepalive to answer.
+            let heartbeat_due = self.settings.keepalive.map(|every| self.last_sent + every);
+            let heartbeat = async {
+                match heartbeat_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 message = connection.stream.message() => match message {
                     Ok(Some(message)) => self.on_message(connection, message),
@@ -293,6 +307,7 @@ impl Driver {
                     debug!("the Worker was dropped; draining");
                     self.start_drain(Some(connection));
                 }
+                () = heartbeat => self.heartbeat(connection),
             }
         }
     }
@@ -339,11 +354,7 @@ impl Driver {
                 let _ = self.tasks.send(Task::new(message, cancelled, commands));
             }
             Kind::Keepalive => {
-                let heartbeat = proto::ClientMsg {
-                    running: u32::try_from(self.held.len()).unwrap_or(u32::MAX),
-                    ..Default::default()
-                };
-                self.send(connection, PendingOp::unanswered(heartbeat));
+                self.heartbeat(connection);
                 self.state.send_modify(|s| s.keepalives += 1);
             }
             Kind::Cancel => {
@@ -450,9 +461,22 @@ impl Driver {
         }
     }
 
+    /// A status message with no text (the server keeps the last one) and
+    /// the held count.
+    fn heartbeat(&mut self, connection: &Connection) {
+        let heartbeat = proto::ClientMsg {
+            running: u32::try_from(self.held.len()).unwrap_or(u32::MAX),
+            ..Default::default()
+        };
+        self.send(connection, PendingOp::unanswered(heartbeat));
+    }
+
     fn send(&mut self, connection: &Connection, op: PendingOp) {
         match connection.control.send(op.message.clone()) {
-            Ok(()) => self.awaiting_reply.push_back(op),
+            Ok(()) => {
+                self.last_sent = Instant::now();
+                self.awaiting_reply.push_back(op);
+            }
             // The call is gone; the stream will say so, and this goes again.
             Err(_) => self.queued.push_back(op),
         }

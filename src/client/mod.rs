@@ -4,7 +4,9 @@
 //! to your code as [`Task`]s, which you finish with `done`, `fail`,
 //! `retry_after` (or extend while you work). Everything the protocol asks of
 //! a worker besides the work happens in one background task: receipts are
-//! confirmed and keepalives answered as messages arrive, a dropped
+//! confirmed and keepalives answered as messages arrive (with keepalives
+//! on, a heartbeat also goes out whenever the worker was quiet for the
+//! interval), a dropped
 //! connection is redialled with backoff and jitter and the session resumed
 //! with the tasks still held, and a drain stops new work, waits for what is
 //! held, and closes.
