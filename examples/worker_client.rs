@@ -26,8 +26,8 @@ use tracing::{info, warn};
 /// A contact-server worker.
 #[derive(Debug, Parser)]
 struct Args {
-    /// The server's gRPC address.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// The server's address: host:port, http://host:port or https://host:port.
+    #[arg(long, env = "CONTACT_SERVER", default_value = "127.0.0.1:50051")]
     server: String,
     /// This worker's id (without one it cannot resume after a drop).
     #[arg(long)]

@@ -176,6 +176,30 @@ async fn tasks_round_trip_between_producer_and_worker() {
     server.stop().await;
 }
 
+/// Addresses without a scheme reach the server too: `host:port` as the
+/// Python tools write it, and `localhost:PORT`.
+#[tokio::test]
+async fn addresses_without_a_scheme_reach_the_server() {
+    let server = TestServer::start().await;
+    let bare = server.grpc_addr.to_string();
+    let mut worker = connect(WorkerBuilder::new(bare).client_id("bare")).await;
+    let localhost = format!("localhost:{}", server.grpc_addr.port());
+    let mut producer = within("producer", Producer::connect(&localhost))
+        .await
+        .unwrap();
+    let id = producer
+        .submit(Submission::to_queue("default").text("no scheme"))
+        .await
+        .unwrap();
+    next(&mut worker).await.done("reached").await.unwrap();
+    let info = producer.wait(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        (info.state(), info.ret.as_str()),
+        (TaskState::Done, "reached")
+    );
+    server.stop().await;
+}
+
 /// The connection drops under a worker holding a task: it redials, resumes
 /// its session with the task, and its ack of the same attempt lands.
 #[tokio::test]

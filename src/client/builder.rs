@@ -26,8 +26,9 @@ pub struct WorkerBuilder {
 }
 
 impl WorkerBuilder {
-    /// A worker of the server at `endpoint` (e.g. `http://127.0.0.1:50051`),
-    /// on queue "default", with 8 tasks in flight, no receipts, no
+    /// A worker of the server at `endpoint`, in any form
+    /// [`endpoint_url`](super::endpoint_url) accepts (e.g. `127.0.0.1:50051`
+    /// or `http://127.0.0.1:50051`), on queue "default", with 8 tasks in flight, no receipts, no
     /// keepalives, reconnecting after 100 ms doubling up to 10 s.
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {

@@ -29,8 +29,8 @@ use tracing::{debug, info, warn};
 
 use super::{
     ClientError, Task, Worker, WorkerBuilder, WorkerState,
+    address::dial,
     command::{Command, PendingOp},
-    dial,
 };
 use crate::{
     domain::{

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use tonic::transport::Channel;
 
-use super::{ClientError, dial};
+use super::{ClientError, address::dial};
 use crate::proto::v1::{self, tasks_client::TasksClient};
 
 /// A task to submit, built up from [`Submission::to_queue`] or
@@ -96,7 +96,9 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects to the server at `endpoint` (e.g. `http://127.0.0.1:50051`).
+    /// Connects to the server at `endpoint`, in any form
+    /// [`endpoint_url`](super::endpoint_url) accepts (e.g. `127.0.0.1:50051`
+    /// or `http://127.0.0.1:50051`).
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
         Ok(Self::from_channel(dial(endpoint).await?))
     }
