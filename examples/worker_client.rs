@@ -23,8 +23,9 @@ use contact_server::client::{Task, WorkerBuilder};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-/// A contact-server worker.
+/// A contact-server worker: runs pushed tasks and drains on Ctrl-C.
 #[derive(Debug, Parser)]
+#[command(about = "A contact-server worker: runs pushed tasks and drains on Ctrl-C.")]
 struct Args {
     /// The server's address: host:port, http://host:port or https://host:port.
     #[arg(long, env = "CONTACT_SERVER", default_value = "127.0.0.1:50051")]

@@ -1,8 +1,8 @@
 //! Server addresses: the forms every Rust tool accepts for "which server"
 //! (`host:port`, `http://host:port`, `https://host:port`, `localhost`,
-//! ...), turned into the URL tonic dials, and the dialling itself. The
-//! worker's driver and the producer connect through here, and so does
-//! `contactctl`.
+//! ...), turned into the URL and the tonic endpoint dialled, and the
+//! dialling itself. The worker's driver and the producer connect through
+//! here, and so does `contactctl`.
 
 use std::time::Duration;
 
@@ -65,9 +65,11 @@ pub fn endpoint_url(address: &str) -> Result<String, ClientError> {
     }
 }
 
-/// The tonic endpoint of a server address (see [`endpoint_url`]), with the
-/// client library's connection settings.
-pub(super) fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
+/// The tonic endpoint of a server address in any form [`endpoint_url`]
+/// accepts, with the client library's connection settings (a 5 s connect
+/// timeout, no Nagle delay): for a channel of your own, e.g. to the admin
+/// or health services.
+pub fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
     let url = endpoint_url(address)?;
     let endpoint = Endpoint::from_shared(url).map_err(|source| ClientError::Endpoint {
         endpoint: address.to_owned(),

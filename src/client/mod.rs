@@ -54,7 +54,7 @@ mod producer;
 mod task;
 mod worker;
 
-pub use address::endpoint_url;
+pub use address::{endpoint, endpoint_url};
 pub use builder::WorkerBuilder;
 pub use producer::{Producer, Submission};
 pub use task::Task;

@@ -57,10 +57,11 @@ impl Submission {
 
     /// Deliver no sooner than `delay` from now.
     pub fn delay(mut self, delay: Duration) -> Self {
-        let at = SystemTime::now() + delay;
-        self.request.not_before_unix_ms = at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // A delay past what the clock can name is the furthest future.
+        self.request.not_before_unix_ms = match SystemTime::now().checked_add(delay) {
+            Some(at) => at.duration_since(UNIX_EPOCH).map_or(0, millis),
+            None => u64::MAX,
+        };
         self
     }
 
@@ -198,5 +199,19 @@ impl Producer {
             broadcast_id: broadcast_id.to_owned(),
         };
         Ok(self.tasks.get_broadcast(request).await?.into_inner().copies)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delay_too_far_for_the_clock_is_the_furthest_future() {
+        let submission = Submission::to_queue("q").delay(Duration::MAX);
+        assert_eq!(submission.request.not_before_unix_ms, u64::MAX);
+        let soon = Submission::to_queue("q").delay(Duration::from_secs(60));
+        assert!(soon.request.not_before_unix_ms > 0);
+        assert!(soon.request.not_before_unix_ms < u64::MAX);
     }
 }
