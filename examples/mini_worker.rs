@@ -5,7 +5,7 @@ use contact_server::client::{ClientError, WorkerBuilder};
 
 #[tokio::main]
 async fn main() -> Result<(), ClientError> {
-    let server = std::env::var("CONTACT_SERVER").unwrap_or("http://127.0.0.1:50051".into());
+    let server = std::env::var("CONTACT_SERVER").unwrap_or("127.0.0.1:50051".into());
     let mut worker = WorkerBuilder::new(server)
         .client_id("rust-mini")
         .queues(["default"])

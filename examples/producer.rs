@@ -16,9 +16,10 @@ use futures_util::stream;
 
 /// Submits tasks to contact-server and prints their results.
 #[derive(Debug, Parser)]
+#[command(about = "Submits tasks to contact-server and prints their results.")]
 struct Args {
-    /// The server's gRPC address.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// The server's address: host:port, http://host:port or https://host:port.
+    #[arg(long, env = "CONTACT_SERVER", default_value = "127.0.0.1:50051")]
     server: String,
     /// The queue to submit to.
     #[arg(long, default_value = "default")]

@@ -3,9 +3,10 @@
 //!
 //! It registers (id, queues, credit), runs pushed tasks concurrently up to
 //! its credit, acknowledges each, reports its status every few seconds, and
-//! on Ctrl-C drains: it takes nothing new, finishes what it holds, and
-//! exits. The library confirms receipts, answers keepalives, and redials
-//! with backoff and jitter, resuming its session, when the connection drops.
+//! on Ctrl-C or SIGTERM (what systemd and Kubernetes send) drains: it takes
+//! nothing new, finishes what it holds, and exits. The library confirms
+//! receipts, answers keepalives, and redials with backoff and jitter,
+//! resuming its session, when the connection drops.
 //!
 //! ```text
 //! cargo run --release                                   # terminal 1: the server
@@ -23,11 +24,12 @@ use contact_server::client::{Task, WorkerBuilder};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-/// A contact-server worker.
+/// A contact-server worker: runs pushed tasks, drains on Ctrl-C or SIGTERM.
 #[derive(Debug, Parser)]
+#[command(about = "A contact-server worker: runs pushed tasks, drains on Ctrl-C or SIGTERM.")]
 struct Args {
-    /// The server's gRPC address.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// The server's address: host:port, http://host:port or https://host:port.
+    #[arg(long, env = "CONTACT_SERVER", default_value = "127.0.0.1:50051")]
     server: String,
     /// This worker's id (without one it cannot resume after a drop).
     #[arg(long)]
@@ -65,10 +67,13 @@ async fn main() -> anyhow::Result<()> {
     let mut worker = builder.connect().await?;
     info!(client.id = %worker.client_id(), "registered");
 
+    // Listening starts before the loop takes a task, so a signal from now
+    // on drains rather than kills.
+    let stop = stop_signal()?;
     let handle = worker.handle();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            info!("Ctrl-C: finishing held tasks, then exiting");
+        if let Some(name) = stop.await {
+            info!("{name}: finishing held tasks, then exiting");
             handle.drain().await;
         }
     });
@@ -96,6 +101,28 @@ async fn main() -> anyhow::Result<()> {
     while running.join_next().await.is_some() {}
     info!("worker stopped");
     Ok(())
+}
+
+/// Resolves, with the signal's name, on the first Ctrl-C (SIGINT) or, on
+/// Unix, SIGTERM; `None` if it can no longer listen. The handlers are
+/// installed at the call, not when the future is first polled.
+#[cfg(unix)]
+fn stop_signal() -> anyhow::Result<impl Future<Output = Option<&'static str>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            got = interrupt.recv() => got.map(|()| "Ctrl-C"),
+            got = terminate.recv() => got.map(|()| "SIGTERM"),
+        }
+    })
+}
+
+/// Resolves on the first Ctrl-C; `None` if it cannot listen.
+#[cfg(not(unix))]
+fn stop_signal() -> anyhow::Result<impl Future<Output = Option<&'static str>>> {
+    Ok(async { tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C") })
 }
 
 /// Runs one task and reports how it went.

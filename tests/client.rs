@@ -1,7 +1,8 @@
 //! The Rust client library against a real server: tasks round trip between
 //! a `Producer` and a `Worker`; a dropped connection is redialled and the
 //! session resumed with the task still held; receipts and keepalives are
-//! answered without the worker's code doing anything; a drain finishes
+//! answered without the worker's code doing anything, and a worker that
+//! asked for keepalives is heard from even when none comes; a drain finishes
 //! what is held and stops; an operator's disconnect stops the worker.
 
 #![allow(clippy::unwrap_used)]
@@ -175,6 +176,30 @@ async fn tasks_round_trip_between_producer_and_worker() {
     server.stop().await;
 }
 
+/// Addresses without a scheme reach the server too: `host:port` as the
+/// Python tools write it, and `localhost:PORT`.
+#[tokio::test]
+async fn addresses_without_a_scheme_reach_the_server() {
+    let server = TestServer::start().await;
+    let bare = server.grpc_addr.to_string();
+    let mut worker = connect(WorkerBuilder::new(bare).client_id("bare")).await;
+    let localhost = format!("localhost:{}", server.grpc_addr.port());
+    let mut producer = within("producer", Producer::connect(&localhost))
+        .await
+        .unwrap();
+    let id = producer
+        .submit(Submission::to_queue("default").text("no scheme"))
+        .await
+        .unwrap();
+    next(&mut worker).await.done("reached").await.unwrap();
+    let info = producer.wait(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        (info.state(), info.ret.as_str()),
+        (TaskState::Done, "reached")
+    );
+    server.stop().await;
+}
+
 /// The connection drops under a worker holding a task: it redials, resumes
 /// its session with the task, and its ack of the same attempt lands.
 #[tokio::test]
@@ -243,6 +268,60 @@ async fn receipts_and_keepalives_are_answered_for_the_worker() {
     task.done("held and done").await.unwrap();
     let info = producer.wait(&id, Duration::from_secs(10)).await.unwrap();
     assert_eq!((info.state(), info.attempts), (TaskState::Done, 1));
+    server.stop().await;
+}
+
+/// A worker that asked for keepalives is heard from on its own schedule,
+/// not only when it answers one: while tasks come faster than its
+/// keepalive interval (so the server, never idle, sends it no keepalive)
+/// and its code only holds them, its session outlives the liveness timeout.
+#[tokio::test]
+async fn a_keepalive_worker_is_heard_from_when_no_keepalive_comes() {
+    let mut config = test_config();
+    config.workers.liveness_timeout_secs = 1;
+    config.workers.min_keepalive_ms = 50;
+    let server = TestServer::with_config(config).await;
+    let mut worker = connect(
+        WorkerBuilder::new(server.url())
+            .client_id("heartbeating")
+            .max_in_flight(64)
+            .keepalive(Duration::from_millis(300)),
+    )
+    .await;
+    let mut producer = producer(&server).await;
+    // A push every 50 ms for 2 s: the stream is never idle for the 300 ms
+    // a keepalive waits for, and the 1 s liveness timeout passes twice.
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let mut held = Vec::new();
+    for i in 0..40 {
+        pace.tick().await;
+        let submission = Submission::to_queue("default").text(format!("t{i}"));
+        producer.submit(submission).await.unwrap();
+        held.push(next(&mut worker).await);
+    }
+    let state = worker.handle().state();
+    assert_eq!(
+        (state.connected, state.connections),
+        (true, 1),
+        "the session was expired"
+    );
+    assert!(held.iter().all(|task| !task.is_cancelled()));
+    let listed = within(
+        "list workers",
+        server.admin().await.list_workers(v1::ListWorkersRequest {}),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let listed = &listed.workers[0];
+    assert_eq!(listed.in_flight, 40);
+    assert!(
+        listed.last_heard_unix_ms >= listed.connected_unix_ms + 1000,
+        "not heard from after the liveness timeout: {listed:?}"
+    );
+    for task in held {
+        task.done("held and done").await.unwrap();
+    }
     server.stop().await;
 }
 

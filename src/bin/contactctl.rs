@@ -28,20 +28,24 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use contact_server::proto::v1::{
-    self, TaskState, admin_client::AdminClient, tasks_client::TasksClient,
+use contact_server::{
+    client::{self, ClientError, Producer, Submission},
+    proto::v1::{self, TaskState, admin_client::AdminClient, tasks_client::TasksClient},
 };
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-/// Submit tasks to, inspect and manage a contact-server.
+/// Submit tasks to, inspect and manage a contact-server from the shell.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "Submit tasks to, inspect and manage a contact-server from the shell."
+)]
 struct Args {
-    /// The server's gRPC address.
+    /// The server's address: host:port, http://host:port or https://host:port.
     #[arg(
         long,
         short,
@@ -161,12 +165,19 @@ async fn main() -> ExitCode {
 }
 
 async fn connect(server: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(server.to_owned())
-        .with_context(|| format!("{server:?} is not a valid server address"))?
-        .connect_timeout(Duration::from_secs(5))
+    client::endpoint(server)?
         .connect()
         .await
         .with_context(|| format!("cannot connect to {server}"))
+}
+
+/// A client-library error as contactctl prints every failed call: a
+/// refusal worded by tonic, like the admin and health calls' own.
+fn call_error(error: ClientError) -> anyhow::Error {
+    match error {
+        ClientError::Status(status) => status.into(),
+        other => other.into(),
+    }
 }
 
 /// Where output goes: a table for people, or JSON for scripts.
@@ -263,6 +274,7 @@ fn queue_json(q: &v1::QueueStats) -> Value {
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let channel = connect(&args.server).await?;
+    let mut producer = Producer::from_channel(channel.clone());
     let mut tasks = TasksClient::new(channel.clone());
     let mut health = HealthClient::new(channel.clone());
     let mut admin = AdminClient::new(channel);
@@ -285,48 +297,49 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot read {}", path.display()))?,
                 None => Vec::new(),
             };
-            let reply = tasks
-                .submit(v1::SubmitRequest {
-                    queue: queue.unwrap_or_default(),
-                    target_client_id: to.unwrap_or_default(),
-                    text,
-                    payload: payload.into(),
-                    priority,
-                    not_before_unix_ms: match delay_ms {
-                        0 => 0,
-                        ms => unix_ms_now().saturating_add(ms),
-                    },
-                    ttl_ms,
-                    idempotency_key: key.unwrap_or_default(),
-                    lease_ms: 0,
-                })
-                .await
-                .context("submit failed")?
-                .into_inner();
-            if wait {
-                return wait_and_print(&mut tasks, &out, reply.task_id, timeout).await;
+            let mut submission = match to {
+                Some(client_id) => Submission::to_worker(client_id),
+                None => Submission::to_queue(queue.unwrap_or_default()),
             }
-            out.value(&json!({ "task_id": reply.task_id }), || {
-                println!("{}", reply.task_id);
+            .text(text)
+            .payload(payload)
+            .priority(priority)
+            .ttl(Duration::from_millis(ttl_ms));
+            if delay_ms > 0 {
+                submission = submission.delay(Duration::from_millis(delay_ms));
+            }
+            if let Some(key) = key {
+                submission = submission.idempotency_key(key);
+            }
+            let task_id = producer
+                .submit(submission)
+                .await
+                .map_err(call_error)
+                .context("submit failed")?;
+            if wait {
+                return wait_and_print(&mut producer, &out, task_id, timeout).await;
+            }
+            out.value(&json!({ "task_id": task_id }), || {
+                println!("{task_id}");
             });
         }
         Cmd::Get { task_id } => {
-            let info = tasks
-                .get(v1::GetRequest { task_id })
+            let info = producer
+                .get(&task_id)
                 .await
-                .context("get failed")?
-                .into_inner();
+                .map_err(call_error)
+                .context("get failed")?;
             out.task(&info);
         }
         Cmd::Wait { task_id, timeout } => {
-            return wait_and_print(&mut tasks, &out, task_id, timeout).await;
+            return wait_and_print(&mut producer, &out, task_id, timeout).await;
         }
         Cmd::Cancel { task_id } => {
-            let info = tasks
-                .cancel(v1::CancelRequest { task_id })
+            let info = producer
+                .cancel(&task_id)
                 .await
-                .context("cancel failed")?
-                .into_inner();
+                .map_err(call_error)
+                .context("cancel failed")?;
             out.task(&info);
         }
         Cmd::DeadLetters { queue, limit } => {
@@ -438,7 +451,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn wait_and_print(
-    tasks: &mut TasksClient<Channel>,
+    producer: &mut Producer,
     out: &Out,
     task_id: String,
     timeout_secs: u64,
@@ -446,14 +459,12 @@ async fn wait_and_print(
     if timeout_secs == 0 {
         bail!("--timeout must be at least 1 second");
     }
-    let info = tasks
-        .wait(v1::WaitRequest {
-            task_id,
-            timeout_ms: timeout_secs.saturating_mul(1000),
-        })
+    let timeout = Duration::from_secs(timeout_secs);
+    let info = producer
+        .wait(&task_id, timeout)
         .await
-        .context("wait failed")?
-        .into_inner();
+        .map_err(call_error)
+        .context("wait failed")?;
     out.task(&info);
     Ok(if info.state() == TaskState::DeadLettered {
         ExitCode::from(2)

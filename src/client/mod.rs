@@ -4,7 +4,9 @@
 //! to your code as [`Task`]s, which you finish with `done`, `fail`,
 //! `retry_after` (or extend while you work). Everything the protocol asks of
 //! a worker besides the work happens in one background task: receipts are
-//! confirmed and keepalives answered as messages arrive, a dropped
+//! confirmed and keepalives answered as messages arrive (with keepalives
+//! on, a heartbeat also goes out whenever the worker was quiet for the
+//! interval), a dropped
 //! connection is redialled with backoff and jitter and the session resumed
 //! with the tasks still held, and a drain stops new work, waits for what is
 //! held, and closes.
@@ -13,7 +15,7 @@
 //! # async fn worker() -> Result<(), contact_server::client::ClientError> {
 //! use contact_server::client::WorkerBuilder;
 //!
-//! let mut worker = WorkerBuilder::new("http://127.0.0.1:50051")
+//! let mut worker = WorkerBuilder::new("127.0.0.1:50051")
 //!     .client_id("resizer-1")
 //!     .queues(["images"])
 //!     .max_in_flight(4)
@@ -34,27 +36,46 @@
 //! use std::time::Duration;
 //! use contact_server::client::{Producer, Submission};
 //!
-//! let mut producer = Producer::connect("http://127.0.0.1:50051").await?;
+//! let mut producer = Producer::connect("127.0.0.1:50051").await?;
 //! let id = producer.submit(Submission::to_queue("images").text("resize 7")).await?;
 //! let info = producer.wait(&id, Duration::from_secs(30)).await?;
 //! println!("{}: {}", info.task_id, info.ret);
 //! # Ok(()) }
 //! ```
+//!
+//! Both take the server's address as `host:port`, `http://host:port`,
+//! `https://host:port` or a bare host (port 50051): see [`endpoint_url`].
 
+mod address;
+mod builder;
+mod command;
+mod driver;
 mod producer;
+mod task;
 mod worker;
 
-use std::time::Duration;
-
+pub use address::{endpoint, endpoint_url};
+pub use builder::WorkerBuilder;
 pub use producer::{Producer, Submission};
-pub use worker::{Task, Worker, WorkerBuilder, WorkerHandle, WorkerState};
-
-use tonic::transport::{Channel, Endpoint};
+pub use task::Task;
+pub use worker::{Worker, WorkerHandle, WorkerState};
 
 /// What can go wrong for a client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server address is not a valid URI.
+    /// The server address is not one of the forms [`endpoint_url`]
+    /// accepts.
+    #[error(
+        "{address:?} is not a server address ({reason}); \
+         give host:port, http://host:port or https://host:port"
+    )]
+    Address {
+        /// The address given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// tonic refused the server address.
     #[error("{endpoint:?} is not a valid server address: {source}")]
     Endpoint {
         /// The address given.
@@ -95,21 +116,4 @@ pub enum ClientError {
     /// A builder option is out of range.
     #[error("invalid option: {0}")]
     InvalidOption(String),
-}
-
-/// How long a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Dials `endpoint`.
-async fn dial(endpoint: &str) -> Result<Channel, ClientError> {
-    let endpoint =
-        Endpoint::from_shared(endpoint.to_owned()).map_err(|source| ClientError::Endpoint {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?;
-    Ok(endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
 }

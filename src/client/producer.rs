@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use tonic::transport::Channel;
 
-use super::{ClientError, dial};
+use super::{ClientError, address::dial};
 use crate::proto::v1::{self, tasks_client::TasksClient};
 
 /// A task to submit, built up from [`Submission::to_queue`] or
@@ -57,10 +57,11 @@ impl Submission {
 
     /// Deliver no sooner than `delay` from now.
     pub fn delay(mut self, delay: Duration) -> Self {
-        let at = SystemTime::now() + delay;
-        self.request.not_before_unix_ms = at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // A delay past what the clock can name is the furthest future.
+        self.request.not_before_unix_ms = match SystemTime::now().checked_add(delay) {
+            Some(at) => at.duration_since(UNIX_EPOCH).map_or(0, millis),
+            None => u64::MAX,
+        };
         self
     }
 
@@ -96,7 +97,9 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects to the server at `endpoint` (e.g. `http://127.0.0.1:50051`).
+    /// Connects to the server at `endpoint`, in any form
+    /// [`endpoint_url`](super::endpoint_url) accepts (e.g. `127.0.0.1:50051`
+    /// or `http://127.0.0.1:50051`).
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
         Ok(Self::from_channel(dial(endpoint).await?))
     }
@@ -196,5 +199,19 @@ impl Producer {
             broadcast_id: broadcast_id.to_owned(),
         };
         Ok(self.tasks.get_broadcast(request).await?.into_inner().copies)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delay_too_far_for_the_clock_is_the_furthest_future() {
+        let submission = Submission::to_queue("q").delay(Duration::MAX);
+        assert_eq!(submission.request.not_before_unix_ms, u64::MAX);
+        let soon = Submission::to_queue("q").delay(Duration::from_secs(60));
+        assert!(soon.request.not_before_unix_ms > 0);
+        assert!(soon.request.not_before_unix_ms < u64::MAX);
     }
 }

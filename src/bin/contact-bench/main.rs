@@ -32,7 +32,7 @@ use procs::{Proc, Usage};
 
 /// Benchmarks contact-server against a raw-tonic ceiling measured in the same run.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about = "Benchmarks contact-server against a tonic ceiling.")]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
