@@ -25,9 +25,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::{
+    clock::unix_ms_now,
     domain::{ClientId, QueueName, SessionId, StatusReport},
     error::Error,
-    clock::unix_ms_now,
     session::{SessionHandle, WorkerRecord},
 };
 

@@ -308,7 +308,8 @@ async fn the_mini_workers_complete_tasks() {
         (
             "rust-mini",
             Command::new(example("mini_worker")),
-            server.url(),
+            // A bare host:port, the form the Python tools use.
+            server.grpc_addr.to_string(),
         ),
         (
             "py-mini",
@@ -360,6 +361,43 @@ async fn the_rust_worker_example_completes_tasks() {
         );
     }
     signal(&worker, "-INT");
+    assert_eq!(exit_code(&mut worker).await, Some(0));
+    server.stop().await;
+}
+
+/// SIGTERM (what systemd and Kubernetes send) drains the Rust worker
+/// example: the task it holds is finished, then it exits 0.
+#[tokio::test]
+async fn the_rust_worker_example_drains_on_sigterm() {
+    let example = example("worker_client");
+    let server = TestServer::start().await;
+    let mut producer = producer(&server).await;
+    let mut worker = spawn(
+        "rust-example-term",
+        Command::new(example)
+            .args(["--server", &server.grpc_addr.to_string()])
+            .args([
+                "--id",
+                "rust-term",
+                "--work-ms",
+                "3000",
+                "--status-every",
+                "1",
+            ]),
+    );
+    let id = submit(&mut producer, "default", "finish me").await;
+    // The task has reached the worker's code: its reports say it holds one.
+    worker_until(&server, |w| {
+        w.client_id == "rust-term" && w.reported_running == 1
+    })
+    .await;
+    signal(&worker, "-TERM");
+    let info = finished(&mut producer, &id).await;
+    assert_eq!(
+        (info.state(), info.attempts, info.worker_id.as_str()),
+        (TaskState::Done, 1, "rust-term"),
+        "{info:?}"
+    );
     assert_eq!(exit_code(&mut worker).await, Some(0));
     server.stop().await;
 }

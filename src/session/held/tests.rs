@@ -404,8 +404,7 @@ fn drain_yields_live_tasks_only() {
     let t0 = Instant::now();
     let (mut list, ids) = holding(4, t0, true);
     list.cancel(ids[1], 1, CREDIT);
-    let drained: Vec<(TaskId, u32)> =
-        list.drain_live().map(|h| (h.task(), h.attempt())).collect();
+    let drained: Vec<(TaskId, u32)> = list.drain_live().map(|h| (h.task(), h.attempt())).collect();
     assert_eq!(drained, vec![(ids[0], 1), (ids[2], 1), (ids[3], 1)]);
     assert_eq!(list.live(), 0);
     assert!(list.entries.is_empty());
