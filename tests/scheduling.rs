@@ -307,6 +307,31 @@ async fn idempotent_submit_returns_the_first_task() {
     server.stop().await;
 }
 
+/// The same idempotency key with a different task is refused with
+/// ALREADY_EXISTS naming the key, instead of silently answering with the
+/// first task's id; the same task again still gets that id.
+#[tokio::test]
+async fn an_idempotency_key_reused_for_another_task_is_refused() {
+    let server = TestServer::start().await;
+    let keyed = |text: &str| v1::SubmitRequest {
+        text: text.into(),
+        idempotency_key: "invoice-9".into(),
+        ..Default::default()
+    };
+    let first = submit(&server, keyed("charge 10 EUR")).await.unwrap();
+    let refused = submit(&server, keyed("charge 99 EUR")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    assert!(
+        refused.message().contains("\"invoice-9\"") && refused.message().contains("different task"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        submit(&server, keyed("charge 10 EUR")).await.unwrap(),
+        first
+    );
+    server.stop().await;
+}
+
 /// A worker without its own id can never come back under the id the server
 /// gave it, so tasks targeted at it are dead-lettered as undeliverable as
 /// soon as it goes.

@@ -94,6 +94,39 @@ impl NewTask {
         Ok(())
     }
 
+    /// What makes two submissions "the same task" for an idempotency key:
+    /// where it goes, its text, payload, priority, TTL and lease. The
+    /// not-before time is left out: a producer retrying "in ten seconds"
+    /// computes a new one. FNV-1a, so the value never depends on the
+    /// toolchain (it will be kept on disk).
+    pub fn fingerprint(&self) -> u64 {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            // Each field is length-prefixed, so ("ab", "c") differs from ("a", "bc").
+            for byte in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+                hash = (hash ^ u64::from(*byte)).wrapping_mul(PRIME);
+            }
+        };
+        match self.target() {
+            Target::Queue(queue) => {
+                feed(b"queue");
+                feed(queue.as_str().as_bytes());
+            }
+            Target::Client(client) => {
+                feed(b"client");
+                feed(client.as_str().as_bytes());
+            }
+        }
+        feed(self.text.as_bytes());
+        feed(&self.payload);
+        feed(&self.priority.to_le_bytes());
+        let millis = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+        feed(&millis(self.ttl).to_le_bytes());
+        feed(&millis(self.lease).to_le_bytes());
+        hash
+    }
+
     /// The most bytes a push of this task can take on the wire.
     fn push_len(&self) -> usize {
         let queue_len = match &self.target {
@@ -371,6 +404,48 @@ mod tests {
             err.to_string().contains("server.max_message_bytes"),
             "{err}"
         );
+    }
+
+    /// The fingerprint tells tasks apart by every field a retry repeats, and
+    /// ignores the not-before time a retry computes anew.
+    #[test]
+    fn fingerprints_tell_tasks_apart() {
+        let task = NewTask {
+            text: "resize".into(),
+            payload: Bytes::from_static(b"img-1"),
+            ..NewTask::default()
+        };
+        let later = NewTask {
+            not_before_unix_ms: 12_345,
+            ..task.clone()
+        };
+        assert_eq!(task.fingerprint(), later.fingerprint());
+        let named_default = NewTask {
+            target: Some(Target::Queue(QueueName::default_queue())),
+            ..task.clone()
+        };
+        assert_eq!(task.fingerprint(), named_default.fingerprint());
+        for other in [
+            NewTask {
+                text: "resiz".into(),
+                payload: Bytes::from_static(b"eimg-1"),
+                ..task.clone()
+            },
+            NewTask {
+                priority: 1,
+                ..task.clone()
+            },
+            NewTask {
+                ttl: Some(Duration::from_secs(1)),
+                ..task.clone()
+            },
+            NewTask {
+                target: Some(Target::Queue(QueueName::parse("mail").unwrap())),
+                ..task.clone()
+            },
+        ] {
+            assert_ne!(task.fingerprint(), other.fingerprint(), "{other:?}");
+        }
     }
 
     /// A not-before time past the maximum delay is refused, naming the key.

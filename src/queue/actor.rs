@@ -208,9 +208,18 @@ impl Queue {
             return Err(Error::ShuttingDown);
         }
         if let Some(key) = &task.idempotency_key
-            && let Some(id) = self.archive.task_for_key(key)
+            && let Some((id, fingerprint)) = self.archive.task_for_key(key)
         {
-            return Ok(id);
+            // A retry of the same submission gets the first task; another
+            // task under the same key is a producer's mistake, not a retry.
+            if fingerprint == task.fingerprint() {
+                return Ok(id);
+            }
+            return Err(Error::AlreadyExists(format!(
+                "idempotency_key {} was already used for a different task ({id}) within \
+                 tasks.idempotency_window_secs",
+                crate::domain::quote(key)
+            )));
         }
         let target = task.target();
         if let Target::Client(client) = &target
@@ -237,8 +246,9 @@ impl Queue {
             Target::Queue(_) => self.metrics.submitted_queue.increment(1),
             Target::Client(_) => self.metrics.submitted_client.increment(1),
         }
-        if let Some(key) = task.idempotency_key {
-            self.archive.remember_key(key.clone(), id);
+        if let Some(key) = task.idempotency_key.clone() {
+            self.archive
+                .remember_key(key.clone(), id, task.fingerprint());
             self.timers
                 .add(now + self.policy.idempotency_window, Timer::ForgetKey(key));
         }

@@ -34,8 +34,9 @@ pub(super) struct Archive {
     /// Dead letters in the order they died.
     dead: BTreeMap<u64, TaskId>,
     next_dead_seq: u64,
-    /// Idempotency keys within their window, and the task each made.
-    keys: HashMap<String, TaskId>,
+    /// Idempotency keys within their window: the task each made, and that
+    /// task's fingerprint, to tell a retry from a different task.
+    keys: HashMap<String, (TaskId, u64)>,
     /// Callers waiting for a task to reach an end.
     watchers: FxHashMap<TaskId, Vec<Watcher>>,
     /// Broadcasts and their copies so far.
@@ -121,14 +122,15 @@ impl Archive {
 
     // === Idempotency keys ===
 
-    /// The task a key made, while the key is remembered.
-    pub(super) fn task_for_key(&self, key: &str) -> Option<TaskId> {
+    /// The task a key made and its fingerprint, while the key is remembered.
+    pub(super) fn task_for_key(&self, key: &str) -> Option<(TaskId, u64)> {
         self.keys.get(key).copied()
     }
 
-    /// Remembers that `key` made `id` (until [`Self::forget_key`]).
-    pub(super) fn remember_key(&mut self, key: String, id: TaskId) {
-        self.keys.insert(key, id);
+    /// Remembers that `key` made `id`, whose fingerprint is `fingerprint`
+    /// (until [`Self::forget_key`]).
+    pub(super) fn remember_key(&mut self, key: String, id: TaskId, fingerprint: u64) {
+        self.keys.insert(key, (id, fingerprint));
     }
 
     /// The key's window is over: it may make a new task.
@@ -235,8 +237,8 @@ mod tests {
     fn keys_are_remembered_until_forgotten() {
         let mut archive = Archive::new(2);
         let id = TaskId::generate();
-        archive.remember_key("k".into(), id);
-        assert_eq!(archive.task_for_key("k"), Some(id));
+        archive.remember_key("k".into(), id, 7);
+        assert_eq!(archive.task_for_key("k"), Some((id, 7)));
         archive.forget_key("k");
         assert_eq!(archive.task_for_key("k"), None);
     }
