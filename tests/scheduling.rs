@@ -358,3 +358,58 @@ async fn tasks_for_a_vanished_anonymous_worker_are_undeliverable() {
     );
     server.stop().await;
 }
+
+/// A worker of several queues is served from them in turn: a busy first
+/// queue does not starve the later ones.
+#[tokio::test]
+async fn a_worker_serves_its_queues_in_turn() {
+    let server = TestServer::start().await;
+    for i in 0..20 {
+        server.submit("busy", &format!("busy-{i}")).await;
+    }
+    for i in 0..3 {
+        server.submit("quiet", &format!("quiet-{i}")).await;
+    }
+    // Credit 1: each task is one lease, so the order shows whose turn it is.
+    let mut worker = TestWorker::connect(
+        &server,
+        WorkerOptions::id("both")
+            .queues("busy,quiet")
+            .max_in_flight(1),
+    )
+    .await;
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let task = worker.next_task().await;
+        order.push(task.queue.clone());
+        worker.ack(&task.task_id, Outcome::Done, "ok").await;
+    }
+    assert_eq!(
+        order.iter().filter(|queue| *queue == "quiet").count(),
+        3,
+        "every quiet task ran among the first six: {order:?}"
+    );
+
+    // With more credit, one lease splits it between the queues.
+    for i in 0..20 {
+        server.submit("busy2", &format!("busy-{i}")).await;
+    }
+    for i in 0..4 {
+        server.submit("quiet2", &format!("quiet-{i}")).await;
+    }
+    let mut wide = TestWorker::connect(
+        &server,
+        WorkerOptions::id("wide")
+            .queues("busy2,quiet2")
+            .max_in_flight(8),
+    )
+    .await;
+    let mut quiet = 0;
+    for _ in 0..8 {
+        if wide.next_task().await.queue == "quiet2" {
+            quiet += 1;
+        }
+    }
+    assert_eq!(quiet, 4, "{quiet} of the first 8 from the quiet queue");
+    server.stop().await;
+}

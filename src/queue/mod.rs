@@ -171,13 +171,15 @@ impl QueueHandle {
 
     /// Asks for up to `max` tasks for `session`. The answer arrives on the
     /// returned receiver once tasks are ready; dropping it (or closing it)
-    /// cancels the request and any tasks sent to it come back.
+    /// cancels the request and any tasks sent to it come back. `turn`
+    /// counts the session's leases, so its queues are served in turn.
     pub async fn lease(
         &self,
         session: SessionId,
         client: ClientId,
         queues: Arc<[QueueName]>,
         max: u32,
+        turn: u32,
     ) -> Result<oneshot::Receiver<Vec<Delivery>>, Error> {
         let (respond_to, response) = oneshot::channel();
         self.tx
@@ -188,6 +190,7 @@ impl QueueHandle {
                 max,
                 respond_to,
                 ticket: 0,
+                turn,
             }))
             .await?;
         Ok(response)
@@ -362,4 +365,7 @@ struct LeaseRequest {
     respond_to: oneshot::Sender<Vec<Delivery>>,
     /// Tells a parked request from an older one of the same session.
     ticket: u64,
+    /// Which of the session's leases this is: a worker of several queues is
+    /// served starting from queue `turn % queues.len()`, so each gets its turn.
+    turn: u32,
 }

@@ -150,6 +150,7 @@ mod tests {
             max: 1,
             respond_to,
             ticket: 0,
+            turn: 0,
         }
     }
 

@@ -65,6 +65,8 @@ pub(crate) struct Session {
     held: HeldTasks,
     /// The outstanding lease request, if any.
     lease: Option<oneshot::Receiver<Vec<Delivery>>>,
+    /// Leases asked for so far: the queue serves a worker's queues in turn.
+    leases_asked: u32,
     /// Cancels for tasks this session does not hold yet: they may be in the
     /// outstanding lease's answer, and must not be pushed.
     early_cancels: Vec<(TaskId, u32)>,
@@ -109,6 +111,7 @@ impl Session {
             registry: deps.registry.clone(),
             held: HeldTasks::default(),
             lease: None,
+            leases_asked: 0,
             early_cancels: Vec::new(),
             draining: false,
             operator_drain: false,
@@ -181,10 +184,14 @@ impl Session {
                         self.client.clone(),
                         self.queues.clone(),
                         self.credit(),
+                        self.leases_asked,
                     )
                     .await
                 {
-                    Ok(lease) => self.lease = Some(lease),
+                    Ok(lease) => {
+                        self.lease = Some(lease);
+                        self.leases_asked = self.leases_asked.wrapping_add(1);
+                    }
                     Err(_) => return End::Shutdown,
                 }
             }

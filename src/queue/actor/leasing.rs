@@ -69,19 +69,19 @@ impl Queue {
     }
 
     /// Answers a lease request with up to `limit` tasks (never more than it
-    /// asked for): the worker's own tasks first, then its queues in order.
+    /// asked for): the worker's own tasks first, then its queues in turn.
     /// With nothing to give (every slot was stale) the request waits again.
     fn serve(&mut self, request: LeaseRequest, limit: usize) {
         let max = limit.min(request.max as usize);
         let mut ids = Vec::with_capacity(max.min(64));
         let own = Target::Client(request.client.clone());
         self.backlog.take_ready(&own, max, &self.tasks, &mut ids);
-        for queue in request.queues.iter() {
-            if ids.len() >= max {
-                break;
+        match &request.queues[..] {
+            [queue] => {
+                let target = Target::Queue(queue.clone());
+                self.backlog.take_ready(&target, max, &self.tasks, &mut ids);
             }
-            let target = Target::Queue(queue.clone());
-            self.backlog.take_ready(&target, max, &self.tasks, &mut ids);
+            queues => self.take_in_turn(queues, request.turn, max, &mut ids),
         }
         if ids.is_empty() {
             self.handle_lease(request);
@@ -120,6 +120,36 @@ impl Queue {
                 let ids: Vec<TaskId> = returned.iter().map(|d| d.task_id).collect();
                 self.undo_deliveries(&ids);
             }
+        }
+    }
+
+    /// Takes up to `max` ready tasks from a worker's several queues so that
+    /// none starves behind a busy one: this lease starts at queue
+    /// `turn % len` (the session counts its leases, so the start moves
+    /// round), and what is left of the credit is split evenly among the
+    /// queues that still have ready tasks, round after round.
+    fn take_in_turn(&mut self, queues: &[QueueName], turn: u32, max: usize, ids: &mut Vec<TaskId>) {
+        if queues.is_empty() {
+            return;
+        }
+        let start = turn as usize % queues.len();
+        let mut open: Vec<&QueueName> = queues[start..].iter().chain(&queues[..start]).collect();
+        while ids.len() < max && !open.is_empty() {
+            let share = (max - ids.len()).div_ceil(open.len());
+            let mut kept = 0;
+            for i in 0..open.len() {
+                let queue = open[i];
+                let want = (ids.len() + share).min(max);
+                let before = ids.len();
+                self.backlog
+                    .take_ready(&Target::Queue(queue.clone()), want, &self.tasks, ids);
+                // A queue that gave less than asked has nothing more ready.
+                if ids.len() - before == want - before && want > before {
+                    open[kept] = queue;
+                    kept += 1;
+                }
+            }
+            open.truncate(kept);
         }
     }
 

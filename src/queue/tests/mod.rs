@@ -111,6 +111,7 @@ fn lease(queue: &mut Queue, worker: &Worker, max: u32) -> oneshot::Receiver<Vec<
         max,
         respond_to,
         ticket: 0,
+        turn: 0,
     }));
     queue.dispatch();
     answer
