@@ -45,10 +45,16 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut producer = Producer::connect(&args.server).await?;
     if args.broadcast {
-        let id = producer
+        let reply = producer
             .broadcast(&args.queue, args.text, Vec::new())
             .await?;
-        println!("broadcast {id}");
+        println!(
+            "broadcast {} ({} copies)",
+            reply.broadcast_id, reply.copy_count
+        );
+        for copy in reply.copies {
+            println!("  {} for {}", copy.task_id, copy.client_id);
+        }
         return Ok(());
     }
     let submissions: Vec<Submission> = (1..=args.count)

@@ -80,6 +80,12 @@ impl SessionIndex {
         };
         self.by_client.get(&client).map(|s| s.value().clone())
     }
+
+    /// Every session, as a copy: no map reference outlives the call, so a
+    /// caller may await on them.
+    pub fn sessions(&self) -> Vec<SessionHandle> {
+        self.by_client.iter().map(|s| s.value().clone()).collect()
+    }
 }
 
 // === Handle ===

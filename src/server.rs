@@ -177,7 +177,6 @@ async fn run(
         registry,
         index,
         notices: notice_rx.deactivate(),
-        notice_tx: notice_tx.clone(),
         draining: draining.clone(),
         stopping: stopping.clone(),
         sessions: sessions.clone(),

@@ -152,11 +152,15 @@ async fn tasks_round_trip_between_producer_and_worker() {
     );
 
     // A broadcast reaches the worker as its own copy.
-    let broadcast = producer
+    let reply = producer
         .broadcast("jobs", "everyone", &b"cfg"[..])
         .await
         .unwrap();
+    let broadcast = reply.broadcast_id;
+    assert_eq!(reply.copy_count, 1);
+    assert_eq!(reply.copies[0].client_id, "rust-1");
     let copy = next(&mut worker).await;
+    assert_eq!(copy.id, reply.copies[0].task_id);
     assert_eq!(
         (copy.broadcast_id.as_str(), copy.text.as_str()),
         (broadcast.as_str(), "everyone")

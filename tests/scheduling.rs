@@ -66,7 +66,7 @@ async fn broadcast_reaches_every_worker() {
     let mut bystander =
         TestWorker::connect(&server, WorkerOptions::id("elsewhere").queues("other")).await;
     let mut tasks = server.tasks().await;
-    let broadcast_id = within(
+    let reply = within(
         "broadcast",
         tasks.broadcast(v1::BroadcastRequest {
             text: "flush caches".into(),
@@ -75,14 +75,30 @@ async fn broadcast_reaches_every_worker() {
     )
     .await
     .unwrap()
-    .into_inner()
-    .broadcast_id;
+    .into_inner();
+    let broadcast_id = reply.broadcast_id.clone();
+    // The reply counts and names every copy, and each exists already, so a
+    // producer can wait for all of them.
+    assert_eq!(reply.copy_count, 3);
+    let mut named: Vec<&str> = reply.copies.iter().map(|c| c.client_id.as_str()).collect();
+    named.sort_unstable();
+    assert_eq!(named, ["worker-0", "worker-1", "worker-2"]);
+    for copy in &reply.copies {
+        let info = server.get(&copy.task_id).await;
+        assert_eq!(info.target_client_id, copy.client_id);
+    }
     let mut copy_ids = Vec::new();
     for worker in &mut workers {
         let copy = worker.next_task().await;
         assert_eq!(
             (copy.broadcast_id.as_str(), copy.task.as_str()),
             (broadcast_id.as_str(), "flush caches")
+        );
+        assert!(
+            reply
+                .copies
+                .iter()
+                .any(|c| c.task_id == copy.task_id && c.client_id == worker.id)
         );
         worker
             .ack(

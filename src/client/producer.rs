@@ -169,25 +169,22 @@ impl Producer {
         Ok(self.tasks.cancel(request).await?.into_inner())
     }
 
-    /// Sends a copy of a task to every worker of `queue` connected now; the
-    /// broadcast's id, to follow its copies with [`Producer::broadcast_copies`].
+    /// Sends a copy of a task to every worker of `queue` connected now. The
+    /// reply has the broadcast's id and names every copy (task and worker),
+    /// all of which exist by then: wait for each, or follow them together
+    /// with [`Producer::broadcast_copies`].
     pub async fn broadcast(
         &mut self,
         queue: &str,
         text: impl Into<String>,
         payload: impl Into<Bytes>,
-    ) -> Result<String, ClientError> {
+    ) -> Result<v1::BroadcastReply, ClientError> {
         let request = v1::BroadcastRequest {
             queue: queue.to_owned(),
             text: text.into(),
             payload: payload.into(),
         };
-        Ok(self
-            .tasks
-            .broadcast(request)
-            .await?
-            .into_inner()
-            .broadcast_id)
+        Ok(self.tasks.broadcast(request).await?.into_inner())
     }
 
     /// The copies of a broadcast, one per worker that took it.

@@ -115,8 +115,6 @@ pub struct Core {
     pub index: Arc<SessionIndex>,
     /// Server-wide notices; each session subscribes its own receiver.
     pub notices: async_broadcast::InactiveReceiver<Notice>,
-    /// Sends server-wide notices (broadcast tasks).
-    pub notice_tx: async_broadcast::Sender<Notice>,
     /// Cancelled when the server starts draining: no new work is taken.
     pub draining: CancellationToken,
     /// Cancelled when open calls must end.

@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures_util::future::join_all;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -10,11 +11,10 @@ use tracing::debug;
 
 use super::{Core, MAX_STREAM_BATCH, StreamEnd, next_batch};
 use crate::{
-    domain::{BroadcastId, QueueName, TaskId},
+    domain::{BroadcastId, NewTask, QueueName, Target, TaskId},
     error::Error,
     proto::v1::{self, tasks_server::Tasks},
     queue::BroadcastTask,
-    session::Notice,
 };
 
 /// Dead letters listed when the request names no limit.
@@ -225,21 +225,40 @@ impl Tasks for TasksService {
             "" => QueueName::default_queue(),
             name => QueueName::parse(name)?,
         };
+        // Checked like any task: a copy too big to push could never be delivered.
+        NewTask {
+            target: Some(Target::Queue(queue.clone())),
+            text: request.text.clone(),
+            payload: request.payload.clone(),
+            ..NewTask::default()
+        }
+        .check(&self.core.submit_limits)?;
         let id = self.core.queue.open_broadcast().await?;
-        let task = BroadcastTask {
+        let task = Arc::new(BroadcastTask {
             id,
             queue,
             text: request.text,
             payload: request.payload,
-        };
-        // Each connected session of the queue submits its own copy.
-        let _ = self
-            .core
-            .notice_tx
-            .broadcast(Notice::Broadcast(Arc::new(task)))
-            .await;
+        });
+        // Each connected session of the queue makes its own copy; waiting for
+        // every answer means the reply can name them all.
+        let sessions = self.core.index.sessions();
+        let answers = join_all(sessions.iter().map(|session| {
+            let task = task.clone();
+            async move {
+                let copy = session.broadcast_copy(task).await?;
+                Some(v1::BroadcastCopy {
+                    task_id: copy.to_string(),
+                    client_id: session.client().to_string(),
+                })
+            }
+        }))
+        .await;
+        let copies: Vec<v1::BroadcastCopy> = answers.into_iter().flatten().collect();
         Ok(Response::new(v1::BroadcastReply {
             broadcast_id: id.to_string(),
+            copy_count: copies.len() as u32,
+            copies,
         }))
     }
 

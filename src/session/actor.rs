@@ -221,7 +221,6 @@ impl Session {
                     Ok(Notice::ShutdownNow) | Err(async_broadcast::RecvError::Closed) => {
                         return End::Shutdown;
                     }
-                    Ok(Notice::Broadcast(task)) => self.take_broadcast_copy(&task).await,
                     // The channel does not overflow (the server waits for
                     // room instead), so this is never seen; nothing to do.
                     Err(async_broadcast::RecvError::Overflowed(missed)) => {
@@ -309,6 +308,11 @@ impl Session {
                 let kept = self.hand_over(&held).await;
                 let _ = respond_to.send(kept);
                 return Some(End::HandedOver);
+            }
+            SessionMsg::BroadcastCopy { task, respond_to } => {
+                let copy = self.take_broadcast_copy(&task).await;
+                // The producer may have given up waiting; the copy stands.
+                let _ = respond_to.send(copy);
             }
             SessionMsg::Drain => {
                 info!("drained by an operator");
@@ -538,10 +542,11 @@ impl Session {
         None
     }
 
-    /// A server-wide broadcast: workers of its queue submit themselves a copy.
-    async fn take_broadcast_copy(&mut self, task: &crate::queue::BroadcastTask) {
+    /// A broadcast: a worker of its queue that is connected and not
+    /// draining submits itself a copy; its id.
+    async fn take_broadcast_copy(&mut self, task: &crate::queue::BroadcastTask) -> Option<TaskId> {
         if !self.outbox.is_attached() || self.draining || !self.queues.contains(&task.queue) {
-            return;
+            return None;
         }
         let copy = NewTask {
             target: Some(Target::Client(self.client.clone())),
@@ -551,12 +556,18 @@ impl Session {
             ..Default::default()
         };
         match self.queue.submit(vec![copy]).await {
-            Ok(mut answers) => {
-                if let Some(Err(error)) = answers.pop() {
+            Ok(mut answers) => match answers.pop() {
+                Some(Ok(id)) => Some(id),
+                Some(Err(error)) => {
                     warn!(%error, broadcast.id = %task.id, "broadcast copy refused");
+                    None
                 }
+                None => None,
+            },
+            Err(error) => {
+                warn!(%error, "queue stopped before a broadcast copy was made");
+                None
             }
-            Err(error) => warn!(%error, "queue stopped before a broadcast copy was made"),
         }
     }
 

@@ -82,8 +82,6 @@ pub enum Notice {
     Drain,
     /// End now, handing back whatever is held.
     ShutdownNow,
-    /// Workers of this queue each submit themselves a copy of this task.
-    Broadcast(Arc<BroadcastTask>),
 }
 
 /// Why a session refused an operation.
@@ -328,6 +326,18 @@ impl SessionHandle {
         let _ = self.tx.send(SessionMsg::Cancelled { task, attempt }).await;
     }
 
+    /// Makes this worker's copy of a broadcast, if it takes one (it is
+    /// subscribed to the queue, its stream is open, it is not draining); the
+    /// copy's task id.
+    pub async fn broadcast_copy(&self, task: Arc<BroadcastTask>) -> Option<TaskId> {
+        let (respond_to, answer) = oneshot::channel();
+        self.tx
+            .send(SessionMsg::BroadcastCopy { task, respond_to })
+            .await
+            .ok()?;
+        answer.await.ok().flatten()
+    }
+
     /// An operator drains this worker: nothing new is sent, and the stream
     /// ends once it has acknowledged what it holds.
     pub async fn drain(&self) -> Result<(), Error> {
@@ -380,6 +390,12 @@ enum SessionMsg {
     HandOver {
         held: Vec<(TaskId, u32)>,
         respond_to: oneshot::Sender<Vec<Held>>,
+    },
+    /// A producer broadcasts to this worker's queue: make this worker's
+    /// copy, and answer with its id (none when the worker takes no copy).
+    BroadcastCopy {
+        task: Arc<BroadcastTask>,
+        respond_to: oneshot::Sender<Option<TaskId>>,
     },
     /// An operator drains this worker.
     Drain,
