@@ -14,7 +14,7 @@ use super::{Core, StreamEnd, next_batch};
 use crate::{
     domain::{
         self, Ack, CLIENT_ID_KEY, ClientId, RESUMED_KEY, Registration, SESSION_ID_KEY,
-        StatusReport, TaskState, WorkerOp,
+        StatusReport, WorkerOp,
     },
     error::Error,
     proto::{self, contact_server::Contact},
@@ -38,37 +38,6 @@ impl ContactService {
     /// A facade over the server's actors.
     pub fn new(core: Core) -> Self {
         Self { core }
-    }
-}
-
-/// Explains a refused operation, asking the queue what became of a task the
-/// session does not hold when that tells the worker more.
-async fn explain(
-    core: &Core,
-    worker: &ClientId,
-    rejection: Rejection,
-    attempt: Option<u32>,
-) -> Error {
-    let Rejection::NotHeld(id) = rejection else {
-        return rejection.into_error();
-    };
-    match core.queue.get(id).await {
-        Err(error) => error,
-        Ok(info) if info.state == TaskState::Done && info.worker.as_ref() == Some(worker) => {
-            Error::AlreadyExists(format!("task {id} was already acknowledged"))
-        }
-        Ok(info) if info.state == TaskState::Cancelled => {
-            Error::FailedPrecondition(format!("task {id} was cancelled"))
-        }
-        Ok(info) if attempt.is_some_and(|given| given < info.attempts) => {
-            metrics::counter!(crate::metrics::STALE_ACKS_REFUSED).increment(1);
-            Error::FailedPrecondition(format!(
-                "attempt {} of task {id} is no longer current (the task is on attempt {})",
-                attempt.unwrap_or(0),
-                info.attempts
-            ))
-        }
-        Ok(_) => Error::FailedPrecondition(format!("task {id} is not held by this worker")),
     }
 }
 
@@ -134,7 +103,10 @@ async fn answer_status(
             task_id,
             ..Default::default()
         },
-        Err(rejection) => refused(task_id, explain(core, &client, rejection, attempt).await),
+        Err(rejection) => refused(
+            task_id,
+            rejection.explain(&core.queue, &client, attempt).await,
+        ),
     }
 }
 
@@ -190,7 +162,9 @@ async fn answer_ops(
             Some(error) => Err(error),
             None => match applied.next().unwrap_or(Err(Rejection::SessionEnded)) {
                 Ok(()) => Ok(()),
-                Err(rejection) => Err(explain(core, session.client(), rejection, attempt).await),
+                Err(rejection) => Err(rejection
+                    .explain(&core.queue, session.client(), attempt)
+                    .await),
             },
         };
         replies.push(match outcome {
@@ -351,7 +325,9 @@ impl Contact for ContactService {
                     .map_err(|rejection| rejection.into_error())?;
                 for (answer, attempt) in answers.into_iter().zip(attempts) {
                     if let Err(rejection) = answer {
-                        let error = explain(&self.core, session.client(), rejection, attempt).await;
+                        let error = rejection
+                            .explain(&self.core.queue, session.client(), attempt)
+                            .await;
                         return Err(error.into());
                     }
                 }

@@ -44,10 +44,12 @@ mod actor;
 mod end;
 mod held;
 mod outbox;
+mod rejection;
 mod worker;
 
 use actor::Session;
 use held::Held;
+pub use rejection::{GoneReason, Rejection};
 pub use worker::{WorkerRecord, WorkerStats};
 
 /// Capacity of a session's inbox (operations from tellResult and sendStatus
@@ -82,79 +84,6 @@ pub enum Notice {
     Drain,
     /// End now, handing back whatever is held.
     ShutdownNow,
-}
-
-/// Why a session refused an operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
-    /// This session holds no task with that id.
-    NotHeld(TaskId),
-    /// An ack without a task id, but nothing is unacknowledged.
-    NothingHeld,
-    /// The attempt named is not the one this worker holds.
-    Stale {
-        /// The task.
-        task: TaskId,
-        /// The attempt the worker named.
-        given: u32,
-        /// The attempt it holds.
-        held: u32,
-    },
-    /// The task was taken back from this worker.
-    Gone {
-        /// The task.
-        task: TaskId,
-        /// Why.
-        why: GoneReason,
-    },
-    /// The session has ended.
-    SessionEnded,
-}
-
-/// Why a session no longer holds a task it was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GoneReason {
-    /// Its execution lease ran out.
-    LeaseExpired,
-    /// Its receipt did not come in time.
-    ReceiptMissed,
-    /// A producer cancelled it.
-    Cancelled,
-}
-
-impl GoneReason {
-    fn describe(self) -> &'static str {
-        match self {
-            GoneReason::LeaseExpired => "its lease expired",
-            GoneReason::ReceiptMissed => "its receipt was not confirmed in time",
-            GoneReason::Cancelled => "it was cancelled",
-        }
-    }
-}
-
-impl Rejection {
-    /// The error for a rejection the session can explain alone; `NotHeld`
-    /// needs the queue's view and is explained by the caller.
-    pub fn into_error(self) -> Error {
-        match self {
-            Rejection::NotHeld(task) => {
-                Error::FailedPrecondition(format!("task {task} is not held by this worker"))
-            }
-            Rejection::NothingHeld => Error::FailedPrecondition(
-                "this worker holds no unacknowledged task for an ack without task_id".into(),
-            ),
-            Rejection::Stale { task, given, held } => Error::FailedPrecondition(format!(
-                "attempt {given} of task {task} is not current; this worker holds attempt {held}"
-            )),
-            Rejection::Gone { task, why } => Error::FailedPrecondition(format!(
-                "task {task} was taken back from this worker: {}",
-                why.describe()
-            )),
-            Rejection::SessionEnded => Error::FailedPrecondition(
-                "this worker's session has ended; its tasks were handed back".into(),
-            ),
-        }
-    }
 }
 
 /// Session timing, from the `[workers]` config.
