@@ -32,36 +32,36 @@ use crate::{
 };
 
 /// Capacity of the registry's inbox; status reports wait when it is full.
-pub const REGISTRY_INBOX_CAPACITY: usize = 1024;
+pub(crate) const REGISTRY_INBOX_CAPACITY: usize = 1024;
 
 /// A connected worker, as operators see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkerInfo {
+pub(crate) struct WorkerInfo {
     /// The worker's id.
-    pub client: ClientId,
+    pub(crate) client: ClientId,
     /// The connection's peer address.
-    pub peer: Option<SocketAddr>,
+    pub(crate) peer: Option<SocketAddr>,
     /// Its queues.
-    pub queues: Vec<QueueName>,
+    pub(crate) queues: Vec<QueueName>,
     /// Its in-flight limit.
-    pub max_in_flight: u32,
+    pub(crate) max_in_flight: u32,
     /// Tasks it holds unacknowledged.
-    pub in_flight: u32,
+    pub(crate) in_flight: u32,
     /// When it connected (ms since the Unix epoch).
-    pub connected_unix_ms: u64,
+    pub(crate) connected_unix_ms: u64,
     /// Its last sendStatus text.
-    pub last_status: String,
+    pub(crate) last_status: String,
     /// The running count of its last status report.
-    pub reported_running: u32,
+    pub(crate) reported_running: u32,
     /// Its stream dropped and it may still resume.
-    pub detached: bool,
+    pub(crate) detached: bool,
     /// When it was last heard from on any call (ms since the Unix epoch).
-    pub last_heard_unix_ms: u64,
+    pub(crate) last_heard_unix_ms: u64,
 }
 
 /// Who is connected, readable by request handlers without a message round trip.
 #[derive(Debug, Default)]
-pub struct SessionIndex {
+pub(crate) struct SessionIndex {
     by_client: DashMap<ClientId, SessionHandle>,
     by_peer: DashMap<SocketAddr, ClientId>,
 }
@@ -69,7 +69,7 @@ pub struct SessionIndex {
 impl SessionIndex {
     /// The session of the worker a call belongs to: the named client, or
     /// else the one registered from the same connection.
-    pub fn resolve(
+    pub(crate) fn resolve(
         &self,
         client: Option<&ClientId>,
         peer: Option<SocketAddr>,
@@ -83,7 +83,7 @@ impl SessionIndex {
 
     /// Every session, as a copy: no map reference outlives the call, so a
     /// caller may await on them.
-    pub fn sessions(&self) -> Vec<SessionHandle> {
+    pub(crate) fn sessions(&self) -> Vec<SessionHandle> {
         self.by_client.iter().map(|s| s.value().clone()).collect()
     }
 }
@@ -92,13 +92,13 @@ impl SessionIndex {
 
 /// Cloneable handle to the registry actor.
 #[derive(Clone, Debug)]
-pub struct RegistryHandle {
+pub(crate) struct RegistryHandle {
     tx: mpsc::Sender<RegistryMsg>,
 }
 
 impl RegistryHandle {
     /// Starts the registry actor on `tracker`; it writes `index`.
-    pub fn spawn(index: Arc<SessionIndex>, tracker: &TaskTracker) -> Self {
+    pub(crate) fn spawn(index: Arc<SessionIndex>, tracker: &TaskTracker) -> Self {
         let (tx, rx) = mpsc::channel(REGISTRY_INBOX_CAPACITY);
         let actor = Registry {
             rx,
@@ -114,7 +114,7 @@ impl RegistryHandle {
     /// connected. A worker whose earlier session is detached (its stream
     /// dropped, within the resume grace) replaces it: that session is
     /// returned, for the new one to take over from or to release.
-    pub async fn register(
+    pub(crate) async fn register(
         &self,
         record: WorkerRecord,
         resume: Option<SessionId>,
@@ -131,7 +131,7 @@ impl RegistryHandle {
     }
 
     /// A session's stream dropped; it waits for a resume.
-    pub async fn detached(&self, client: ClientId, session: SessionId) -> Result<(), Error> {
+    pub(crate) async fn detached(&self, client: ClientId, session: SessionId) -> Result<(), Error> {
         Ok(self
             .tx
             .send(RegistryMsg::Detached { client, session })
@@ -139,7 +139,11 @@ impl RegistryHandle {
     }
 
     /// A session ended.
-    pub async fn session_closed(&self, client: ClientId, session: SessionId) -> Result<(), Error> {
+    pub(crate) async fn session_closed(
+        &self,
+        client: ClientId,
+        session: SessionId,
+    ) -> Result<(), Error> {
         Ok(self
             .tx
             .send(RegistryMsg::SessionClosed { client, session })
@@ -147,7 +151,7 @@ impl RegistryHandle {
     }
 
     /// A worker reported its status on sendStatus.
-    pub async fn status_reported(
+    pub(crate) async fn status_reported(
         &self,
         client: ClientId,
         status: StatusReport,
@@ -159,7 +163,7 @@ impl RegistryHandle {
     }
 
     /// Every connected worker, ordered by id.
-    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, Error> {
+    pub(crate) async fn workers(&self) -> Result<Vec<WorkerInfo>, Error> {
         let (respond_to, response) = oneshot::channel();
         self.tx.send(RegistryMsg::Snapshot { respond_to }).await?;
         Ok(response.await?)

@@ -35,64 +35,64 @@ use histogram::{COARSE_BOUNDS_US, FINE_BOUNDS_US, LatencyHistogram};
 pub(crate) use queue_gauges::{QueueGauges, QueueSample};
 
 /// Counter: tasks accepted, by `target` (`queue` or `client`).
-pub const TASKS_SUBMITTED: &str = "contact_tasks_submitted_total";
+pub(crate) const TASKS_SUBMITTED: &str = "contact_tasks_submitted_total";
 /// Counter: task deliveries pushed to workers (redeliveries included).
-pub const TASKS_DISPATCHED: &str = "contact_tasks_dispatched_total";
+pub(crate) const TASKS_DISPATCHED: &str = "contact_tasks_dispatched_total";
 /// Counter: acknowledgements applied, by `outcome` (`done`, `failed`, `retry`).
-pub const TASKS_ACKNOWLEDGED: &str = "contact_tasks_acknowledged_total";
+pub(crate) const TASKS_ACKNOWLEDGED: &str = "contact_tasks_acknowledged_total";
 /// Counter: tasks put back for another delivery, by `reason`
 /// (`worker_lost`, `lease_expired`, `receipt_missed`, `failed`, `retry`).
-pub const TASKS_REDELIVERED: &str = "contact_tasks_redelivered_total";
+pub(crate) const TASKS_REDELIVERED: &str = "contact_tasks_redelivered_total";
 /// Counter: tasks given up on, by `reason` (`max_attempts`,
 /// `failed_permanently`, `expired`, `undeliverable`).
-pub const TASKS_DEAD_LETTERED: &str = "contact_tasks_dead_lettered_total";
+pub(crate) const TASKS_DEAD_LETTERED: &str = "contact_tasks_dead_lettered_total";
 /// Counter: tasks cancelled by producers.
-pub const TASKS_CANCELLED: &str = "contact_tasks_cancelled_total";
+pub(crate) const TASKS_CANCELLED: &str = "contact_tasks_cancelled_total";
 /// Counter: deliveries whose receipt did not come in time.
-pub const RECEIPTS_MISSED: &str = "contact_receipts_missed_total";
+pub(crate) const RECEIPTS_MISSED: &str = "contact_receipts_missed_total";
 /// Counter: deliveries whose execution lease ran out.
-pub const LEASES_EXPIRED: &str = "contact_leases_expired_total";
+pub(crate) const LEASES_EXPIRED: &str = "contact_leases_expired_total";
 /// Counter: acks, receipts and extensions refused because their attempt was
 /// no longer current (or the task had been taken back).
-pub const STALE_ACKS_REFUSED: &str = "contact_stale_acks_refused_total";
+pub(crate) const STALE_ACKS_REFUSED: &str = "contact_stale_acks_refused_total";
 /// Counter: sessions resumed by a reconnecting worker.
-pub const SESSIONS_RESUMED: &str = "contact_sessions_resumed_total";
+pub(crate) const SESSIONS_RESUMED: &str = "contact_sessions_resumed_total";
 /// Counter: sessions expired because their worker went silent.
-pub const SESSIONS_EXPIRED: &str = "contact_sessions_expired_total";
+pub(crate) const SESSIONS_EXPIRED: &str = "contact_sessions_expired_total";
 /// Counter: gRPC calls that failed, by `method` (a fixed list, else
 /// `other`) and `code` (the gRPC status code's name). The likely series
 /// exist at zero from the start; see `rpc_errors`.
-pub const RPC_ERRORS: &str = "contact_rpc_errors_total";
+pub(crate) const RPC_ERRORS: &str = "contact_rpc_errors_total";
 /// Gauge: tasks waiting to be delivered (ready or delayed), by `queue`.
-pub const QUEUE_DEPTH: &str = "contact_queue_depth";
+pub(crate) const QUEUE_DEPTH: &str = "contact_queue_depth";
 /// Gauge: how long the oldest ready task of a queue has been due, by `queue`.
-pub const QUEUE_OLDEST_AGE: &str = "contact_queue_oldest_task_age_seconds";
+pub(crate) const QUEUE_OLDEST_AGE: &str = "contact_queue_oldest_task_age_seconds";
 /// Gauge: tasks pushed to a worker and not yet acknowledged.
-pub const TASKS_IN_FLIGHT: &str = "contact_tasks_in_flight";
+pub(crate) const TASKS_IN_FLIGHT: &str = "contact_tasks_in_flight";
 /// Gauge: workers with a session (an open getTask stream, or one waiting
 /// to resume).
-pub const WORKERS_CONNECTED: &str = "contact_workers_connected";
+pub(crate) const WORKERS_CONNECTED: &str = "contact_workers_connected";
 /// Gauge: the in-flight limits (credit) of those workers, summed.
-pub const WORKER_CREDIT: &str = "contact_worker_credit";
+pub(crate) const WORKER_CREDIT: &str = "contact_worker_credit";
 /// Histogram: from a task being due to its first delivery.
-pub const SUBMIT_TO_DISPATCH: &str = "contact_task_submit_to_dispatch_seconds";
+pub(crate) const SUBMIT_TO_DISPATCH: &str = "contact_task_submit_to_dispatch_seconds";
 /// Histogram: from a delivery to its receipt.
-pub const DISPATCH_TO_RECEIPT: &str = "contact_task_dispatch_to_receipt_seconds";
+pub(crate) const DISPATCH_TO_RECEIPT: &str = "contact_task_dispatch_to_receipt_seconds";
 /// Histogram: from a delivery to its acknowledgement.
-pub const DISPATCH_TO_ACK: &str = "contact_task_dispatch_to_ack_seconds";
+pub(crate) const DISPATCH_TO_ACK: &str = "contact_task_dispatch_to_ack_seconds";
 
 /// The `queue` label of tasks targeted at one worker rather than a queue.
 /// Parentheses cannot appear in a queue name, so it never collides.
-pub const TARGETED_LABEL: &str = "(worker)";
+pub(crate) const TARGETED_LABEL: &str = "(worker)";
 /// The `queue` label of queues beyond the labelled ones.
-pub const OTHER_LABEL: &str = "(other)";
+pub(crate) const OTHER_LABEL: &str = "(other)";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder once, describes every metric,
 /// registers the rpc error series at zero, and returns its handle. Later
 /// calls (several servers in one test process) share the first recorder.
-pub fn install() -> PrometheusHandle {
+pub(crate) fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new().build_recorder();

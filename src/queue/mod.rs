@@ -59,15 +59,15 @@ mod table;
 mod tests;
 mod waiting;
 
-pub use policy::{QueueLimits, QueuePolicy, RetryPolicy};
+pub(crate) use policy::QueuePolicy;
 
 /// Capacity of the queue's inbox. Producers and sessions wait (backpressure)
 /// when it is full; it never drops a message.
-pub const QUEUE_INBOX_CAPACITY: usize = 4096;
+pub(crate) const QUEUE_INBOX_CAPACITY: usize = 4096;
 
 /// Why tasks are handed back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReleaseReason {
+pub(crate) enum ReleaseReason {
     /// The worker went away (stream dropped, expired, resumed without them).
     WorkerLost,
     /// The execution lease ran out.
@@ -78,71 +78,71 @@ pub enum ReleaseReason {
 
 /// Tasks a session hands back to the queue.
 #[derive(Debug)]
-pub struct Release {
+pub(crate) struct Release {
     /// The session.
-    pub session: SessionId,
+    pub(crate) session: SessionId,
     /// Its worker.
-    pub worker: ClientId,
+    pub(crate) worker: ClientId,
     /// Tasks pushed to the worker, with their attempts: redelivered.
-    pub delivered: Vec<(TaskId, u32)>,
+    pub(crate) delivered: Vec<(TaskId, u32)>,
     /// Why they come back.
-    pub reason: ReleaseReason,
+    pub(crate) reason: ReleaseReason,
     /// Tasks leased but never pushed: back in line, no attempt counted.
-    pub undelivered: Vec<TaskId>,
+    pub(crate) undelivered: Vec<TaskId>,
     /// Set when the session has ended: its worker is offline now, and (when
     /// `true`) its id was one the server made up, so no one can target it
     /// again: forget it unless tasks wait for it.
-    pub session_ended: Option<bool>,
+    pub(crate) session_ended: Option<bool>,
 }
 
 /// One checked acknowledgement.
 #[derive(Debug)]
-pub struct Completion {
+pub(crate) struct Completion {
     /// The task.
-    pub task: TaskId,
+    pub(crate) task: TaskId,
     /// The attempt it acknowledges.
-    pub attempt: u32,
+    pub(crate) attempt: u32,
     /// How it ended.
-    pub outcome: Outcome,
+    pub(crate) outcome: Outcome,
     /// What it produced.
-    pub result: TaskResult,
+    pub(crate) result: TaskResult,
     /// With `Retry`: the worker's own delay.
-    pub retry_after: Option<Duration>,
+    pub(crate) retry_after: Option<Duration>,
 }
 
 /// One queue, as operators see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueStats {
+pub(crate) struct QueueStats {
     /// The queue.
-    pub name: QueueName,
+    pub(crate) name: QueueName,
     /// Tasks waiting, ready or delayed.
-    pub pending: usize,
+    pub(crate) pending: usize,
     /// Of those, the ones that may go now.
-    pub ready: usize,
+    pub(crate) ready: usize,
     /// Workers of this queue waiting for a task.
-    pub waiting_workers: usize,
+    pub(crate) waiting_workers: usize,
 }
 
 /// What a cancel found.
 #[derive(Debug)]
-pub struct Cancelled {
+pub(crate) struct Cancelled {
     /// The task, now cancelled.
-    pub info: TaskInfo,
+    pub(crate) info: TaskInfo,
     /// The worker that held it, to be told.
-    pub holder: Option<(ClientId, u32)>,
+    pub(crate) holder: Option<(ClientId, u32)>,
 }
 
 // === Handle ===
 
 /// Cloneable handle to the queue actor. The actor ends when the last handle drops.
 #[derive(Clone, Debug)]
-pub struct QueueHandle {
+pub(crate) struct QueueHandle {
     tx: mpsc::Sender<QueueMsg>,
 }
 
 impl QueueHandle {
     /// Starts the queue actor on `tracker`.
-    pub fn spawn(policy: QueuePolicy, tracker: &TaskTracker) -> Self {
+    pub(crate) fn spawn(policy: QueuePolicy, tracker: &TaskTracker) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_INBOX_CAPACITY);
         let actor = actor::Queue::new(rx, policy);
         tracker.spawn(actor.run().instrument(info_span!("queue")));
@@ -159,13 +159,16 @@ impl QueueHandle {
     }
 
     /// Accepts tasks; one answer per task, in order.
-    pub async fn submit(&self, tasks: Vec<NewTask>) -> Result<Vec<Result<TaskId, Error>>, Error> {
+    pub(crate) async fn submit(
+        &self,
+        tasks: Vec<NewTask>,
+    ) -> Result<Vec<Result<TaskId, Error>>, Error> {
         self.ask(|respond_to| QueueMsg::Submit { tasks, respond_to })
             .await
     }
 
     /// Tells the queue a worker is online, so tasks may target it by id.
-    pub async fn attach(&self, client: ClientId) -> Result<(), Error> {
+    pub(crate) async fn attach(&self, client: ClientId) -> Result<(), Error> {
         Ok(self.tx.send(QueueMsg::Attach { client }).await?)
     }
 
@@ -173,7 +176,7 @@ impl QueueHandle {
     /// returned receiver once tasks are ready; dropping it (or closing it)
     /// cancels the request and any tasks sent to it come back. `turn`
     /// counts the session's leases, so its queues are served in turn.
-    pub async fn lease(
+    pub(crate) async fn lease(
         &self,
         session: SessionId,
         client: ClientId,
@@ -197,35 +200,39 @@ impl QueueHandle {
     }
 
     /// Applies acknowledgements a session has checked.
-    pub async fn complete(&self, worker: ClientId, acks: Vec<Completion>) -> Result<(), Error> {
+    pub(crate) async fn complete(
+        &self,
+        worker: ClientId,
+        acks: Vec<Completion>,
+    ) -> Result<(), Error> {
         Ok(self.tx.send(QueueMsg::Complete { worker, acks }).await?)
     }
 
     /// Hands back tasks a session holds.
-    pub async fn release(&self, release: Release) -> Result<(), Error> {
+    pub(crate) async fn release(&self, release: Release) -> Result<(), Error> {
         Ok(self.tx.send(QueueMsg::Release(release)).await?)
     }
 
     /// A task's current state.
-    pub async fn get(&self, task: TaskId) -> Result<TaskInfo, Error> {
+    pub(crate) async fn get(&self, task: TaskId) -> Result<TaskInfo, Error> {
         self.ask(|respond_to| QueueMsg::Get { task, respond_to })
             .await?
     }
 
     /// Resolves when the task is finished (at once if it already is).
-    pub async fn watch(&self, task: TaskId) -> Result<TaskInfo, Error> {
+    pub(crate) async fn watch(&self, task: TaskId) -> Result<TaskInfo, Error> {
         self.ask(|respond_to| QueueMsg::Watch { task, respond_to })
             .await?
     }
 
     /// Cancels a task that is not finished.
-    pub async fn cancel(&self, task: TaskId) -> Result<Cancelled, Error> {
+    pub(crate) async fn cancel(&self, task: TaskId) -> Result<Cancelled, Error> {
         self.ask(|respond_to| QueueMsg::Cancel { task, respond_to })
             .await?
     }
 
     /// Dead-lettered tasks, oldest first.
-    pub async fn dead_letters(
+    pub(crate) async fn dead_letters(
         &self,
         queue: Option<QueueName>,
         limit: usize,
@@ -239,19 +246,22 @@ impl QueueHandle {
     }
 
     /// Puts a dead-lettered task back in line with its attempts reset.
-    pub async fn requeue(&self, task: TaskId) -> Result<TaskInfo, Error> {
+    pub(crate) async fn requeue(&self, task: TaskId) -> Result<TaskInfo, Error> {
         self.ask(|respond_to| QueueMsg::Requeue { task, respond_to })
             .await?
     }
 
     /// Opens a broadcast; sessions add one copy each with `submit`.
-    pub async fn open_broadcast(&self) -> Result<BroadcastId, Error> {
+    pub(crate) async fn open_broadcast(&self) -> Result<BroadcastId, Error> {
         self.ask(|respond_to| QueueMsg::OpenBroadcast { respond_to })
             .await?
     }
 
     /// The copies of a broadcast made so far.
-    pub async fn broadcast_copies(&self, broadcast: BroadcastId) -> Result<Vec<TaskInfo>, Error> {
+    pub(crate) async fn broadcast_copies(
+        &self,
+        broadcast: BroadcastId,
+    ) -> Result<Vec<TaskInfo>, Error> {
         self.ask(|respond_to| QueueMsg::BroadcastCopies {
             broadcast,
             respond_to,
@@ -260,35 +270,35 @@ impl QueueHandle {
     }
 
     /// Every queue with pending tasks or waiting workers, by name.
-    pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
+    pub(crate) async fn queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
         self.ask(|respond_to| QueueMsg::QueueStats { respond_to })
             .await
     }
 
     /// Publishes the queue's gauges (depth and oldest-task age per queue,
     /// tasks in flight); `/metrics` asks before each scrape.
-    pub async fn publish_gauges(&self) -> Result<(), Error> {
+    pub(crate) async fn publish_gauges(&self) -> Result<(), Error> {
         self.ask(|respond_to| QueueMsg::PublishGauges { respond_to })
             .await
     }
 
     /// Stops accepting new tasks; everything already accepted is still served.
-    pub async fn drain(&self) -> Result<(), Error> {
+    pub(crate) async fn drain(&self) -> Result<(), Error> {
         Ok(self.tx.send(QueueMsg::Drain).await?)
     }
 }
 
 /// A broadcast task as sessions receive it, to submit their own copy.
 #[derive(Clone, Debug)]
-pub struct BroadcastTask {
+pub(crate) struct BroadcastTask {
     /// The broadcast.
-    pub id: BroadcastId,
+    pub(crate) id: BroadcastId,
     /// Workers of this queue get a copy.
-    pub queue: QueueName,
+    pub(crate) queue: QueueName,
     /// The task's text.
-    pub text: String,
+    pub(crate) text: String,
     /// The task's payload.
-    pub payload: Bytes,
+    pub(crate) payload: Bytes,
 }
 
 // === Messages ===

@@ -18,20 +18,20 @@ use crate::{
 
 /// Retry backoff: `initial * factor^(attempt-1)`, at most `max`, with jitter.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Delay after the first failure.
-    pub initial: Duration,
+    pub(crate) initial: Duration,
     /// Growth per attempt.
-    pub factor: f64,
+    pub(crate) factor: f64,
     /// Longest delay.
-    pub max: Duration,
+    pub(crate) max: Duration,
 }
 
 impl RetryPolicy {
     /// The delay before the next delivery after `attempts` deliveries, drawn
     /// at random from the upper half of the exponential delay, so that tasks
     /// failed together do not come back together.
-    pub fn delay(&self, attempts: u32) -> Duration {
+    pub(crate) fn delay(&self, attempts: u32) -> Duration {
         let exponent = attempts.saturating_sub(1).min(64) as i32;
         let full = self.initial.as_secs_f64() * self.factor.powi(exponent);
         let capped = full.min(self.max.as_secs_f64());
@@ -41,36 +41,36 @@ impl RetryPolicy {
 
 /// One queue's limits.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct QueueLimits {
+pub(crate) struct QueueLimits {
     /// Deliveries before a task is dead-lettered.
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// Most pending tasks.
-    pub max_depth: usize,
+    pub(crate) max_depth: usize,
     /// Backoff after failures.
-    pub retry: RetryPolicy,
+    pub(crate) retry: RetryPolicy,
 }
 
 /// Everything the queue enforces.
 #[derive(Clone, Debug)]
-pub struct QueuePolicy {
+pub(crate) struct QueuePolicy {
     /// Done and cancelled tasks kept for `get`/`watch`.
-    pub max_finished_tasks: usize,
+    pub(crate) max_finished_tasks: usize,
     /// Most pending tasks in the whole server.
-    pub max_pending_tasks: usize,
+    pub(crate) max_pending_tasks: usize,
     /// A delivery's lease when the task names none.
-    pub default_lease: Duration,
+    pub(crate) default_lease: Duration,
     /// The longest lease a task may name.
-    pub max_lease: Duration,
+    pub(crate) max_lease: Duration,
     /// How long a task waits for its offline target worker.
-    pub target_ttl: Duration,
+    pub(crate) target_ttl: Duration,
     /// How long an idempotency key is remembered.
-    pub idempotency_window: Duration,
+    pub(crate) idempotency_window: Duration,
     /// Limits of queues without overrides, and of targeted tasks.
-    pub default_limits: QueueLimits,
+    pub(crate) default_limits: QueueLimits,
     /// Per-queue overrides.
-    pub per_queue: HashMap<QueueName, QueueLimits>,
+    pub(crate) per_queue: HashMap<QueueName, QueueLimits>,
     /// Queues labelled by name on the per-queue gauges.
-    pub metrics_queue_labels: usize,
+    pub(crate) metrics_queue_labels: usize,
 }
 
 /// What becomes of a task when a delivery of it ends without success, or
@@ -95,7 +95,7 @@ pub(super) enum Verdict {
 
 impl QueuePolicy {
     /// The policy a config describes (the config is validated already).
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         let t = &config.tasks;
         let default_limits = QueueLimits {
             max_attempts: t.max_attempts,

@@ -12,13 +12,13 @@ use crate::{
 
 /// The Admin service facade.
 #[derive(Clone, Debug)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     core: Core,
 }
 
 impl AdminService {
     /// A facade over the server's actors.
-    pub fn new(core: Core) -> Self {
+    pub(crate) fn new(core: Core) -> Self {
         Self { core }
     }
 

@@ -30,13 +30,13 @@ const STATUS_REPLY_BUFFER: usize = 64;
 
 /// The Contact service facade.
 #[derive(Clone, Debug)]
-pub struct ContactService {
+pub(crate) struct ContactService {
     core: Core,
 }
 
 impl ContactService {
     /// A facade over the server's actors.
-    pub fn new(core: Core) -> Self {
+    pub(crate) fn new(core: Core) -> Self {
         Self { core }
     }
 }

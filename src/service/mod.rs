@@ -21,9 +21,9 @@ mod admin;
 mod contact;
 mod tasks;
 
-pub use admin::AdminService;
-pub use contact::ContactService;
-pub use tasks::TasksService;
+pub(crate) use admin::AdminService;
+pub(crate) use contact::ContactService;
+pub(crate) use tasks::TasksService;
 
 /// Most messages a streaming handler reads before it hands them on as one
 /// batch; only messages that already arrived are batched, nothing waits.
@@ -106,29 +106,29 @@ fn failed(status: Status) -> StreamEnd {
 
 /// What every service holds: actor handles and the server's lifecycle tokens.
 #[derive(Clone, Debug)]
-pub struct Core {
+pub(crate) struct Core {
     /// The task queue.
-    pub queue: QueueHandle,
+    pub(crate) queue: QueueHandle,
     /// The worker registry.
-    pub registry: RegistryHandle,
+    pub(crate) registry: RegistryHandle,
     /// Who is connected, for routing acks and status to sessions.
-    pub index: Arc<SessionIndex>,
+    pub(crate) index: Arc<SessionIndex>,
     /// Server-wide notices; each session subscribes its own receiver.
-    pub notices: async_broadcast::InactiveReceiver<Notice>,
+    pub(crate) notices: async_broadcast::InactiveReceiver<Notice>,
     /// Cancelled when the server starts draining: no new work is taken.
-    pub draining: CancellationToken,
+    pub(crate) draining: CancellationToken,
     /// Cancelled when open calls must end.
-    pub stopping: CancellationToken,
+    pub(crate) stopping: CancellationToken,
     /// Tracks every session, so shutdown can wait for them to drain.
-    pub sessions: TaskTracker,
+    pub(crate) sessions: TaskTracker,
     /// Tracks the tasks that streaming handlers spawn, so shutdown can wait for them.
-    pub calls: TaskTracker,
+    pub(crate) calls: TaskTracker,
     /// What a worker may ask for when it registers.
-    pub workers: RegistrationLimits,
+    pub(crate) workers: RegistrationLimits,
     /// What a producer may ask for when it submits.
-    pub submit_limits: SubmitLimits,
+    pub(crate) submit_limits: SubmitLimits,
     /// Session timeouts.
-    pub timing: SessionTiming,
+    pub(crate) timing: SessionTiming,
 }
 
 impl Core {

@@ -24,13 +24,13 @@ const MAX_LIST_LIMIT: usize = 10_000;
 
 /// The Tasks service facade.
 #[derive(Clone, Debug)]
-pub struct TasksService {
+pub(crate) struct TasksService {
     core: Core,
 }
 
 impl TasksService {
     /// A facade over the server's actors.
-    pub fn new(core: Core) -> Self {
+    pub(crate) fn new(core: Core) -> Self {
         Self { core }
     }
 }

@@ -49,18 +49,18 @@ mod worker;
 
 use actor::Session;
 use held::Held;
-pub use rejection::{GoneReason, Rejection};
-pub use worker::{WorkerRecord, WorkerStats};
+pub(crate) use rejection::{GoneReason, Rejection};
+pub(crate) use worker::{WorkerRecord, WorkerStats};
 
 /// Capacity of a session's inbox (operations from tellResult and sendStatus
 /// handlers, cancellations).
-pub const SESSION_INBOX_CAPACITY: usize = 64;
+pub(crate) const SESSION_INBOX_CAPACITY: usize = 64;
 
 /// What a session puts in its getTask stream's buffer: boxed, so that each
 /// buffer slot is two words. Every worker's buffer has room for the server's
 /// credit cap, and an idle worker's memory is dominated by such buffers.
 #[derive(Debug)]
-pub enum StreamItem {
+pub(crate) enum StreamItem {
     /// A message to the worker.
     Message(Box<proto::ServerMsg>),
     /// The stream ends with this status.
@@ -69,7 +69,7 @@ pub enum StreamItem {
 
 impl StreamItem {
     /// The item as tonic streams it.
-    pub fn into_result(self) -> Result<proto::ServerMsg, Status> {
+    pub(crate) fn into_result(self) -> Result<proto::ServerMsg, Status> {
         match self {
             StreamItem::Message(message) => Ok(*message),
             StreamItem::End(status) => Err(*status),
@@ -79,7 +79,7 @@ impl StreamItem {
 
 /// Server-wide notices, broadcast to every session.
 #[derive(Clone, Debug)]
-pub enum Notice {
+pub(crate) enum Notice {
     /// Take no new tasks; end once everything held is acknowledged.
     Drain,
     /// End now, handing back whatever is held.
@@ -88,46 +88,46 @@ pub enum Notice {
 
 /// Session timing, from the `[workers]` config.
 #[derive(Clone, Copy, Debug)]
-pub struct SessionTiming {
+pub(crate) struct SessionTiming {
     /// How long a worker has to confirm receipt.
-    pub receipt_timeout: Duration,
+    pub(crate) receipt_timeout: Duration,
     /// How long a keepalive worker may stay silent.
-    pub liveness_timeout: Duration,
+    pub(crate) liveness_timeout: Duration,
     /// How long a dropped worker's tasks wait for it to resume.
-    pub resume_grace: Duration,
+    pub(crate) resume_grace: Duration,
     /// The longest lease an extension may ask for.
-    pub max_lease: Duration,
+    pub(crate) max_lease: Duration,
 }
 
 /// What a session needs from the rest of the server.
 #[derive(Clone, Debug)]
-pub struct SessionDeps {
+pub(crate) struct SessionDeps {
     /// The task queue.
-    pub queue: QueueHandle,
+    pub(crate) queue: QueueHandle,
     /// The worker registry.
-    pub registry: RegistryHandle,
+    pub(crate) registry: RegistryHandle,
     /// Where sessions are spawned and awaited at shutdown.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// Timeouts.
-    pub timing: SessionTiming,
+    pub(crate) timing: SessionTiming,
 }
 
 /// A started session, as getTask answers it.
 #[derive(Debug)]
-pub struct Started {
+pub(crate) struct Started {
     /// The worker's id.
-    pub client: ClientId,
+    pub(crate) client: ClientId,
     /// The session's id, for a later resume.
-    pub session: SessionId,
+    pub(crate) session: SessionId,
     /// How many held tasks a resume kept (0 without a resume).
-    pub resumed: usize,
+    pub(crate) resumed: usize,
 }
 
 // === Handle ===
 
 /// Cloneable handle to one session.
 #[derive(Clone, Debug)]
-pub struct SessionHandle {
+pub(crate) struct SessionHandle {
     tx: mpsc::Sender<SessionMsg>,
     id: SessionId,
     client: ClientId,
@@ -138,7 +138,7 @@ impl SessionHandle {
     /// `stream_tx`. A resuming worker takes over the tasks it still holds from
     /// its earlier session. `notices` must be subscribed before the caller
     /// checked that the server is not draining, so no notice is missed.
-    pub async fn start(
+    pub(crate) async fn start(
         registration: Registration,
         peer: Option<SocketAddr>,
         stream_tx: mpsc::Sender<StreamItem>,
@@ -214,18 +214,18 @@ impl SessionHandle {
     }
 
     /// This session's id.
-    pub fn id(&self) -> SessionId {
+    pub(crate) fn id(&self) -> SessionId {
         self.id
     }
 
     /// The worker this session serves.
-    pub fn client(&self) -> &ClientId {
+    pub(crate) fn client(&self) -> &ClientId {
         &self.client
     }
 
     /// Applies operations in order, answering each. With `stop_at_error`
     /// (tellResult) nothing after the first refused operation is applied.
-    pub async fn apply(
+    pub(crate) async fn apply(
         &self,
         ops: Vec<WorkerOp>,
         stop_at_error: bool,
@@ -244,12 +244,12 @@ impl SessionHandle {
 
     /// The worker was heard from (a status report or heartbeat). Dropped if
     /// the inbox is full: the inbox then holds proof of life already.
-    pub fn heard(&self) {
+    pub(crate) fn heard(&self) {
         let _ = self.tx.try_send(SessionMsg::Heard);
     }
 
     /// A producer cancelled a task this session's worker holds.
-    pub async fn cancelled(&self, task: TaskId, attempt: u32) {
+    pub(crate) async fn cancelled(&self, task: TaskId, attempt: u32) {
         // A session that has ended already handed the task back; the queue
         // has it as cancelled either way.
         let _ = self.tx.send(SessionMsg::Cancelled { task, attempt }).await;
@@ -258,7 +258,7 @@ impl SessionHandle {
     /// Makes this worker's copy of a broadcast, if it takes one (it is
     /// subscribed to the queue, its stream is open, it is not draining); the
     /// copy's task id.
-    pub async fn broadcast_copy(&self, task: Arc<BroadcastTask>) -> Option<TaskId> {
+    pub(crate) async fn broadcast_copy(&self, task: Arc<BroadcastTask>) -> Option<TaskId> {
         let (respond_to, answer) = oneshot::channel();
         self.tx
             .send(SessionMsg::BroadcastCopy { task, respond_to })
@@ -269,7 +269,7 @@ impl SessionHandle {
 
     /// An operator drains this worker: nothing new is sent, and the stream
     /// ends once it has acknowledged what it holds.
-    pub async fn drain(&self) -> Result<(), Error> {
+    pub(crate) async fn drain(&self) -> Result<(), Error> {
         self.tx
             .send(SessionMsg::Drain)
             .await
@@ -277,7 +277,7 @@ impl SessionHandle {
     }
 
     /// An operator disconnects this worker now; what it holds is redelivered.
-    pub async fn disconnect(&self) -> Result<(), Error> {
+    pub(crate) async fn disconnect(&self) -> Result<(), Error> {
         self.tx
             .send(SessionMsg::Disconnect)
             .await

@@ -12,7 +12,7 @@ use crate::{
 
 /// Why a session refused an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// This session holds no task with that id.
     NotHeld(TaskId),
     /// An ack without a task id, but nothing is unacknowledged.
@@ -39,7 +39,7 @@ pub enum Rejection {
 
 /// Why a session no longer holds a task it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GoneReason {
+pub(crate) enum GoneReason {
     /// Its execution lease ran out.
     LeaseExpired,
     /// Its receipt did not come in time.
@@ -62,7 +62,7 @@ impl Rejection {
     /// The error a worker is told, asking the queue what became of a task
     /// this session does not hold when that tells the worker more (acked
     /// already, cancelled, or on a later attempt).
-    pub async fn explain(
+    pub(crate) async fn explain(
         self,
         queue: &QueueHandle,
         worker: &ClientId,
@@ -93,7 +93,7 @@ impl Rejection {
 
     /// The error for a rejection the session can explain alone; `NotHeld`
     /// is explained better by [`Rejection::explain`].
-    pub fn into_error(self) -> Error {
+    pub(crate) fn into_error(self) -> Error {
         match self {
             Rejection::NotHeld(task) => {
                 Error::FailedPrecondition(format!("task {task} is not held by this worker"))

@@ -20,30 +20,30 @@ use crate::domain::{ClientId, QueueName};
 /// Each field has one writer (the session); atomics keep the hot path free
 /// of messages and locks.
 #[derive(Debug, Default)]
-pub struct WorkerStats {
+pub(crate) struct WorkerStats {
     /// Its in-flight limit (credit), which it may change at runtime.
-    pub max_in_flight: AtomicU32,
+    pub(crate) max_in_flight: AtomicU32,
     /// Tasks pushed and not yet acknowledged.
-    pub in_flight: AtomicU32,
+    pub(crate) in_flight: AtomicU32,
     /// When the worker last acknowledged a task, in milliseconds since the Unix epoch.
-    pub last_ack_unix_ms: AtomicU64,
+    pub(crate) last_ack_unix_ms: AtomicU64,
 }
 
 /// What a session registers about its worker; the registry keeps it while
 /// the worker is connected.
 #[derive(Debug)]
-pub struct WorkerRecord {
+pub(crate) struct WorkerRecord {
     /// The worker.
-    pub client: ClientId,
+    pub(crate) client: ClientId,
     /// True when the server chose the id: the worker can only be found by
     /// its connection.
-    pub generated_id: bool,
+    pub(crate) generated_id: bool,
     /// Its getTask session.
-    pub session: SessionHandle,
+    pub(crate) session: SessionHandle,
     /// The connection's peer address, when the transport knows it.
-    pub peer: Option<SocketAddr>,
+    pub(crate) peer: Option<SocketAddr>,
     /// Its queues.
-    pub queues: Arc<[QueueName]>,
+    pub(crate) queues: Arc<[QueueName]>,
     /// Shared counters, written by the session.
-    pub stats: Arc<WorkerStats>,
+    pub(crate) stats: Arc<WorkerStats>,
 }

@@ -16,8 +16,9 @@ use tokio::{
 };
 
 use super::{
-    Completion, LeaseRequest, QueueLimits, QueueMsg, QueuePolicy, Release, ReleaseReason,
-    RetryPolicy, actor::Queue,
+    Completion, LeaseRequest, QueueMsg, QueuePolicy, Release, ReleaseReason,
+    actor::Queue,
+    policy::{QueueLimits, RetryPolicy},
 };
 
 mod admin;
