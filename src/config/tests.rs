@@ -1,0 +1,108 @@
+//! The configuration's defaults, parsing and validation, through the
+//! same entry points the daemon uses.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+/// The example file documents exactly the defaults: it cannot drift.
+#[test]
+fn example_file_equals_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/contact-server.toml");
+    assert_eq!(Config::load(&path).unwrap(), Config::default());
+}
+
+/// The default address constants parse, so `default_addr` never falls back.
+#[test]
+fn default_addresses_parse() {
+    assert!(DEFAULT_GRPC_ADDR.parse::<SocketAddr>().is_ok());
+    assert!(DEFAULT_METRICS_ADDR.parse::<SocketAddr>().is_ok());
+    Config::default().validate().unwrap();
+}
+
+/// An unknown key stops the daemon with a message naming it.
+#[test]
+fn unknown_key_is_named() {
+    let err = Config::from_toml("[server]\ngrpc_adr = \"127.0.0.1:1\"\n", "t.toml").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("grpc_adr"), "{text}");
+    assert!(text.contains("t.toml"), "{text}");
+}
+
+/// A bad value is named with its key, whether parsing or validation finds it.
+#[test]
+fn bad_values_are_named() {
+    let err = Config::from_toml("[server]\ngrpc_addr = \"nowhere\"\n", "t.toml").unwrap_err();
+    assert!(err.to_string().contains("grpc_addr"), "{err}");
+    let err = Config::from_toml("[workers]\ndefault_max_in_flight = 0\n", "t.toml").unwrap_err();
+    assert!(
+        err.to_string().contains("workers.default_max_in_flight"),
+        "{err}"
+    );
+    let err = Config::from_toml("[tasks]\nmax_attempts = -1\n", "t.toml").unwrap_err();
+    assert!(err.to_string().contains("max_attempts"), "{err}");
+    let err = Config::from_toml("[queues.\"bad name\"]\nmax_attempts = 2\n", "t.toml").unwrap_err();
+    assert!(err.to_string().contains("bad name"), "{err}");
+    let err = Config::from_toml("[queues.mail]\nretry_factor = 0.5\n", "t.toml").unwrap_err();
+    assert!(err.to_string().contains("queues.*.retry_factor"), "{err}");
+}
+
+/// Absurd durations are refused at start, naming the key, instead of
+/// overflowing a deadline later.
+#[test]
+fn absurd_durations_are_refused() {
+    for text in [
+        "[tasks]\nidempotency_window_secs = 18446744073709551615\n",
+        "[workers]\nresume_grace_secs = 999999999999\n",
+        "[queues.mail]\nretry_max_delay_ms = 18446744073709551615\n",
+    ] {
+        let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("ten years"), "{err}");
+    }
+    let err = Config::from_toml("[workers]\nmin_keepalive_ms = 15000\n", "t.toml").unwrap_err();
+    assert!(
+        err.to_string().contains("workers.min_keepalive_ms"),
+        "{err}"
+    );
+}
+
+/// Listen addresses take the forms every tool takes; a missing port or a
+/// host name other than localhost is refused with the forms that work.
+#[test]
+fn listen_addresses_take_every_form() {
+    for text in ["127.0.0.1:7000", "localhost:7000", "http://localhost:7000/"] {
+        assert_eq!(
+            parse_listen_addr(text),
+            Ok("127.0.0.1:7000".parse().unwrap())
+        );
+    }
+    assert_eq!(
+        parse_listen_addr("[::1]:7000"),
+        Ok("[::1]:7000".parse().unwrap())
+    );
+    for bad in ["localhost", "example.com:80", "127.0.0.1"] {
+        assert!(
+            parse_listen_addr(bad)
+                .unwrap_err()
+                .contains("localhost:50051"),
+            "{bad}"
+        );
+    }
+    let config = Config::from_toml("[server]\ngrpc_addr = \"localhost:7001\"\n", "t").unwrap();
+    assert_eq!(config.server.grpc_addr, "127.0.0.1:7001".parse().unwrap());
+}
+
+/// A queue section overrides only the keys it names.
+#[test]
+fn queue_overrides_parse() {
+    let config = Config::from_toml("[queues.mail]\nmax_attempts = 9\n", "t.toml").unwrap();
+    assert_eq!(config.queues["mail"].max_attempts, Some(9));
+    assert_eq!(config.queues["mail"].retry_factor, None);
+}
+
+/// Keys left out keep their defaults.
+#[test]
+fn partial_file_keeps_defaults() {
+    let config = Config::from_toml("[tasks]\nmax_attempts = 2\n", "t.toml").unwrap();
+    assert_eq!(config.tasks.max_attempts, 2);
+    assert_eq!(config.server, ServerConfig::default());
+}

@@ -1,0 +1,227 @@
+//! Checking a configuration: every value that parsing alone cannot, each
+//! refusal naming its key, so a bad file stops the daemon at start (exit
+//! code 64) instead of misbehaving later.
+
+use super::{Config, ConfigError, MAX_CONFIG_DURATION_SECS, MAX_METRICS_QUEUE_LABELS};
+
+impl Config {
+    /// Checks every value that parsing alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, value: impl ToString, reason: &str) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                reason: reason.to_owned(),
+            }
+        }
+        for (key, value, in_ms) in self.durations() {
+            let (limit, unit) = if in_ms {
+                (MAX_CONFIG_DURATION_SECS * 1000, "ms")
+            } else {
+                (MAX_CONFIG_DURATION_SECS, "s")
+            };
+            if value > limit {
+                return Err(invalid(
+                    key,
+                    value,
+                    &format!("must be at most ten years ({limit} {unit})"),
+                ));
+            }
+        }
+        let s = &self.server;
+        if s.metrics_queue_labels > MAX_METRICS_QUEUE_LABELS {
+            return Err(invalid(
+                "server.metrics_queue_labels",
+                s.metrics_queue_labels,
+                "must be at most 10000",
+            ));
+        }
+        if s.max_message_bytes < 1024 {
+            return Err(invalid(
+                "server.max_message_bytes",
+                s.max_message_bytes,
+                "must be at least 1024",
+            ));
+        }
+        if s.drain_timeout_secs == 0 {
+            return Err(invalid(
+                "server.drain_timeout_secs",
+                0,
+                "must be at least 1",
+            ));
+        }
+        let w = &self.workers;
+        if w.max_in_flight_cap == 0 || w.max_in_flight_cap > 65_536 {
+            return Err(invalid(
+                "workers.max_in_flight_cap",
+                w.max_in_flight_cap,
+                "must be from 1 to 65536",
+            ));
+        }
+        if w.default_max_in_flight == 0 || w.default_max_in_flight > w.max_in_flight_cap {
+            return Err(invalid(
+                "workers.default_max_in_flight",
+                w.default_max_in_flight,
+                "must be from 1 to workers.max_in_flight_cap",
+            ));
+        }
+        if w.receipt_timeout_ms == 0 {
+            return Err(invalid(
+                "workers.receipt_timeout_ms",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if w.liveness_timeout_secs == 0 {
+            return Err(invalid(
+                "workers.liveness_timeout_secs",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if w.min_keepalive_ms == 0 || w.min_keepalive_ms >= w.liveness_timeout_secs * 1000 {
+            return Err(invalid(
+                "workers.min_keepalive_ms",
+                w.min_keepalive_ms,
+                "must be at least 1 and below workers.liveness_timeout_secs",
+            ));
+        }
+        let t = &self.tasks;
+        if t.max_attempts == 0 {
+            return Err(invalid("tasks.max_attempts", 0, "must be at least 1"));
+        }
+        if t.max_queue_depth == 0 {
+            return Err(invalid("tasks.max_queue_depth", 0, "must be at least 1"));
+        }
+        if t.max_pending_tasks == 0 {
+            return Err(invalid("tasks.max_pending_tasks", 0, "must be at least 1"));
+        }
+        if t.lease_secs == 0 || t.lease_secs > t.max_lease_secs {
+            return Err(invalid(
+                "tasks.lease_secs",
+                t.lease_secs,
+                "must be from 1 to tasks.max_lease_secs",
+            ));
+        }
+        if t.target_ttl_secs == 0 {
+            return Err(invalid("tasks.target_ttl_secs", 0, "must be at least 1"));
+        }
+        check_retry(
+            "tasks.retry_factor",
+            t.retry_factor,
+            "tasks.retry_max_delay_ms",
+            t.retry_initial_delay_ms,
+            t.retry_max_delay_ms,
+        )?;
+        for (name, queue) in &self.queues {
+            if crate::domain::QueueName::parse(name).is_err() {
+                return Err(invalid(
+                    "queues",
+                    name,
+                    "is not a queue name (letters, digits, '-', '_', '.', ':')",
+                ));
+            }
+            if queue.max_attempts == Some(0) {
+                return Err(invalid("queues.*.max_attempts", name, "must be at least 1"));
+            }
+            if queue.max_queue_depth == Some(0) {
+                return Err(invalid(
+                    "queues.*.max_queue_depth",
+                    name,
+                    "must be at least 1",
+                ));
+            }
+            check_retry(
+                "queues.*.retry_factor",
+                queue.retry_factor.unwrap_or(t.retry_factor),
+                "queues.*.retry_max_delay_ms",
+                queue
+                    .retry_initial_delay_ms
+                    .unwrap_or(t.retry_initial_delay_ms),
+                queue.retry_max_delay_ms.unwrap_or(t.retry_max_delay_ms),
+            )?;
+        }
+        if self
+            .log
+            .filter
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(invalid(
+                "log.filter",
+                &self.log.filter,
+                "is not a tracing filter such as \"warn,contact_server=info\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every duration key with its value, and whether it is in milliseconds.
+    fn durations(&self) -> Vec<(&'static str, u64, bool)> {
+        let (s, w, t) = (&self.server, &self.workers, &self.tasks);
+        let mut all = vec![
+            ("server.drain_timeout_secs", s.drain_timeout_secs, false),
+            ("server.http2_keepalive_secs", s.http2_keepalive_secs, false),
+            ("workers.receipt_timeout_ms", w.receipt_timeout_ms, true),
+            (
+                "workers.liveness_timeout_secs",
+                w.liveness_timeout_secs,
+                false,
+            ),
+            ("workers.resume_grace_secs", w.resume_grace_secs, false),
+            ("workers.min_keepalive_ms", w.min_keepalive_ms, true),
+            ("tasks.lease_secs", t.lease_secs, false),
+            ("tasks.max_lease_secs", t.max_lease_secs, false),
+            ("tasks.target_ttl_secs", t.target_ttl_secs, false),
+            (
+                "tasks.idempotency_window_secs",
+                t.idempotency_window_secs,
+                false,
+            ),
+            (
+                "tasks.retry_initial_delay_ms",
+                t.retry_initial_delay_ms,
+                true,
+            ),
+            ("tasks.retry_max_delay_ms", t.retry_max_delay_ms, true),
+            ("tasks.max_delay_secs", t.max_delay_secs, false),
+        ];
+        for queue in self.queues.values() {
+            all.extend(
+                queue
+                    .retry_initial_delay_ms
+                    .map(|ms| ("queues.*.retry_initial_delay_ms", ms, true)),
+            );
+            all.extend(
+                queue
+                    .retry_max_delay_ms
+                    .map(|ms| ("queues.*.retry_max_delay_ms", ms, true)),
+            );
+        }
+        all
+    }
+}
+
+fn check_retry(
+    factor_key: &'static str,
+    factor: f64,
+    max_key: &'static str,
+    initial_ms: u64,
+    max_ms: u64,
+) -> Result<(), ConfigError> {
+    if !(1.0..=100.0).contains(&factor) {
+        return Err(ConfigError::Invalid {
+            key: factor_key,
+            value: factor.to_string(),
+            reason: "must be from 1.0 to 100.0".into(),
+        });
+    }
+    if max_ms < initial_ms {
+        return Err(ConfigError::Invalid {
+            key: max_key,
+            value: max_ms.to_string(),
+            reason: "must be at least the initial retry delay".into(),
+        });
+    }
+    Ok(())
+}
