@@ -22,21 +22,46 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the configuration tree, its defaults and validation.
-//! - [`domain`]: ids, tasks, acks; validation of everything a client sends.
+//! Public, for the daemon, the tools, the tests and client users:
+//!
+//! - [`config`]: the configuration tree and its defaults (`mod.rs`),
+//!   validation (`validate.rs`), listen addresses (`listen_addr.rs`).
+//! - [`domain`]: ids, tasks, acks; validation of everything a client sends,
+//!   and the quoting of bad values in error messages.
 //! - [`error`]: the error type and its one mapping to gRPC statuses.
-//! - [`queue`]: the queue actor, owner of every accepted task: lines by
-//!   priority, delays and retries, TTLs, dead letters, idempotency keys.
-//! - [`session`]: one actor per worker session: credit, pushes, acks,
-//!   leases and receipts, liveness and keepalives, resume.
-//! - [`registry`]: the registry actor: connected workers and their status.
-//! - [`service`]: the gRPC facades (Contact, Tasks, Admin).
 //! - [`server`]: assembly, listeners and the shutdown sequence.
-//! - [`metrics`]: metric names and the `/metrics` endpoint.
 //! - [`telemetry`], [`shutdown`]: logging set-up and the stop signal.
 //! - [`proto`]: generated code.
 //! - [`client`]: the Rust worker and producer client (the other side of
-//!   the wire, shipped with the server so both change together).
+//!   the wire, shipped with the server so both change together): the
+//!   builder, the worker and its handle, tasks, the connection's driver
+//!   actor and the commands it takes, the producer, address forms.
+//!
+//! Private to the crate:
+//!
+//! - `queue`: the queue actor, owner of every accepted task. `mod.rs` is
+//!   the handle and messages; `actor.rs` the loop, with `actor/leasing.rs`
+//!   (dispatch and serving, a worker's queues in turn) and
+//!   `actor/endings.rs` (acks, hand-backs, dead letters, cancel). The data
+//!   it drives are plain types with their own tests: `entry.rs` (the task
+//!   entry and the one readiness check), `backlog.rs` and `lines.rs`
+//!   (pending tasks by target and priority, timers), `waiting.rs` (waiting
+//!   sessions), `archive.rs` (finished tasks, dead letters, idempotency
+//!   keys, broadcasts), `policy.rs` (limits, backoff, verdicts), `table.rs`.
+//! - `session`: one actor per worker session (`actor.rs`, with
+//!   `actor/resume.rs`), over `held.rs` (the held-task list, synchronous),
+//!   `outbox.rs` (the stream to the worker), `rejection.rs` (refusals,
+//!   explained with the queue's view), `end.rs` and `worker.rs`; and
+//!   `registry.rs`, the registry actor where sessions register: connected
+//!   workers, their status, and the session index request handlers read.
+//! - `service`: the gRPC facades (Contact, Tasks, Admin) and the one reader
+//!   of batches from a request stream.
+//! - `metrics`: metric names, the `/metrics` endpoint, per-queue gauges,
+//!   histograms, RPC error labels; `rpc_layer` counts failed calls.
+//! - `clock` (Unix-ms timestamps) and `alarm` (a reusable actor timer).
+//!
+//! Dependencies run one way: facades → session (with its registry) →
+//! queue → config → domain; nothing imports a facade.
 
 mod alarm;
 pub mod client;
@@ -47,7 +72,6 @@ pub mod error;
 mod metrics;
 pub mod proto;
 mod queue;
-mod registry;
 mod rpc_layer;
 pub mod server;
 mod service;

@@ -32,9 +32,9 @@ use crate::{
         v1::{admin_server::AdminServer, tasks_server::TasksServer},
     },
     queue::{QueueHandle, QueuePolicy},
-    registry::{RegistryHandle, SessionIndex},
     rpc_layer::RpcLayer,
     service::{AdminService, ContactService, Core, TasksService},
+    session::registry::{RegistryHandle, SessionIndex},
     session::{Notice, SessionTiming},
 };
 

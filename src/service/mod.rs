@@ -13,7 +13,7 @@ use crate::{
     error::Error,
     proto::v1,
     queue::QueueHandle,
-    registry::{RegistryHandle, SessionIndex},
+    session::registry::{RegistryHandle, SessionIndex},
     session::{Notice, SessionDeps, SessionTiming},
 };
 

@@ -33,7 +33,7 @@ use crate::{
     },
     metrics::{DISPATCH_TO_ACK_SECONDS, DISPATCH_TO_RECEIPT_SECONDS, LatencyBatch, SessionMetrics},
     queue::{Completion, QueueHandle, Release, ReleaseReason},
-    registry::RegistryHandle,
+    session::registry::RegistryHandle,
 };
 
 mod resume;

@@ -22,8 +22,11 @@
 //! actor's loop and handlers are in `actor` (the resume handover in
 //! `actor/resume`); the held-task list and its deadlines in `held`; the
 //! getTask stream's buffer and control messages in `outbox`; how a session
-//! ends, and the status it says so with, in `end`; and the record and
-//! counters the registry reads, in `worker`.
+//! ends, and the status it says so with, in `end`; the record and counters
+//! the registry reads, in `worker`; and the registry itself, the actor where
+//! sessions register, in `registry` (a part of this module, so the two
+//! handles that know each other do not make an import cycle between
+//! modules).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -37,13 +40,14 @@ use crate::{
     error::Error,
     proto,
     queue::{BroadcastTask, QueueHandle},
-    registry::RegistryHandle,
 };
+use registry::RegistryHandle;
 
 mod actor;
 mod end;
 mod held;
 mod outbox;
+pub(crate) mod registry;
 mod rejection;
 mod worker;
 
