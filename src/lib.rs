@@ -32,6 +32,7 @@
 //! - [`server`]: assembly, listeners and the shutdown sequence.
 //! - [`telemetry`], [`shutdown`]: logging set-up and the stop signal.
 //! - [`proto`]: generated code.
+//! - [`clock`]: wall-clock (Unix ms) timestamps as the wire carries them.
 //! - [`client`]: the Rust worker and producer client (the other side of
 //!   the wire, shipped with the server so both change together): the
 //!   builder, the worker and its handle, tasks, the connection's driver
@@ -58,14 +59,14 @@
 //!   of batches from a request stream.
 //! - `metrics`: metric names, the `/metrics` endpoint, per-queue gauges,
 //!   histograms, RPC error labels; `rpc_layer` counts failed calls.
-//! - `clock` (Unix-ms timestamps) and `alarm` (a reusable actor timer).
+//! - `alarm`: a reusable timer for the actors' loops.
 //!
 //! Dependencies run one way: facades → session (with its registry) →
 //! queue → config → domain; nothing imports a facade.
 
 mod alarm;
 pub mod client;
-mod clock;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;

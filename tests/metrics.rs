@@ -11,8 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    TIMEOUT, TestServer, TestWorker, WorkerOptions, promtool, test_config, until_disconnected,
-    within,
+    TIMEOUT, TestServer, TestWorker, WorkerOptions, eventually, promtool, sample, test_config,
+    until_disconnected, within,
 };
 use contact_server::{
     config::QueueConfig,
@@ -27,19 +27,6 @@ use tonic::Code;
 /// Held by each test for its whole run, so no two servers publish into the
 /// process-wide recorder at once.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The value of one sample line (`name{labels}` exactly), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-}
 
 /// The value of `contact_rpc_errors_total` for one method and code, if the
 /// series is there (in whatever order the exporter writes the labels).
@@ -256,14 +243,9 @@ async fn metrics_match_a_known_workload() {
     // The oldest task of a queue nobody serves ages between scrapes.
     let age = "contact_queue_oldest_task_age_seconds{queue=\"idle-a\"}";
     let first = sample(&text, age).unwrap();
-    let later = within("the oldest task to age", async {
-        loop {
-            let now = sample(&server.scrape().await, age).unwrap();
-            if now >= first + 0.05 {
-                return now;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let later = eventually("the oldest task to age", || async {
+        let now = sample(&server.scrape().await, age).unwrap();
+        (now >= first + 0.05).then_some(now)
     })
     .await;
     assert!(later < 60.0, "{later}");

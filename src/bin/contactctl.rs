@@ -370,7 +370,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .into_inner()
                 .workers;
             let value = Value::Array(workers.iter().map(worker_json).collect());
-            let now = unix_ms_now();
+            let now = contact_server::clock::unix_ms_now();
             out.value(&value, || {
                 println!(
                     "{:<38} {:<22} {:<16} {:>9} {:>8} {:>8} STATUS",
@@ -508,11 +508,4 @@ fn since(now: u64, then: u64) -> String {
         3600..86400 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
         _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
     }
-}
-
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
