@@ -174,9 +174,32 @@ async fn a_keepalive_slower_than_liveness_is_refused() {
     server.stop().await;
 }
 
-/// An over-size or undecodable message on sendStatus ends the call with
-/// OUT_OF_RANGE or INVALID_ARGUMENT after answering what came before it,
-/// instead of a silent OK.
+/// Sends `good` then a bad message on the streaming call at `path`, for an
+/// over-size and an undecodable one: the good message is answered, then the
+/// call ends with OUT_OF_RANGE or INVALID_ARGUMENT, never a silent OK.
+async fn assert_bad_message_ends_the_call(server: &TestServer, path: &'static str, good: Vec<u8>) {
+    for (bad, code) in [
+        (vec![0x0a; 2000], Code::OutOfRange),
+        (vec![0xff, 0xff, 0xff], Code::InvalidArgument),
+    ] {
+        let replies = within(
+            path,
+            streaming_call(server.channel().await, path, vec![good.clone(), bad]),
+        )
+        .await
+        .unwrap();
+        let (answered, end) = within("the call to end", read_to_end(replies)).await;
+        assert_eq!(
+            answered, 1,
+            "{path}: the message before the bad one is answered"
+        );
+        let status = end.unwrap_err();
+        assert_eq!(status.code(), code, "{path}: {status:?}");
+    }
+}
+
+/// sendStatus answers the status report before a bad message, then ends
+/// with that message's status; the server keeps serving.
 #[tokio::test]
 async fn send_status_ends_with_the_status_of_a_bad_message() {
     let mut config = test_config();
@@ -185,35 +208,16 @@ async fn send_status_ends_with_the_status_of_a_bad_message() {
     let good = proto::ClientMsg {
         msg: "hello".into(),
         ..Default::default()
-    }
-    .encode_to_vec();
-    for (bad, code) in [
-        (vec![0x0a; 2000], Code::OutOfRange),
-        (vec![0xff, 0xff, 0xff], Code::InvalidArgument),
-    ] {
-        let replies = within(
-            "sendStatus",
-            streaming_call(
-                server.channel().await,
-                "/Contact/sendStatus",
-                vec![good.clone(), bad],
-            ),
-        )
-        .await
-        .unwrap();
-        let (answered, end) = within("sendStatus to end", read_to_end(replies)).await;
-        assert_eq!(answered, 1, "the message before the bad one is answered");
-        let status = end.unwrap_err();
-        assert_eq!(status.code(), code, "{status:?}");
-    }
+    };
+    assert_bad_message_ends_the_call(&server, "/Contact/sendStatus", good.encode_to_vec()).await;
     let mut worker = TestWorker::connect(&server, WorkerOptions::id("after")).await;
     let id = server.submit("default", "still served").await;
     assert_eq!(worker.next_task().await.task_id, id);
     server.stop().await;
 }
 
-/// The same on SubmitStream: the tasks before the bad message are accepted
-/// and answered, then the call ends with the bad message's status.
+/// SubmitStream accepts and answers the task before a bad message, then
+/// ends with that message's status.
 #[tokio::test]
 async fn submit_stream_ends_with_the_status_of_a_bad_message() {
     let mut config = test_config();
@@ -222,27 +226,9 @@ async fn submit_stream_ends_with_the_status_of_a_bad_message() {
     let good = v1::SubmitRequest {
         text: "accepted".into(),
         ..Default::default()
-    }
-    .encode_to_vec();
-    for (bad, code) in [
-        (vec![0x0a; 2000], Code::OutOfRange),
-        (vec![0xff, 0xff, 0xff], Code::InvalidArgument),
-    ] {
-        let replies = within(
-            "SubmitStream",
-            streaming_call(
-                server.channel().await,
-                "/contact.v1.Tasks/SubmitStream",
-                vec![good.clone(), bad],
-            ),
-        )
-        .await
-        .unwrap();
-        let (answered, end) = within("SubmitStream to end", read_to_end(replies)).await;
-        assert_eq!(answered, 1, "the task before the bad message is answered");
-        let status = end.unwrap_err();
-        assert_eq!(status.code(), code, "{status:?}");
-    }
+    };
+    let path = "/contact.v1.Tasks/SubmitStream";
+    assert_bad_message_ends_the_call(&server, path, good.encode_to_vec()).await;
     server.stop().await;
 }
 
