@@ -51,6 +51,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = Config::default();
+    // The delivery path alone: contact-bench measures the journal's cost.
+    config.storage.mode = contact_server::config::StorageMode::Memory;
     config.server.grpc_addr = "127.0.0.1:0".parse()?;
     config.server.metrics_addr = "127.0.0.1:0".parse()?;
     config.server.drain_timeout_secs = 1;

@@ -70,6 +70,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod journal;
 mod metrics;
 pub mod proto;
 mod queue;

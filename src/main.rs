@@ -8,11 +8,15 @@ use clap::Parser;
 use contact_server::{
     Config, Listeners,
     config::{ConfigError, parse_listen_addr},
+    server::ServerError,
     shutdown, telemetry,
 };
 
 /// Exit code for a bad configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code for a journal that cannot be opened: damaged, or held by
+/// another server (EX_DATAERR). Restarting would not help.
+const EXIT_JOURNAL: u8 = 65;
 
 /// A push-task server for the gRPC Contact pattern.
 #[derive(Debug, Parser)]
@@ -29,6 +33,9 @@ struct Args {
     /// server.metrics_addr).
     #[arg(long, env = "CONTACT_METRICS_ADDR", value_parser = parse_listen_addr)]
     metrics_addr: Option<SocketAddr>,
+    /// The journal's directory (overrides storage.dir).
+    #[arg(long, env = "CONTACT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 fn load(args: &Args) -> Result<Config, ConfigError> {
@@ -41,6 +48,9 @@ fn load(args: &Args) -> Result<Config, ConfigError> {
     }
     if let Some(addr) = args.metrics_addr {
         config.server.metrics_addr = addr;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.storage.dir = dir.clone();
     }
     Ok(config)
 }
@@ -61,7 +71,10 @@ async fn main() -> ExitCode {
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("contact-server: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<ServerError>() {
+                Some(ServerError::Journal(_)) => ExitCode::from(EXIT_JOURNAL),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

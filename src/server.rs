@@ -26,7 +26,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, StorageMode, StorageSync},
+    journal::{Journal, JournalOptions, Recovered, SyncPolicy},
     proto::{
         contact_server::ContactServer,
         v1::{admin_server::AdminServer, tasks_server::TasksServer},
@@ -72,6 +73,13 @@ pub enum ServerError {
     /// The reflection service could not read the descriptors built in.
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The journal could not be opened or recovered.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    /// The journal could not be written: the server stopped without
+    /// draining, so its supervisor restarts it into recovery.
+    #[error("journal write failed, the server stopped: {0}")]
+    JournalWrite(String),
 }
 
 /// The server's two listeners, bound before the server starts.
@@ -142,7 +150,9 @@ pub fn start(config: Config, listeners: Listeners) -> Result<RunningServer, Serv
     let grpc_addr = local(&listeners.grpc, "gRPC", config.server.grpc_addr)?;
     let metrics_addr = local(&listeners.metrics, "metrics", config.server.metrics_addr)?;
     let shutdown = CancellationToken::new();
-    let join = tokio::spawn(run(config, listeners, shutdown.clone()));
+    let fatal = CancellationToken::new();
+    let storage = open_storage(&config, fatal.clone())?;
+    let join = tokio::spawn(run(config, listeners, storage, shutdown.clone(), fatal));
     info!(%grpc_addr, %metrics_addr, "contact-server listening");
     Ok(RunningServer {
         grpc_addr,
@@ -152,17 +162,47 @@ pub fn start(config: Config, listeners: Listeners) -> Result<RunningServer, Serv
     })
 }
 
+/// The queue's journal and what it recovered, as `[storage]` says.
+fn open_storage(
+    config: &Config,
+    fatal: CancellationToken,
+) -> Result<(Journal, Option<Recovered>), ServerError> {
+    let storage = &config.storage;
+    if storage.mode == StorageMode::Memory {
+        return Ok((Journal::memory(), None));
+    }
+    let started = tokio::time::Instant::now();
+    let options = JournalOptions {
+        dir: storage.dir.clone(),
+        sync: match storage.sync {
+            StorageSync::Write => SyncPolicy::Write,
+            StorageSync::Fsync => SyncPolicy::Fsync,
+        },
+        segment_bytes: storage.segment_bytes,
+    };
+    let (journal, recovered) = Journal::open(&options, fatal)?;
+    metrics::gauge!(crate::metrics::JOURNAL_RECOVERY_SECONDS).set(started.elapsed().as_secs_f64());
+    Ok((journal, Some(recovered)))
+}
+
 async fn run(
     config: Config,
     listeners: Listeners,
+    (journal, recovered): (Journal, Option<Recovered>),
     shutdown: CancellationToken,
+    fatal: CancellationToken,
 ) -> Result<(), ServerError> {
     // The recorder must exist before the actors resolve their metric handles.
     let prometheus = crate::metrics::install();
     let actors = TaskTracker::new();
     let sessions = TaskTracker::new();
     let index = Arc::new(SessionIndex::default());
-    let queue = QueueHandle::spawn(QueuePolicy::from_config(&config), &actors);
+    let queue = QueueHandle::spawn(
+        QueuePolicy::from_config(&config),
+        journal,
+        recovered,
+        &actors,
+    );
     let registry = RegistryHandle::spawn(index.clone(), &actors);
     let (mut notice_tx, notice_rx) = async_broadcast::broadcast(NOTICE_CAPACITY);
     // No notice is ever dropped: a broadcaster waits for a session that is
@@ -249,6 +289,16 @@ async fn run(
 
     tokio::select! {
         () = shutdown.cancelled() => {}
+        () = fatal.cancelled() => {
+            // The journal cannot be written: nothing more may be answered
+            // as recorded. Stop at once, without draining.
+            stopping.cancel();
+            grpc.abort();
+            metrics.abort();
+            return Err(ServerError::JournalWrite(
+                "see the log for the journal writer's error".into(),
+            ));
+        }
         finished = &mut grpc => {
             // The gRPC server stopped on its own: an error; stop the rest.
             stopping.cancel();

@@ -48,6 +48,7 @@ fn bad_config_exits_64_naming_the_key() {
 /// tools take), and SIGTERM makes it drain and exit 0.
 #[tokio::test]
 async fn daemon_serves_and_exits_0_on_sigterm() {
+    let data = common::TempDir::new("daemon");
     let mut child = Command::new(BIN)
         .args([
             "--config",
@@ -60,6 +61,8 @@ async fn daemon_serves_and_exits_0_on_sigterm() {
             "--metrics-addr",
             "http://127.0.0.1:0",
         ])
+        .arg("--data-dir")
+        .arg(&data.0)
         .env("RUST_LOG", "contact_server=info")
         .stderr(Stdio::piped())
         .spawn()

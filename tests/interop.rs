@@ -256,8 +256,12 @@ fn example(name: &str) -> PathBuf {
         .unwrap_or_else(|_| panic!("{} is not built", example.display()));
     // `cargo test` builds examples; `cargo test --test interop` alone may
     // leave an old one, which must not be what is tested.
-    let sources = [python::root().join("src"), python::root().join("examples")];
-    let newest = sources.iter().filter_map(|dir| newest_rs(dir)).max();
+    // What the example is built from: the library, and its own file.
+    let own = python::root().join("examples").join(format!("{name}.rs"));
+    let newest = newest_rs(&python::root().join("src"))
+        .into_iter()
+        .chain(std::fs::metadata(own).and_then(|m| m.modified()).ok())
+        .max();
     assert!(
         newest.is_none_or(|newest| newest <= built),
         "{} is older than the sources: run the whole `cargo test` (or `cargo build --examples`)",
@@ -266,14 +270,18 @@ fn example(name: &str) -> PathBuf {
     example
 }
 
-/// The newest modification time of a `.rs` file below `dir`.
+/// The newest modification time of a `.rs` file below `dir`. Unit-test
+/// files (`tests.rs`, and `tests/` folders) are left out: they are not part
+/// of what an example links, so changing one rebuilds no example.
 fn newest_rs(dir: &std::path::Path) -> Option<std::time::SystemTime> {
     std::fs::read_dir(dir)
         .ok()?
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let path = entry.path();
-            if path.is_dir() {
+            if path.file_stem().is_some_and(|stem| stem == "tests") {
+                None
+            } else if path.is_dir() {
                 newest_rs(&path)
             } else if path.extension().is_some_and(|ext| ext == "rs") {
                 entry.metadata().and_then(|m| m.modified()).ok()

@@ -108,6 +108,11 @@ pub enum ConfigError {
     },
 }
 
+/// Default journal directory, relative to the working directory.
+pub const DEFAULT_STORAGE_DIR: &str = "contact-data";
+/// A new journal segment is started past this size: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The whole configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -120,6 +125,8 @@ pub struct Config {
     pub tasks: TasksConfig,
     /// Per-queue overrides of `[tasks]`, by queue name.
     pub queues: BTreeMap<String, QueueConfig>,
+    /// Where accepted tasks are kept.
+    pub storage: StorageConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -214,6 +221,52 @@ pub struct QueueConfig {
     /// Longest retry delay, in ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_max_delay_ms: Option<u64>,
+}
+
+/// Where accepted tasks are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageMode {
+    /// An append-only journal in `storage.dir`: tasks survive restarts.
+    Journal,
+    /// Memory only: a restart loses every task.
+    Memory,
+}
+
+/// When an answer that depends on the journal may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageSync {
+    /// Once the record reached the kernel: survives a crash or `kill -9` of
+    /// the server, not a power cut.
+    Write,
+    /// Once the record is on the disk (`fdatasync`): survives a power cut.
+    Fsync,
+}
+
+/// `[storage]`: where accepted tasks are kept, and how durably.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `journal` (the default) or `memory`.
+    pub mode: StorageMode,
+    /// The journal's directory (one server per directory).
+    pub dir: std::path::PathBuf,
+    /// `write` (the default) or `fsync`.
+    pub sync: StorageSync,
+    /// A new segment is started past this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            mode: StorageMode::Journal,
+            dir: DEFAULT_STORAGE_DIR.into(),
+            sync: StorageSync::Write,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
 }
 
 /// `[log]`: logging.

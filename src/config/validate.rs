@@ -141,6 +141,18 @@ impl Config {
                 queue.retry_max_delay_ms.unwrap_or(t.retry_max_delay_ms),
             )?;
         }
+        if !(1024 * 1024..=16 * 1024 * 1024 * 1024).contains(&self.storage.segment_bytes) {
+            return Err(invalid(
+                "storage.segment_bytes",
+                self.storage.segment_bytes,
+                "must be from 1048576 (1 MiB) to 17179869184 (16 GiB)",
+            ));
+        }
+        if self.storage.mode == super::StorageMode::Journal
+            && self.storage.dir.as_os_str().is_empty()
+        {
+            return Err(invalid("storage.dir", "\"\"", "must name a directory"));
+        }
         if self
             .log
             .filter

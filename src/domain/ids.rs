@@ -79,6 +79,16 @@ impl TaskId {
         Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
     }
 
+    /// The id's 16 bytes, as the journal keeps it.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// The id from the journal's 16 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Uuid::from_slice(bytes).ok().map(Self)
+    }
+
     /// Parses a client-supplied task id.
     pub fn parse(id: &str) -> Result<Self, Error> {
         parse_uuid("task id", id).map(Self)
@@ -109,6 +119,11 @@ impl fmt::Display for SessionId {
 }
 
 impl SessionId {
+    /// The id's 16 bytes, as the journal keeps it.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
     /// Parses a session id a resuming worker presents.
     pub fn parse(id: &str) -> Result<Self, Error> {
         parse_uuid("session id", id).map(Self)
@@ -123,6 +138,16 @@ impl BroadcastId {
     /// A fresh broadcast id.
     pub fn generate() -> Self {
         Self(Uuid::new_v4())
+    }
+
+    /// The id's 16 bytes, as the journal keeps it.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// The id from the journal's 16 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Uuid::from_slice(bytes).ok().map(Self)
     }
 
     /// Parses a client-supplied broadcast id.

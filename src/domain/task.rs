@@ -283,6 +283,18 @@ impl DeadLetterReason {
             DeadLetterReason::Undeliverable => "undeliverable",
         }
     }
+
+    /// Reads a reason written by [`DeadLetterReason::as_str`].
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::MaxAttempts,
+            Self::FailedPermanently,
+            Self::Expired,
+            Self::Undeliverable,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == text)
+    }
 }
 
 /// What a worker reports with an acknowledgement.

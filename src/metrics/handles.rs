@@ -9,9 +9,10 @@
 use metrics::{Counter, Gauge, counter, gauge};
 
 use super::{
-    LEASES_EXPIRED, RECEIPTS_MISSED, SESSIONS_EXPIRED, SESSIONS_RESUMED, STALE_ACKS_REFUSED,
-    TASKS_ACKNOWLEDGED, TASKS_CANCELLED, TASKS_DEAD_LETTERED, TASKS_DISPATCHED, TASKS_IN_FLIGHT,
-    TASKS_REDELIVERED, TASKS_SUBMITTED, WORKER_CREDIT, WORKERS_CONNECTED,
+    JOURNAL_BYTES, JOURNAL_COMPACTIONS, JOURNAL_SEGMENTS, LEASES_EXPIRED, RECEIPTS_MISSED,
+    SESSIONS_EXPIRED, SESSIONS_RESUMED, STALE_ACKS_REFUSED, TASKS_ACKNOWLEDGED, TASKS_CANCELLED,
+    TASKS_DEAD_LETTERED, TASKS_DISPATCHED, TASKS_IN_FLIGHT, TASKS_REDELIVERED, TASKS_SUBMITTED,
+    WORKER_CREDIT, WORKERS_CONNECTED,
 };
 use crate::domain::DeadLetterReason;
 
@@ -32,6 +33,9 @@ pub(crate) struct QueueMetrics {
     dead_lettered: [Counter; 4],
     pub(crate) cancelled: Counter,
     pub(crate) in_flight: Gauge,
+    pub(crate) compactions: Counter,
+    pub(crate) journal_bytes: Gauge,
+    pub(crate) journal_segments: Gauge,
 }
 
 impl QueueMetrics {
@@ -48,6 +52,9 @@ impl QueueMetrics {
             redelivered_receipt_missed: counter!(TASKS_REDELIVERED, "reason" => "receipt_missed"),
             redelivered_failed: counter!(TASKS_REDELIVERED, "reason" => "failed"),
             redelivered_retry: counter!(TASKS_REDELIVERED, "reason" => "retry"),
+            compactions: counter!(JOURNAL_COMPACTIONS),
+            journal_bytes: gauge!(JOURNAL_BYTES),
+            journal_segments: gauge!(JOURNAL_SEGMENTS),
             dead_lettered: DEAD_LETTER_REASONS
                 .map(|reason| counter!(TASKS_DEAD_LETTERED, "reason" => reason.as_str())),
             cancelled: counter!(TASKS_CANCELLED),

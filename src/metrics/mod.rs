@@ -48,6 +48,14 @@ pub(crate) const TASKS_REDELIVERED: &str = "contact_tasks_redelivered_total";
 pub(crate) const TASKS_DEAD_LETTERED: &str = "contact_tasks_dead_lettered_total";
 /// Counter: tasks cancelled by producers.
 pub(crate) const TASKS_CANCELLED: &str = "contact_tasks_cancelled_total";
+/// Counter: journal compactions (tasks of the oldest segment carried forward).
+pub(crate) const JOURNAL_COMPACTIONS: &str = "contact_journal_compactions_total";
+/// Gauge: bytes of journal on disk.
+pub(crate) const JOURNAL_BYTES: &str = "contact_journal_bytes";
+/// Gauge: journal segment files.
+pub(crate) const JOURNAL_SEGMENTS: &str = "contact_journal_segments";
+/// Gauge: how long the last start took to replay the journal.
+pub(crate) const JOURNAL_RECOVERY_SECONDS: &str = "contact_journal_recovery_seconds";
 /// Counter: deliveries whose receipt did not come in time.
 pub(crate) const RECEIPTS_MISSED: &str = "contact_receipts_missed_total";
 /// Counter: deliveries whose execution lease ran out.
@@ -132,6 +140,26 @@ fn describe_all() {
         TASKS_DEAD_LETTERED,
         Unit::Count,
         "Tasks given up on, by reason."
+    );
+    describe_counter!(
+        JOURNAL_COMPACTIONS,
+        Unit::Count,
+        "Journal compactions: the live tasks of the oldest segment carried forward so it can go."
+    );
+    describe_gauge!(
+        JOURNAL_BYTES,
+        Unit::Bytes,
+        "Bytes of journal segments on disk (0 in memory mode)."
+    );
+    describe_gauge!(
+        JOURNAL_SEGMENTS,
+        Unit::Count,
+        "Journal segment files on disk (0 in memory mode)."
+    );
+    describe_gauge!(
+        JOURNAL_RECOVERY_SECONDS,
+        Unit::Seconds,
+        "How long the last start took to open and replay the journal."
     );
     describe_counter!(
         TASKS_CANCELLED,

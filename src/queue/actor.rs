@@ -21,7 +21,7 @@ use std::{
 };
 
 use tokio::{sync::mpsc, time::Instant};
-use tracing::debug;
+use tracing::{debug, error, warn};
 
 use super::{
     QueueMsg, QueueStats,
@@ -37,11 +37,17 @@ use crate::{
     alarm::Alarm,
     domain::{BroadcastId, ClientId, NewTask, QueueName, Target, TaskId, TaskInfo},
     error::Error,
+    journal::{
+        Journal,
+        record::{self, Event},
+    },
     metrics::{QueueGauges, QueueMetrics},
 };
 
 mod endings;
+mod journaling;
 mod leasing;
+mod restore;
 
 /// Messages handled per turn before dispatching, so a burst of submits is
 /// handed to workers in batches rather than one by one.
@@ -68,13 +74,21 @@ pub(super) struct Queue {
     draining: bool,
     /// The zero of the per-task millisecond clock.
     epoch: Instant,
+    /// The wall time (Unix ms) at `epoch`, to record due times as wall time.
+    pub(super) epoch_unix_ms: u64,
+    /// Where decisions are recorded, and answers wait for them.
+    pub(super) journal: Journal,
+    /// True while the queue rebuilds itself from the journal: nothing is
+    /// recorded then.
+    pub(super) restoring: bool,
     metrics: QueueMetrics,
     gauges: QueueGauges,
 }
 
 impl Queue {
-    /// An empty queue that will serve `rx` under `policy`.
-    pub(super) fn new(rx: mpsc::Receiver<QueueMsg>, policy: QueuePolicy) -> Self {
+    /// An empty queue that will serve `rx` under `policy`, recording its
+    /// decisions in `journal`.
+    pub(super) fn new(rx: mpsc::Receiver<QueueMsg>, policy: QueuePolicy, journal: Journal) -> Self {
         let default_queue = QueueName::default_queue();
         let mut configured: Vec<&QueueName> = policy.per_queue.keys().collect();
         configured.sort();
@@ -96,6 +110,9 @@ impl Queue {
             in_flight_count: 0,
             draining: false,
             epoch: Instant::now(),
+            epoch_unix_ms: crate::clock::unix_ms_now(),
+            journal,
+            restoring: false,
             metrics: QueueMetrics::new(),
             gauges,
         }
@@ -124,6 +141,23 @@ impl Queue {
             }
             self.dispatch();
             self.backlog.sweep();
+            self.flush_journal();
+        }
+        if !self.journal.is_durable() {
+            let dropped = self.backlog.pending() + self.in_flight_count;
+            if dropped > 0 {
+                warn!(
+                    dropped,
+                    "storage.mode is memory: dropping the tasks still queued or in flight"
+                );
+            }
+        }
+        // Everything decided is written before the queue is gone.
+        let journal = std::mem::replace(&mut self.journal, Journal::memory());
+        match tokio::task::spawn_blocking(move || journal.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(failure)) => error!(%failure, "journal closed with an error"),
+            Err(error) => error!(%error, "journal close did not finish"),
         }
         debug!(
             pending = self.backlog.pending(),
@@ -147,10 +181,14 @@ impl Queue {
                     .map(|t| self.handle_submit(t, now))
                     .collect();
                 // The producer may have gone; the tasks are accepted all the same.
-                let _ = respond_to.send(ids);
+                self.journal.reply(move || {
+                    let _ = respond_to.send(ids);
+                });
             }
             QueueMsg::Attach { client } => {
-                self.known_clients.insert(client.clone());
+                if self.known_clients.insert(client.clone()) {
+                    self.record_client(&client, true);
+                }
                 self.online.insert(client);
             }
             QueueMsg::Lease(request) => self.handle_lease(request),
@@ -161,34 +199,59 @@ impl Queue {
             }
             QueueMsg::Release(release) => self.handle_release(release),
             QueueMsg::Get { task, respond_to } => {
-                let _ = respond_to.send(self.info(task));
+                let info = self.info(task);
+                self.journal.reply(move || {
+                    let _ = respond_to.send(info);
+                });
             }
             QueueMsg::Watch { task, respond_to } => self.handle_watch(task, respond_to),
             QueueMsg::Cancel { task, respond_to } => {
-                let _ = respond_to.send(self.handle_cancel(task));
+                let answer = self.handle_cancel(task);
+                self.journal.reply(move || {
+                    let _ = respond_to.send(answer);
+                });
             }
             QueueMsg::DeadLetters {
                 queue,
                 limit,
                 respond_to,
             } => {
-                let _ = respond_to.send(self.dead_letters(queue.as_ref(), limit));
+                let answer = self.dead_letters(queue.as_ref(), limit);
+                self.journal.reply(move || {
+                    let _ = respond_to.send(answer);
+                });
             }
             QueueMsg::Requeue { task, respond_to } => {
-                let _ = respond_to.send(self.handle_requeue(task));
+                let answer = self.handle_requeue(task);
+                self.journal.reply(move || {
+                    let _ = respond_to.send(answer);
+                });
             }
             QueueMsg::OpenBroadcast { respond_to } => {
-                let _ = respond_to.send(if self.draining {
+                let answer = if self.draining {
                     Err(Error::ShuttingDown)
                 } else {
-                    Ok(self.archive.open_broadcast())
+                    let id = self.archive.open_broadcast();
+                    if !self.restoring {
+                        self.journal
+                            .record(Event::BroadcastOpened(record::Broadcast {
+                                id: id.as_bytes().to_vec(),
+                            }));
+                    }
+                    Ok(id)
+                };
+                self.journal.reply(move || {
+                    let _ = respond_to.send(answer);
                 });
             }
             QueueMsg::BroadcastCopies {
                 broadcast,
                 respond_to,
             } => {
-                let _ = respond_to.send(self.broadcast_copies(broadcast));
+                let answer = self.broadcast_copies(broadcast);
+                self.journal.reply(move || {
+                    let _ = respond_to.send(answer);
+                });
             }
             QueueMsg::QueueStats { respond_to } => {
                 let _ = respond_to.send(self.queue_stats());
@@ -206,6 +269,11 @@ impl Queue {
     fn handle_submit(&mut self, task: NewTask, now: Instant) -> Result<TaskId, Error> {
         if self.draining {
             return Err(Error::ShuttingDown);
+        }
+        if self.journal.refusing_work() {
+            return Err(Error::ResourceExhausted(
+                "the journal's disk is full: no new work until space returns".into(),
+            ));
         }
         if let Some(key) = &task.idempotency_key
             && let Some((id, fingerprint)) = self.archive.task_for_key(key)
@@ -246,14 +314,22 @@ impl Queue {
             Target::Queue(_) => self.metrics.submitted_queue.increment(1),
             Target::Client(_) => self.metrics.submitted_client.increment(1),
         }
+        let now_unix_ms = crate::clock::unix_ms_now();
+        let mut journal_key = None;
         if let Some(key) = task.idempotency_key.clone() {
-            self.archive
-                .remember_key(key.clone(), id, task.fingerprint());
-            self.timers
-                .add(now + self.policy.idempotency_window, Timer::ForgetKey(key));
+            let fingerprint = task.fingerprint();
+            self.archive.remember_key(key.clone(), id, fingerprint);
+            let window = self.policy.idempotency_window;
+            if self.journal.is_durable() {
+                let expires = now_unix_ms.saturating_add(window.as_millis() as u64);
+                journal_key = Some((key.clone(), expires, fingerprint));
+            }
+            self.timers.add(now + window, Timer::ForgetKey(key));
         }
+        let mut ttl_deadline_unix_ms = 0;
         if let Some(ttl) = task.ttl {
             self.timers.add(now + ttl, Timer::Expire(id));
+            ttl_deadline_unix_ms = now_unix_ms.saturating_add(ttl.as_millis() as u64);
         }
         if let Target::Client(_) = target {
             self.timers
@@ -273,6 +349,11 @@ impl Queue {
             task.broadcast,
         );
         self.tasks.insert(id, entry);
+        if self.journal.is_durable()
+            && let Some(entry) = self.tasks.get_mut(&id)
+        {
+            entry.set_journal_extras(journal_key, ttl_deadline_unix_ms);
+        }
         let wait = match task.not_before_unix_ms {
             0 => None,
             ms => (UNIX_EPOCH + Duration::from_millis(ms))
@@ -284,6 +365,8 @@ impl Queue {
             Some(wait) => self.make_pending_later(id, now + wait, task.not_before_unix_ms),
             None => self.make_pending(id, Placement::Back(now)),
         }
+        // After it is in line, so its full record says when it became due.
+        self.record_task(id);
         Ok(id)
     }
 
@@ -302,6 +385,7 @@ impl Queue {
         let front = due_ms.is_none();
         self.backlog
             .push_ready(&entry.target, entry.priority, (id, generation), front);
+        self.record_pending(id);
     }
 
     /// Makes a task pending, but not before `at`.
@@ -312,6 +396,7 @@ impl Queue {
         let generation = entry.wait_until(at, at_unix_ms);
         self.backlog.push_delayed(&entry.target);
         self.timers.add(at, Timer::Ready((id, generation)));
+        self.record_pending(id);
     }
 
     /// Takes a pending task out of the pending count; its line slot or timer
@@ -429,19 +514,30 @@ impl Queue {
         self.gauges
             .publish(self.backlog.samples(&self.tasks, now_ms));
         self.metrics.in_flight.set(self.in_flight_count as f64);
+        let (bytes, segments) = self.journal.disk_usage();
+        self.metrics.journal_bytes.set(bytes as f64);
+        self.metrics.journal_segments.set(segments as f64);
     }
 
-    fn notify_watchers(&mut self, id: TaskId) {
-        let tasks = &self.tasks;
-        self.archive.notify(id, || info(tasks, id));
+    /// Tells the task's watchers it ended, once that is recorded.
+    pub(super) fn notify_watchers(&mut self, id: TaskId) {
+        if let Some(watchers) = self.archive.take_watchers(id) {
+            let answer = self.info(id);
+            self.journal.reply(move || {
+                for watcher in watchers {
+                    // A watcher that timed out has dropped its receiver; fine.
+                    let _ = watcher.send(answer.clone());
+                }
+            });
+        }
     }
 
     fn handle_watch(&mut self, id: TaskId, respond_to: Watcher) {
         match self.info(id) {
             Ok(info) if !info.state.is_final() => self.archive.watch(id, respond_to),
-            answer => {
+            answer => self.journal.reply(move || {
                 let _ = respond_to.send(answer);
-            }
+            }),
         }
     }
 

@@ -89,15 +89,9 @@ impl Archive {
         }
     }
 
-    /// The task has ended: its watchers get `info` (read only if any wait).
-    pub(super) fn notify(&mut self, id: TaskId, info: impl FnOnce() -> Result<TaskInfo, Error>) {
-        if let Some(watchers) = self.watchers.remove(&id) {
-            let info = info();
-            for watcher in watchers {
-                // A watcher that timed out has dropped its receiver; fine.
-                let _ = watcher.send(info.clone());
-            }
-        }
+    /// The task has ended: its watchers, to be told once that is recorded.
+    pub(super) fn take_watchers(&mut self, id: TaskId) -> Option<Vec<Watcher>> {
+        self.watchers.remove(&id)
     }
 
     // === Dead letters ===
@@ -143,6 +137,12 @@ impl Archive {
     /// Starts a broadcast record, forgetting the oldest past the limit.
     pub(super) fn open_broadcast(&mut self) -> BroadcastId {
         let id = BroadcastId::generate();
+        self.keep_broadcast(id);
+        id
+    }
+
+    /// Keeps the record of broadcast `id` (a new one, or one recovered).
+    pub(super) fn keep_broadcast(&mut self, id: BroadcastId) {
         self.broadcasts.insert(id, Vec::new());
         self.broadcast_order.push_back(id);
         while self.broadcast_order.len() > MAX_BROADCASTS {
@@ -150,7 +150,6 @@ impl Archive {
                 self.broadcasts.remove(&old);
             }
         }
-        id
     }
 
     /// True while the broadcast's record is kept.
@@ -220,16 +219,15 @@ mod tests {
         drop(gone_rx);
         archive.watch(id, second);
         assert_eq!(archive.watchers.get(&id).map(Vec::len), Some(2));
-        let err = || {
-            Err(Error::NotFound {
+        for watcher in archive.take_watchers(id).unwrap() {
+            let _ = watcher.send(Err(Error::NotFound {
                 what: "task",
                 id: "x".into(),
-            })
-        };
-        archive.notify(id, err);
+            }));
+        }
         assert!(first_rx.try_recv().unwrap().is_err());
         assert!(second_rx.try_recv().unwrap().is_err());
-        archive.notify(id, || panic!("no one waits any more"));
+        assert!(archive.take_watchers(id).is_none(), "no one waits any more");
     }
 
     /// A key finds its task until it is forgotten.

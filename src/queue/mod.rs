@@ -46,6 +46,7 @@ use crate::{
         TaskResult,
     },
     error::Error,
+    journal::{Journal, Recovered},
 };
 
 mod actor;
@@ -142,9 +143,17 @@ pub(crate) struct QueueHandle {
 
 impl QueueHandle {
     /// Starts the queue actor on `tracker`.
-    pub(crate) fn spawn(policy: QueuePolicy, tracker: &TaskTracker) -> Self {
+    pub(crate) fn spawn(
+        policy: QueuePolicy,
+        journal: Journal,
+        recovered: Option<Recovered>,
+        tracker: &TaskTracker,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_INBOX_CAPACITY);
-        let actor = actor::Queue::new(rx, policy);
+        let mut actor = actor::Queue::new(rx, policy, journal);
+        if let Some(recovered) = recovered {
+            actor.restore(recovered);
+        }
         tracker.spawn(actor.run().instrument(info_span!("queue")));
         Self { tx }
     }

@@ -67,6 +67,13 @@ impl<V> TaskTable<V> {
         value
     }
 
+    /// Every task with its entry, in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (TaskId, &V)> {
+        self.index
+            .iter()
+            .filter_map(|(id, slot)| Some((*id, self.slots.get(*slot as usize)?.as_ref()?)))
+    }
+
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.index.len()

@@ -79,7 +79,32 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         })
 }
 
-/// A config for tests: every listener on an ephemeral loopback port.
+/// A fresh, empty directory under the build's temporary directory, removed
+/// when the guard drops: a journal of its own for each server.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("journals")
+            .join(format!("{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A config for tests: every listener on an ephemeral loopback port, and
+/// the default (journal) storage in a directory [`TestServer`] makes.
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
@@ -99,6 +124,8 @@ pub struct TestServer {
     server: Option<RunningServer>,
     pub grpc_addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
+    /// The journal's directory, when the server made one for itself.
+    data: Option<TempDir>,
 }
 
 impl TestServer {
@@ -106,15 +133,25 @@ impl TestServer {
         Self::with_config(test_config()).await
     }
 
-    pub async fn with_config(config: Config) -> Self {
+    /// Starts the server on `config`. A config that keeps the default
+    /// journal directory gets a fresh one of its own, removed with the
+    /// server; a test that names its own directory keeps it.
+    pub async fn with_config(mut config: Config) -> Self {
         // Quiet unless RUST_LOG asks for more.
         contact_server::telemetry::init("error");
+        let default_dir = Config::default().storage.dir;
+        let data = (config.storage.dir == default_dir).then(|| {
+            let dir = TempDir::new("server");
+            config.storage.dir = dir.0.clone();
+            dir
+        });
         let listeners = Listeners::bind(&config).await.unwrap();
         let server = contact_server::start(config, listeners).unwrap();
         Self {
             grpc_addr: server.grpc_addr(),
             metrics_addr: server.metrics_addr(),
             server: Some(server),
+            data,
         }
     }
 

@@ -115,7 +115,11 @@ impl Args {
     }
 }
 
+// Memory mode: these scenarios measure the delivery path beside the
+// ceiling; the journal's cost is measured on its own.
 const SERVER_CONFIG: &str = r#"
+[storage]
+mode = "memory"
 [server]
 drain_timeout_secs = 1
 [workers]

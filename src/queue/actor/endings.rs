@@ -151,6 +151,7 @@ impl Queue {
             self.to_forget.remove(worker);
             self.known_clients.remove(worker);
             self.backlog.forget(&own);
+            self.record_client(worker, false);
         }
     }
 
@@ -190,15 +191,19 @@ impl Queue {
         };
         entry.kill(reason, self.archive.add_dead(id));
         self.metrics.dead_lettered(reason).increment(1);
+        self.record_finished(id);
         self.notify_watchers(id);
     }
 
     /// Records a done or cancelled task and forgets the oldest ones past the
     /// retention limit.
     fn finish(&mut self, id: TaskId) {
+        self.record_finished(id);
         self.notify_watchers(id);
-        if let Some(old) = self.archive.add_finished(id) {
-            self.tasks.remove(&old);
+        if let Some(old) = self.archive.add_finished(id)
+            && let Some(entry) = self.tasks.remove(&old)
+        {
+            self.record_forgotten(old, entry.anchor);
         }
     }
 

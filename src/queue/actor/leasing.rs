@@ -102,6 +102,14 @@ impl Queue {
             }
             deliveries.push(entry.deliver(id, &request.client));
         }
+        for delivery in &deliveries {
+            self.record_delivered(
+                delivery.task_id,
+                delivery.attempt,
+                &request.client,
+                request.session,
+            );
+        }
         let count = deliveries.len();
         self.in_flight_count += count;
         match request.respond_to.send(deliveries) {

@@ -55,7 +55,7 @@ fn policy(max_attempts: u32) -> QueuePolicy {
 
 fn queue_with(policy: QueuePolicy) -> Queue {
     let (_tx, rx) = mpsc::channel(1);
-    Queue::new(rx, policy)
+    Queue::new(rx, policy, crate::journal::Journal::memory())
 }
 
 fn queue(max_attempts: u32) -> Queue {

@@ -1,0 +1,239 @@
+//! What the queue tells its journal: one record per decision, written by
+//! the handlers at the point they change a task (submitted, delivered, back
+//! in line, finished, forgotten), and the carrying forward of tasks that
+//! compaction asks for. The records are built from the task entries here,
+//! so the handlers only say which task changed.
+//!
+//! While the queue restores itself from the journal nothing is recorded:
+//! the state being rebuilt is the journal's own.
+
+use tracing::debug;
+
+use super::Queue;
+use crate::queue::entry::TaskEntry;
+use crate::{
+    domain::{ClientId, SessionId, Target, TaskId, TaskState},
+    journal::record::{self, Event, State},
+};
+
+/// The journal's word for a task's state.
+fn state(state: TaskState) -> State {
+    match state {
+        TaskState::Pending => State::Pending,
+        TaskState::Delivered => State::Delivered,
+        TaskState::Done => State::Done,
+        TaskState::DeadLettered => State::DeadLettered,
+        TaskState::Cancelled => State::Cancelled,
+    }
+}
+
+fn id_bytes(id: TaskId) -> Vec<u8> {
+    id.as_bytes().to_vec()
+}
+
+impl Queue {
+    /// Wall-clock ms of a stamp of the queue's clock.
+    fn wall_ms(&self, clock_ms: u64) -> u64 {
+        self.epoch_unix_ms.saturating_add(clock_ms)
+    }
+
+    /// The full record of a task, as it stands.
+    fn full_record(
+        &self,
+        id: TaskId,
+        entry: &TaskEntry,
+        session: Option<SessionId>,
+    ) -> record::TaskRecord {
+        let (queue, target_client) = match &entry.target {
+            Target::Queue(queue) => (queue.as_str().to_owned(), String::new()),
+            Target::Client(client) => (String::new(), client.as_str().to_owned()),
+        };
+        let (text, payload, lease_ms) = entry.content();
+        let (key, ttl_deadline_unix_ms) = entry.journal_extras();
+        let (idempotency_key, key_expires_unix_ms, fingerprint) = key
+            .map(|(key, expires, fingerprint)| (key.clone(), *expires, *fingerprint))
+            .unwrap_or_default();
+        let info = entry.info(id);
+        record::TaskRecord {
+            id: id_bytes(id),
+            queue,
+            target_client,
+            text: text.unwrap_or_default().to_owned(),
+            payload: payload.clone(),
+            priority: entry.priority,
+            lease_ms,
+            due_unix_ms: self.wall_ms(entry.due_ms()),
+            not_before_unix_ms: info.not_before_unix_ms,
+            ttl_deadline_unix_ms,
+            idempotency_key,
+            key_expires_unix_ms,
+            fingerprint,
+            broadcast: entry
+                .broadcast_id()
+                .map(|b| b.as_bytes().to_vec())
+                .unwrap_or_default(),
+            state: state(entry.state) as i32,
+            attempts: entry.attempts,
+            worker: entry
+                .worker
+                .as_ref()
+                .map(|w| w.as_str().to_owned())
+                .unwrap_or_default(),
+            session: session.map(|s| s.as_bytes().to_vec()).unwrap_or_default(),
+            result: entry.result().map(|result| record::Outcome {
+                ret: result.ret.clone(),
+                output: result.output.clone(),
+                error: result.error.clone(),
+                dead_letter_reason: info
+                    .dead_letter_reason
+                    .map(|r| r.as_str().to_owned())
+                    .unwrap_or_default(),
+                dead_unix_ms: 0,
+            }),
+        }
+    }
+
+    /// A task was accepted, or is carried forward: its full record anchors
+    /// it in the newest segment.
+    pub(super) fn record_task(&mut self, id: TaskId) {
+        if self.restoring || !self.journal.is_durable() {
+            return;
+        }
+        let Some(entry) = self.tasks.get(&id) else {
+            return;
+        };
+        let record = self.full_record(id, entry, None);
+        let old = entry.anchor;
+        let anchor = self.journal.record(Event::Task(record));
+        if old != 0 {
+            self.journal.unanchor(u64::from(old));
+        }
+        if let Some(entry) = self.tasks.get_mut(&id) {
+            // Segment numbers stay far below 2^32 (one per 64 MiB written).
+            entry.anchor = u32::try_from(anchor).unwrap_or(u32::MAX);
+        }
+    }
+
+    /// A task was pushed to `worker`'s session as its next attempt.
+    pub(super) fn record_delivered(
+        &mut self,
+        id: TaskId,
+        attempt: u32,
+        worker: &ClientId,
+        session: SessionId,
+    ) {
+        if self.restoring || !self.journal.is_durable() {
+            return;
+        }
+        self.journal.record(Event::Delivered(record::Delivered {
+            id: id_bytes(id),
+            attempt,
+            worker: worker.as_str().to_owned(),
+            session: session.as_bytes().to_vec(),
+        }));
+    }
+
+    /// A task is in line again (maybe delayed).
+    pub(super) fn record_pending(&mut self, id: TaskId) {
+        if self.restoring || !self.journal.is_durable() {
+            return;
+        }
+        // A task not yet anchored (being submitted) has no record to amend.
+        let Some(entry) = self.tasks.get(&id).filter(|e| e.anchor != 0) else {
+            return;
+        };
+        let event = Event::Pending(record::Pending {
+            id: id_bytes(id),
+            attempts: entry.attempts,
+            due_unix_ms: self.wall_ms(entry.due_ms()),
+            not_before_unix_ms: entry.info(id).not_before_unix_ms,
+        });
+        self.journal.record(event);
+    }
+
+    /// A task finished: done, dead-lettered or cancelled.
+    pub(super) fn record_finished(&mut self, id: TaskId) {
+        if self.restoring || !self.journal.is_durable() {
+            return;
+        }
+        let Some(entry) = self.tasks.get(&id) else {
+            return;
+        };
+        let info = entry.info(id);
+        let result = (!info.result.is_empty() || info.dead_letter_reason.is_some()).then(|| {
+            record::Outcome {
+                ret: info.result.ret,
+                output: info.result.output,
+                error: info.result.error,
+                dead_letter_reason: info
+                    .dead_letter_reason
+                    .map(|r| r.as_str().to_owned())
+                    .unwrap_or_default(),
+                dead_unix_ms: 0,
+            }
+        });
+        self.journal.record(Event::Finished(record::Finished {
+            id: id_bytes(id),
+            state: state(info.state) as i32,
+            result,
+        }));
+    }
+
+    /// A task is forgotten; the entry is gone already, `anchor` was its.
+    pub(super) fn record_forgotten(&mut self, id: TaskId, anchor: u32) {
+        if self.restoring || !self.journal.is_durable() {
+            return;
+        }
+        self.journal
+            .record(Event::Forgotten(record::Forgotten { id: id_bytes(id) }));
+        self.journal.unanchor(u64::from(anchor));
+    }
+
+    /// A worker id tasks may now target, or no longer.
+    pub(super) fn record_client(&mut self, client: &ClientId, known: bool) {
+        if self.restoring || !self.journal.is_durable() {
+            return;
+        }
+        let client = record::Client {
+            id: client.as_str().to_owned(),
+        };
+        self.journal.record(if known {
+            Event::ClientKnown(client)
+        } else {
+            Event::ClientForgotten(client)
+        });
+    }
+
+    /// Ends the turn's journal batch; carries forward the tasks of the
+    /// oldest segment when compaction asks for it.
+    pub(super) fn flush_journal(&mut self) {
+        if let Some(oldest) = self.journal.flush() {
+            let anchored: Vec<TaskId> = self
+                .tasks
+                .iter()
+                .filter(|(_, entry)| u64::from(entry.anchor) == oldest)
+                .map(|(id, _)| id)
+                .collect();
+            debug!(
+                segment = oldest,
+                tasks = anchored.len(),
+                "journal: carrying tasks forward"
+            );
+            self.metrics.compactions.increment(1);
+            for id in anchored {
+                let session = None;
+                if let Some(entry) = self.tasks.get(&id) {
+                    let record = self.full_record(id, entry, session);
+                    let anchor = self.journal.record(Event::Task(record));
+                    self.journal.unanchor(oldest);
+                    if let Some(entry) = self.tasks.get_mut(&id) {
+                        entry.anchor = u32::try_from(anchor).unwrap_or(u32::MAX);
+                    }
+                }
+            }
+            // The oldest segment is empty of anchors now: the next flush
+            // deletes it, after the carried records are on their way.
+            let _ = self.journal.flush();
+        }
+    }
+}
