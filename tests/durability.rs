@@ -1,0 +1,414 @@
+//! Durable by default: what a submit answered OK survives a restart, a
+//! graceful stop with work queued, and `kill -9` of the real binary at
+//! random moments; a damaged journal refuses to start, naming the file and
+//! offset; one server per directory.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::{TempDir, TestServer, TestWorker, WorkerOptions, daemon::Daemon, test_config, within};
+use contact_server::{
+    client::WorkerBuilder,
+    proto::{
+        Outcome,
+        v1::{self, TaskState},
+    },
+};
+use futures_util::{StreamExt as _, stream};
+use tonic::Code;
+
+fn config_on(dir: &TempDir) -> contact_server::Config {
+    let mut config = test_config();
+    config.storage.dir = dir.0.clone();
+    config
+}
+
+/// Every kind of state a task can be in comes back after a graceful stop
+/// and a start on the same journal: queued, delayed, done with its result,
+/// dead-lettered with its reason, handed back by a worker that held it,
+/// and an idempotency key within its window.
+#[tokio::test]
+async fn a_restart_keeps_every_state() {
+    let dir = TempDir::new("restart");
+    let server = TestServer::with_config(config_on(&dir)).await;
+    let mut tasks = server.tasks().await;
+    let queued = server.submit("later", "waits for a worker").await;
+    let in_an_hour = contact_server::clock::unix_ms_now() + 3_600_000;
+    let delayed = within(
+        "a delayed submit",
+        tasks.submit(v1::SubmitRequest {
+            queue: "later".into(),
+            not_before_unix_ms: in_an_hour,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .task_id;
+    let keyed = v1::SubmitRequest {
+        queue: "later".into(),
+        text: "once".into(),
+        idempotency_key: "order-1".into(),
+        ..Default::default()
+    };
+    let keyed_id = within("keyed submit", tasks.submit(keyed.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+
+    let mut worker = TestWorker::connect(&server, WorkerOptions::id("w").queues("work")).await;
+    let done = server.submit("work", "finish me").await;
+    assert_eq!(worker.next_task().await.task_id, done);
+    worker.ack(&done, Outcome::Done, "the result").await;
+    server.wait_finished(&done).await;
+    let dead = server.submit("work", "fail me").await;
+    assert_eq!(worker.next_task().await.task_id, dead);
+    worker.ack(&dead, Outcome::FailedPermanently, "no").await;
+    server.wait_finished(&dead).await;
+    let held = server.submit("work", "held at the stop").await;
+    assert_eq!(worker.next_task().await.task_id, held);
+    // The worker never finishes it: the drain times out and hands it back.
+    server.stop().await;
+    drop(worker);
+
+    let server = TestServer::with_config(config_on(&dir)).await;
+    assert_eq!(server.get(&queued).await.state(), TaskState::Pending);
+    let info = server.get(&delayed).await;
+    assert_eq!(
+        (info.state(), info.not_before_unix_ms),
+        (TaskState::Pending, in_an_hour)
+    );
+    let info = server.get(&done).await;
+    assert_eq!(
+        (info.state(), info.ret.as_str()),
+        (TaskState::Done, "the result")
+    );
+    let info = server.get(&dead).await;
+    assert_eq!(
+        (info.state(), info.dead_letter_reason.as_str()),
+        (TaskState::DeadLettered, "failed_permanently")
+    );
+    let listed = within(
+        "dead letters",
+        server
+            .tasks()
+            .await
+            .list_dead_letters(v1::ListDeadLettersRequest::default()),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .tasks;
+    assert_eq!(listed.len(), 1);
+    let info = server.get(&held).await;
+    assert_eq!((info.state(), info.attempts), (TaskState::Pending, 1));
+    let mut tasks = server.tasks().await;
+    let again = within("keyed submit again", tasks.submit(keyed))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    assert_eq!(again, keyed_id, "the key is remembered across the restart");
+
+    // The queue serves them as before: the handed-back task first, as attempt 2.
+    let mut worker =
+        TestWorker::connect(&server, WorkerOptions::id("w2").queues("work,later")).await;
+    let first = worker.next_task().await;
+    assert_eq!((first.task_id.as_str(), first.attempt), (held.as_str(), 2));
+    worker.ack(&held, Outcome::Done, "after the restart").await;
+    assert_eq!(server.wait_finished(&held).await.ret, "after the restart");
+    server.stop().await;
+}
+
+/// A graceful SIGTERM of the daemon with tasks still queued keeps them for
+/// the next start (it used to drop them and exit 0).
+#[tokio::test]
+async fn sigterm_keeps_the_queue() {
+    let dir = TempDir::new("sigterm");
+    let daemon = Daemon::start(&dir.0, &[]).await;
+    let mut tasks = daemon.tasks().await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let reply = within(
+            "submit",
+            tasks.submit(v1::SubmitRequest {
+                text: format!("task {i}"),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+        ids.push(reply.into_inner().task_id);
+    }
+    assert_eq!(daemon.terminate().await, Some(0));
+    let daemon = Daemon::start(&dir.0, &[]).await;
+    let mut tasks = daemon.tasks().await;
+    for id in &ids {
+        let info = within(
+            "get",
+            tasks.get(v1::GetRequest {
+                task_id: id.clone(),
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!(info.state(), TaskState::Pending);
+    }
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+/// What one crash round learned from the server, for the model.
+#[derive(Default)]
+struct Model {
+    /// Every task whose submit was answered OK.
+    accepted: Vec<String>,
+    /// Results that Wait returned as done.
+    done: HashMap<String, String>,
+    /// The most attempts seen per task.
+    attempts: HashMap<String, u32>,
+}
+
+/// Producers and a worker run against the real daemon while it is killed
+/// with SIGKILL at random moments and restarted on the same journal. After
+/// every restart each task whose submit was answered OK is still there
+/// (pending, delivered, done or dead-lettered, never missing), every result
+/// Wait returned stays, and attempts never go down. The seed is printed
+/// and `CONTACT_CRASH_SEED` replays a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_nothing_accepted() {
+    let seed = std::env::var("CONTACT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("crash test seed: {seed} (CONTACT_CRASH_SEED={seed} replays it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let dir = TempDir::new("crash");
+    let model = Arc::new(Mutex::new(Model::default()));
+    for round in 0..6 {
+        let daemon = Daemon::start(&dir.0, &[]).await;
+        check(&daemon, &model, seed, round).await;
+        let url = daemon.url();
+        let producer = tokio::spawn(produce(url.clone(), model.clone(), rng.u64(..)));
+        let waiter = tokio::spawn(wait_for_results(url.clone(), model.clone()));
+        let worker = tokio::spawn(async move {
+            let Ok(mut worker) = WorkerBuilder::new(url)
+                .client_id("crash-worker")
+                .max_in_flight(16)
+                .connect()
+                .await
+            else {
+                return;
+            };
+            while let Some(task) = worker.next_task().await {
+                let ret = format!("done {}", task.id);
+                if task.done(ret).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(rng.u64(100..700))).await;
+        daemon.kill9().await;
+        producer.abort();
+        waiter.abort();
+        worker.abort();
+    }
+    let daemon = Daemon::start(&dir.0, &[]).await;
+    check(&daemon, &model, seed, 6).await;
+    let accepted = model.lock().unwrap().accepted.len();
+    assert!(accepted > 0, "seed {seed}: no submit was answered at all");
+    eprintln!("crash test: {accepted} tasks accepted over 6 crashes, none lost");
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+/// Tasks submitted per round at the most, so the checks stay quick.
+const TASKS_PER_ROUND: usize = 400;
+
+/// Submits tasks in small pipelined batches (up to [`TASKS_PER_ROUND`])
+/// until aborted, recording each one answered OK.
+async fn produce(url: String, model: Arc<Mutex<Model>>, seed: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let Ok(mut tasks) = v1::tasks_client::TasksClient::connect(url).await else {
+        return;
+    };
+    let mut sent = 0;
+    while sent < TASKS_PER_ROUND {
+        // A little time between batches, so the kill lands among them.
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..20))).await;
+        let batch: Vec<v1::SubmitRequest> = (0..rng.usize(1..32))
+            .map(|i| v1::SubmitRequest {
+                text: format!("crash task {i}"),
+                ..Default::default()
+            })
+            .collect();
+        sent += batch.len();
+        let Ok(replies) = tasks.submit_stream(tokio_stream::iter(batch)).await else {
+            return;
+        };
+        let mut replies = replies.into_inner();
+        while let Ok(Some(reply)) = replies.message().await {
+            if reply.error.is_none() {
+                model.lock().unwrap().accepted.push(reply.task_id);
+            }
+        }
+    }
+}
+
+/// Waits on recently accepted tasks; records the results Wait returns.
+async fn wait_for_results(url: String, model: Arc<Mutex<Model>>) {
+    let Ok(mut tasks) = v1::tasks_client::TasksClient::connect(url).await else {
+        return;
+    };
+    loop {
+        let last = model.lock().unwrap().accepted.last().cloned();
+        let Some(id) = last else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        let request = v1::WaitRequest {
+            task_id: id.clone(),
+            timeout_ms: 200,
+        };
+        match tasks.wait(request).await {
+            Ok(info) => {
+                let info = info.into_inner();
+                if info.state() == TaskState::Done {
+                    model.lock().unwrap().done.insert(id, info.ret);
+                }
+            }
+            Err(status) if status.code() == Code::DeadlineExceeded => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Every accepted task is there, with every result Wait returned, and no
+/// fewer attempts than seen before.
+async fn check(daemon: &Daemon, model: &Arc<Mutex<Model>>, seed: u64, round: u32) {
+    let (accepted, done) = {
+        let model = model.lock().unwrap();
+        (model.accepted.clone(), model.done.clone())
+    };
+    let tasks = daemon.tasks().await;
+    let infos: Vec<(&String, Result<v1::TaskInfo, tonic::Status>)> = within(
+        "every accepted task",
+        stream::iter(&accepted)
+            .map(|id| {
+                let mut tasks = tasks.clone();
+                async move {
+                    let info = tasks
+                        .get(v1::GetRequest {
+                            task_id: id.clone(),
+                        })
+                        .await;
+                    (id, info.map(tonic::Response::into_inner))
+                }
+            })
+            .buffered(32)
+            .collect(),
+    )
+    .await;
+    for (id, info) in infos {
+        let info = match info {
+            Ok(info) => info,
+            Err(status) => panic!(
+                "seed {seed}, after crash {round}: accepted task {id} is missing: {status:?}\n{}",
+                daemon.log()
+            ),
+        };
+        assert!(
+            matches!(
+                info.state(),
+                TaskState::Pending
+                    | TaskState::Delivered
+                    | TaskState::Done
+                    | TaskState::DeadLettered
+            ),
+            "seed {seed}, round {round}: task {id} is {:?}",
+            info.state()
+        );
+        if let Some(ret) = done.get(id) {
+            assert_eq!(
+                (info.state(), &info.ret),
+                (TaskState::Done, ret),
+                "seed {seed}, round {round}: task {id} lost the result Wait returned"
+            );
+        }
+        let mut model = model.lock().unwrap();
+        let seen = model.attempts.entry(id.clone()).or_default();
+        assert!(
+            info.attempts >= *seen,
+            "seed {seed}, round {round}: task {id} went from {} attempts to {}",
+            seen,
+            info.attempts
+        );
+        *seen = info.attempts;
+    }
+}
+
+/// A damaged segment (a flipped bit before its end) stops the daemon at
+/// start with exit code 65 and a message naming the file and the offset,
+/// and how to move it aside; moved aside, the daemon starts.
+#[tokio::test]
+async fn a_damaged_journal_refuses_to_start_and_says_where() {
+    let dir = TempDir::new("damaged");
+    let daemon = Daemon::start(&dir.0, &[]).await;
+    let mut tasks = daemon.tasks().await;
+    for i in 0..20 {
+        within(
+            "submit",
+            tasks.submit(v1::SubmitRequest {
+                text: format!("task number {i}"),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(daemon.terminate().await, Some(0));
+    let segment = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "journal"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let (code, log) = Daemon::refused(&dir.0).await;
+    assert_eq!(code, Some(65), "{log}");
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    assert!(
+        log.contains(name) && log.contains("damaged at byte"),
+        "{log}"
+    );
+    assert!(log.contains("mv "), "{log}");
+
+    let aside = segment.with_extension("journal.damaged");
+    std::fs::rename(&segment, &aside).unwrap();
+    let daemon = Daemon::start(&dir.0, &[]).await;
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+/// One server per journal directory: a second one on the same directory
+/// is refused, with a message saying why.
+#[tokio::test]
+async fn one_server_per_directory() {
+    let dir = TempDir::new("locked");
+    let first = Daemon::start(&dir.0, &[]).await;
+    let (code, log) = Daemon::refused(&dir.0).await;
+    assert_eq!(code, Some(65), "{log}");
+    assert!(log.contains("in use by another contact-server"), "{log}");
+    assert_eq!(first.terminate().await, Some(0));
+}
