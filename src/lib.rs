@@ -29,6 +29,9 @@
 //! - [`domain`]: ids, tasks, acks; validation of everything a client sends,
 //!   and the quoting of bad values in error messages.
 //! - [`error`]: the error type and its one mapping to gRPC statuses.
+//! - [`journal`]: durable storage under the queue: the segment format and
+//!   records, the writer thread (group commit), recovery, compaction's
+//!   bookkeeping, and the `Backend` seam for other logs.
 //! - [`server`]: assembly, listeners and the shutdown sequence.
 //! - [`telemetry`], [`shutdown`]: logging set-up and the stop signal.
 //! - [`proto`]: generated code.
