@@ -45,7 +45,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a scrape waits for the queue to publish its gauges.
 const GAUGE_REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Server-wide notices buffered per session (drain, shutdown, broadcasts).
+/// Server-wide notices buffered per session (drain, shutdown).
 const NOTICE_CAPACITY: usize = 1024;
 
 /// Why the server could not start or stopped with an error.

@@ -46,6 +46,11 @@
 //! Both take the server's address as `host:port`, `http://host:port`,
 //! `https://host:port` or a bare host (port 50051): see [`endpoint_url`].
 
+/// The largest message the client accepts from the server: the most
+/// `server.max_message_bytes` may be, so that no task the server accepts
+/// is too big for the library's workers (tonic's own default is 4 MiB).
+pub const MAX_MESSAGE_BYTES: usize = crate::config::MAX_MESSAGE_BYTES_LIMIT;
+
 mod address;
 mod builder;
 mod command;

@@ -107,7 +107,8 @@ impl Producer {
     /// A producer on a channel you already have.
     pub fn from_channel(channel: Channel) -> Self {
         Self {
-            tasks: TasksClient::new(channel),
+            tasks: TasksClient::new(channel)
+                .max_decoding_message_size(crate::client::MAX_MESSAGE_BYTES),
         }
     }
 

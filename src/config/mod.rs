@@ -29,6 +29,12 @@ pub const DEFAULT_METRICS_QUEUE_LABELS: usize = 64;
 pub const MAX_METRICS_QUEUE_LABELS: usize = 10_000;
 /// Largest gRPC message the server decodes or encodes, in bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The most `server.max_message_bytes` may be (64 MiB): the Rust client
+/// accepts messages up to this size.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// The longest lease `tasks.max_lease_secs` may allow: leases are kept in
+/// milliseconds in 32 bits (about 49 days).
+pub const MAX_LEASE_SECS_LIMIT: u64 = u32::MAX as u64 / 1000;
 /// How long a stopping server waits for workers to acknowledge what they hold.
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 /// Interval of HTTP/2 keepalive pings to each connection.

@@ -36,11 +36,11 @@ impl Config {
                 "must be at most 10000",
             ));
         }
-        if s.max_message_bytes < 1024 {
+        if !(1024..=super::MAX_MESSAGE_BYTES_LIMIT).contains(&s.max_message_bytes) {
             return Err(invalid(
                 "server.max_message_bytes",
                 s.max_message_bytes,
-                "must be at least 1024",
+                "must be from 1024 to 67108864 (64 MiB)",
             ));
         }
         if s.drain_timeout_secs == 0 {
@@ -95,6 +95,13 @@ impl Config {
         }
         if t.max_pending_tasks == 0 {
             return Err(invalid("tasks.max_pending_tasks", 0, "must be at least 1"));
+        }
+        if t.max_lease_secs > super::MAX_LEASE_SECS_LIMIT {
+            return Err(invalid(
+                "tasks.max_lease_secs",
+                t.max_lease_secs,
+                "must be at most 4294967 (about 49 days)",
+            ));
         }
         if t.lease_secs == 0 || t.lease_secs > t.max_lease_secs {
             return Err(invalid(

@@ -68,9 +68,26 @@ pub struct NewTask {
     pub lease: Option<Duration>,
     /// The broadcast this task is a copy of.
     pub broadcast: Option<BroadcastId>,
+    /// [`NewTask::fingerprint`] of a task with an idempotency key, worked
+    /// out by the request handler so the queue actor does not hash
+    /// payloads on its turn.
+    pub key_fingerprint: Option<u64>,
 }
 
 impl NewTask {
+    /// Works out the key's fingerprint, off the queue actor.
+    pub fn with_fingerprint(mut self) -> Self {
+        if self.idempotency_key.is_some() {
+            self.key_fingerprint = Some(self.fingerprint());
+        }
+        self
+    }
+
+    /// The fingerprint a key is checked with: the handler's, else worked out now.
+    pub fn key_fingerprint(&self) -> u64 {
+        self.key_fingerprint.unwrap_or_else(|| self.fingerprint())
+    }
+
     /// Checks what only the server's limits can tell: that the task can be
     /// pushed to a worker at all, and that it is not put off absurdly far.
     pub fn check(&self, limits: &SubmitLimits) -> Result<(), Error> {
@@ -188,6 +205,7 @@ impl TryFrom<v1::SubmitRequest> for NewTask {
             idempotency_key,
             lease: millis(request.lease_ms),
             broadcast: None,
+            key_fingerprint: None,
         })
     }
 }

@@ -280,7 +280,7 @@ impl Queue {
         {
             // A retry of the same submission gets the first task; another
             // task under the same key is a producer's mistake, not a retry.
-            if fingerprint == task.fingerprint() {
+            if fingerprint == task.key_fingerprint() {
                 return Ok(id);
             }
             return Err(Error::AlreadyExists(format!(
@@ -317,7 +317,7 @@ impl Queue {
         let now_unix_ms = crate::clock::unix_ms_now();
         let mut journal_key = None;
         if let Some(key) = task.idempotency_key.clone() {
-            let fingerprint = task.fingerprint();
+            let fingerprint = task.key_fingerprint();
             self.archive.remember_key(key.clone(), id, fingerprint);
             let window = self.policy.idempotency_window;
             if self.journal.is_durable() {

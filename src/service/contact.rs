@@ -24,6 +24,10 @@ use crate::{
 /// What tonic streams on getTask.
 type StreamResult = Result<proto::ServerMsg, Status>;
 
+/// How long a tellResult call the server ends while stopping waits for a
+/// last ack already on its way, or for the worker to close its side.
+const LAST_ACKS_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Replies buffered per sendStatus call before the handler waits for the
 /// worker to read them.
 const STATUS_REPLY_BUFFER: usize = 64;
@@ -83,7 +87,7 @@ async fn answer_status(
     if op.is_none() || !message.msg.is_empty() {
         let report = StatusReport::new(message.msg, message.running);
         let _ = core.registry.status_reported(client.clone(), report).await;
-        session.heard();
+        session.heard().await;
     }
     let Some(op) = op else {
         return proto::Result {
@@ -337,11 +341,27 @@ impl Contact for ContactService {
             }
             match batch.end {
                 None => {}
-                // Every ack this call carried has been applied (a refused
-                // one returned above), so a call the server ends while
-                // stopping ends OK: the worker learns its acks landed.
-                Some(StreamEnd::Finished | StreamEnd::Stopping) => break,
+                Some(StreamEnd::Finished) => break,
                 Some(StreamEnd::Failed(status)) => return Err(status),
+                // Every ack read so far was applied (a refused one returned
+                // above). An ack may still be on its way: give the worker a
+                // moment to send it or to close its side, as a worker whose
+                // getTask stream just ended does. One that arrives is
+                // answered like any other (its session has ended, so it is
+                // refused); with none, the call ends OK: its acks landed.
+                Some(StreamEnd::Stopping) => {
+                    match tokio::time::timeout(LAST_ACKS_GRACE, inbound.message()).await {
+                        Ok(Ok(Some(late))) => {
+                            let error = match Ack::try_from(late) {
+                                Err(error) => error,
+                                Ok(_) => Error::ShuttingDown,
+                            };
+                            return Err(error.into());
+                        }
+                        Ok(Err(status)) => return Err(status),
+                        Ok(Ok(None)) | Err(_) => break,
+                    }
+                }
             }
         }
         Ok(Response::new(proto::Empty::default()))

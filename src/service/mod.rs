@@ -72,8 +72,10 @@ async fn next_batch<T>(inbound: &mut Streaming<T>, stopping: &CancellationToken)
     while batch.items.len() < MAX_STREAM_BATCH {
         match pin!(inbound.message()).now_or_never() {
             Some(Ok(Some(message))) => batch.items.push(message),
+            // The client closing its side says more than the server
+            // stopping: everything it sent has been read.
             Some(Ok(None)) => {
-                batch.end.get_or_insert(StreamEnd::Finished);
+                batch.end = Some(StreamEnd::Finished);
                 break;
             }
             Some(Err(status)) => {
@@ -91,10 +93,11 @@ async fn next_batch<T>(inbound: &mut Streaming<T>, stopping: &CancellationToken)
     batch
 }
 
-/// tonic reports a message it cannot decode as `INTERNAL`; to the client
-/// it is bad input, the same as a malformed field.
+/// tonic reports a message it cannot decode as `INTERNAL` (the text of
+/// prost's decode error); to the client it is bad input, the same as a
+/// malformed field. Other internal errors (the transport's) stay as they are.
 fn failed(status: Status) -> StreamEnd {
-    if status.code() == Code::Internal {
+    if status.code() == Code::Internal && status.message().contains("failed to decode") {
         StreamEnd::Failed(Status::invalid_argument(format!(
             "undecodable message: {}",
             status.message()
@@ -136,7 +139,7 @@ impl Core {
     fn admit(&self, request: v1::SubmitRequest) -> Result<NewTask, Error> {
         let task = NewTask::try_from(request)?;
         task.check(&self.submit_limits)?;
-        Ok(task)
+        Ok(task.with_fingerprint())
     }
 
     fn session_deps(&self) -> SessionDeps {

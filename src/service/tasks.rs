@@ -17,6 +17,9 @@ use crate::{
     queue::BroadcastTask,
 };
 
+/// How long a broadcast waits for every worker to make its copy.
+const BROADCAST_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Dead letters listed when the request names no limit.
 const DEFAULT_LIST_LIMIT: usize = 100;
 /// The most dead letters one call lists.
@@ -243,7 +246,7 @@ impl Tasks for TasksService {
         // Each connected session of the queue makes its own copy; waiting for
         // every answer means the reply can name them all.
         let sessions = self.core.index.sessions();
-        let answers = join_all(sessions.iter().map(|session| {
+        let copies = join_all(sessions.iter().map(|session| {
             let task = task.clone();
             async move {
                 let copy = session.broadcast_copy(task).await?;
@@ -252,8 +255,20 @@ impl Tasks for TasksService {
                     client_id: session.client().to_string(),
                 })
             }
-        }))
-        .await;
+        }));
+        // A session busy past the deadline (or a server stopping) does not
+        // hold the producer forever; copies made meanwhile still count in
+        // GetBroadcast.
+        let answers = tokio::select! {
+            answers = tokio::time::timeout(BROADCAST_DEADLINE, copies) => answers.map_err(|_| {
+                Error::DeadlineExceeded(format!(
+                    "broadcast {id}: not every worker answered within {} s; GetBroadcast \
+                     lists the copies made",
+                    BROADCAST_DEADLINE.as_secs()
+                ))
+            })?,
+            () = self.core.stopping.cancelled() => return Err(Error::ShuttingDown.into()),
+        };
         let copies: Vec<v1::BroadcastCopy> = answers.into_iter().flatten().collect();
         Ok(Response::new(v1::BroadcastReply {
             broadcast_id: id.to_string(),

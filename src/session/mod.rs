@@ -246,10 +246,13 @@ impl SessionHandle {
         response.await.map_err(|_| Rejection::SessionEnded)
     }
 
-    /// The worker was heard from (a status report or heartbeat). Dropped if
-    /// the inbox is full: the inbox then holds proof of life already.
-    pub(crate) fn heard(&self) {
-        let _ = self.tx.try_send(SessionMsg::Heard);
+    /// The worker was heard from (a status report or heartbeat). Waits for
+    /// room: the inbox also carries producers' and operators' messages
+    /// (broadcast copies, cancels), which are no proof of life, so a
+    /// heartbeat must not be dropped when it is full.
+    pub(crate) async fn heard(&self) {
+        // A session that has ended needs no proof of life.
+        let _ = self.tx.send(SessionMsg::Heard).await;
     }
 
     /// A producer cancelled a task this session's worker holds.
