@@ -8,11 +8,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{
-    TIMEOUT, TestServer, TestWorker, WorkerOptions, eventually, promtool, sample, test_config,
-    until_disconnected, within,
+    TestServer, TestWorker, WorkerOptions, eventually, eventually_explained, promtool, sample,
+    test_config, until_disconnected, within,
 };
 use contact_server::{
     config::QueueConfig,
@@ -77,24 +75,19 @@ impl<'a> Expected<'a> {
 /// is for an event, polled, bounded by [`TIMEOUT`]; on timeout the failure
 /// names every series still wrong.
 async fn until(server: &TestServer, expected: Expected<'_>) -> String {
-    let mut text = String::new();
-    let settled = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            text = server.scrape().await;
-            if expected.mismatches(&text).is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually_explained("the metrics to settle", || async {
+        let text = server.scrape().await;
+        let wrong = expected.mismatches(&text);
+        if wrong.is_empty() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "  {}\n--- last scrape ---\n{text}",
+                wrong.join("\n  ")
+            ))
         }
     })
-    .await;
-    if settled.is_err() {
-        let wrong = expected.mismatches(&text).join("\n  ");
-        panic!(
-            "metrics did not settle within {TIMEOUT:?}:\n  {wrong}\n--- last scrape ---\n{text}"
-        );
-    }
-    text
+    .await
 }
 
 async fn submit_to_client(server: &TestServer, client: &str, text: &str) -> String {

@@ -54,15 +54,35 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    within(what, async {
+    eventually_explained(what, || {
+        let look = check();
+        async move { look.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// [`eventually`], for checks that can say what is still wrong: on timeout
+/// the failure quotes the last look's explanation.
+pub async fn eventually_explained<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut last = String::new();
+    let found = tokio::time::timeout(TIMEOUT, async {
         loop {
-            if let Some(found) = check().await {
-                return found;
+            match check().await {
+                Ok(found) => return found,
+                Err(why) => last = why,
             }
             tokio::time::sleep(POLL_PAUSE).await;
         }
     })
-    .await
+    .await;
+    match found {
+        Ok(found) => found,
+        Err(_) => panic!("timed out after {TIMEOUT:?} waiting for {what}\n{last}"),
+    }
 }
 
 /// The value of one sample line of a Prometheus exposition (`name{labels}`
