@@ -80,11 +80,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Before the server says it listens: a SIGTERM from then on drains.
+    let stop_signal = shutdown::listen();
     let listeners = Listeners::bind(&config).await?;
     let server = contact_server::start(config, listeners)?;
     let stop = server.shutdown_token();
     tokio::spawn(async move {
-        shutdown::signal().await;
+        stop_signal.await;
         stop.cancel();
     });
     server.wait().await.context("server stopped with an error")

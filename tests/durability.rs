@@ -412,3 +412,106 @@ async fn one_server_per_directory() {
     assert!(log.contains("in use by another contact-server"), "{log}");
     assert_eq!(first.terminate().await, Some(0));
 }
+
+/// ★ A restart does not have to mean redelivery: a worker (the Rust client,
+/// which redials by itself) that was holding a task when the server was
+/// killed resumes its session once the server is back on its port, keeps
+/// the task at the same attempt, and its result lands: no second execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_resumes_across_a_restart_and_keeps_its_task() {
+    let dir = TempDir::new("resume");
+    let daemon = Daemon::start(&dir.0, &[]).await;
+    let addr = daemon.grpc_addr.clone();
+    let mut worker = within(
+        "the worker to connect",
+        WorkerBuilder::new(addr.clone())
+            .client_id("steady")
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let mut tasks = daemon.tasks().await;
+    let id = within(
+        "submit",
+        tasks.submit(v1::SubmitRequest {
+            text: "run me once".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .task_id;
+    let task = within("the task", worker.next_task()).await.unwrap();
+    assert_eq!((task.id.as_str(), task.attempt), (id.as_str(), 1));
+
+    daemon.kill9().await;
+    let daemon = Daemon::start_at(&dir.0, &addr, &[]).await;
+    // The worker finishes the task it held through the crash: its ack is
+    // applied once it has resumed, which only works if it kept the task.
+    within("the ack after the restart", task.done("ran once"))
+        .await
+        .unwrap();
+    let mut tasks = daemon.tasks().await;
+    let info = within(
+        "wait",
+        tasks.wait(v1::WaitRequest {
+            task_id: id.clone(),
+            timeout_ms: 5_000,
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        (info.state(), info.attempts, info.ret.as_str()),
+        (TaskState::Done, 1, "ran once"),
+        "{}",
+        daemon.log()
+    );
+    drop(worker);
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+/// A worker that does not come back within the resume grace after a
+/// restart has its tasks redelivered, with the attempt counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_worker_that_does_not_resume_are_redelivered_after_the_grace() {
+    let dir = TempDir::new("grace");
+    let config = dir.0.join("grace.toml");
+    std::fs::write(&config, "[workers]\nresume_grace_secs = 1\n").unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let daemon = Daemon::start(&dir.0, &["--config", &config]).await;
+    let mut worker = within(
+        "a worker",
+        WorkerBuilder::new(daemon.grpc_addr.clone())
+            .client_id("gone")
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let mut tasks = daemon.tasks().await;
+    let id = within("submit", tasks.submit(v1::SubmitRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let _held = within("the task", worker.next_task()).await.unwrap();
+    daemon.kill9().await;
+    drop(worker);
+    let daemon = Daemon::start(&dir.0, &["--config", &config]).await;
+    let mut other = within(
+        "another worker",
+        WorkerBuilder::new(daemon.grpc_addr.clone())
+            .client_id("other")
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let again = within("the redelivery", other.next_task()).await.unwrap();
+    assert_eq!((again.id.as_str(), again.attempt), (id.as_str(), 2));
+    within("the ack", again.done("second run")).await.unwrap();
+    drop(other);
+    assert_eq!(daemon.terminate().await, Some(0));
+}

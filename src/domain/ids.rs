@@ -124,6 +124,11 @@ impl SessionId {
         self.0.as_bytes()
     }
 
+    /// The id from the journal's 16 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Uuid::from_slice(bytes).ok().map(Self)
+    }
+
     /// Parses a session id a resuming worker presents.
     pub fn parse(id: &str) -> Result<Self, Error> {
         parse_uuid("session id", id).map(Self)

@@ -16,7 +16,7 @@
 //! next timer.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     alarm::Alarm,
-    domain::{BroadcastId, ClientId, NewTask, QueueName, Target, TaskId, TaskInfo},
+    domain::{BroadcastId, ClientId, NewTask, QueueName, SessionId, Target, TaskId, TaskInfo},
     error::Error,
     journal::{
         Journal,
@@ -81,6 +81,10 @@ pub(super) struct Queue {
     /// True while the queue rebuilds itself from the journal: nothing is
     /// recorded then.
     pub(super) restoring: bool,
+    /// Sessions recovered from the journal with tasks delivered to them:
+    /// their worker may resume them (and keep those tasks) within the
+    /// resume grace; after it, the tasks go back in line.
+    pub(super) orphans: HashMap<SessionId, (ClientId, Vec<(TaskId, u32)>)>,
     metrics: QueueMetrics,
     gauges: QueueGauges,
 }
@@ -113,6 +117,7 @@ impl Queue {
             epoch_unix_ms: crate::clock::unix_ms_now(),
             journal,
             restoring: false,
+            orphans: HashMap::new(),
             metrics: QueueMetrics::new(),
             gauges,
         }
@@ -261,6 +266,16 @@ impl Queue {
                 let _ = respond_to.send(());
             }
             QueueMsg::Drain => self.draining = true,
+            QueueMsg::Adopt {
+                previous,
+                worker,
+                session,
+                held,
+                respond_to,
+            } => {
+                let adopted = self.adopt(previous, &worker, session, &held);
+                let _ = respond_to.send(adopted);
+            }
         }
     }
 
@@ -460,6 +475,11 @@ impl Queue {
                     }
                 }
                 Timer::ForgetKey(key) => self.archive.forget_key(&key),
+                Timer::OrphanGrace(session) => {
+                    if let Some((worker, held)) = self.orphans.remove(&session) {
+                        self.hand_back_orphaned(&worker, held);
+                    }
+                }
             }
         }
     }

@@ -321,6 +321,24 @@ impl TaskEntry {
         }
     }
 
+    /// The delivery it is now (a recovered one, taken over by a resuming
+    /// worker): the same attempt, nothing counted again.
+    pub(super) fn current_delivery(&self, id: TaskId) -> Delivery {
+        Delivery {
+            task_id: id,
+            text: self.text.clone(),
+            payload: self.payload.clone(),
+            queue: match &self.target {
+                Target::Queue(q) => Some(q.clone()),
+                Target::Client(_) => None,
+            },
+            attempt: self.attempts,
+            lease: Duration::from_millis(u64::from(self.lease_ms)),
+            priority: self.priority,
+            broadcast: self.broadcast(),
+        }
+    }
+
     /// Keeps what a worker's acknowledgement produced.
     pub(super) fn set_result(&mut self, result: TaskResult) {
         // Most acks carry no result; storing none allocates nothing.

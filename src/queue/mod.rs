@@ -291,6 +291,28 @@ impl QueueHandle {
             .await
     }
 
+    /// A worker resumes `previous`, a session from before the server's
+    /// restart, naming the tasks it still holds: those the journal has
+    /// delivered to it at those attempts move to `session`, unchanged (no
+    /// second execution); the rest of that session's tasks go back in line.
+    /// The deliveries it keeps; none when `previous` is not such a session.
+    pub(crate) async fn adopt(
+        &self,
+        previous: SessionId,
+        worker: ClientId,
+        session: SessionId,
+        held: Vec<(TaskId, u32)>,
+    ) -> Result<Vec<Delivery>, Error> {
+        self.ask(|respond_to| QueueMsg::Adopt {
+            previous,
+            worker,
+            session,
+            held,
+            respond_to,
+        })
+        .await
+    }
+
     /// Stops accepting new tasks; everything already accepted is still served.
     pub(crate) async fn drain(&self) -> Result<(), Error> {
         Ok(self.tx.send(QueueMsg::Drain).await?)
@@ -373,6 +395,15 @@ enum QueueMsg {
     PublishGauges { respond_to: oneshot::Sender<()> },
     /// The server is stopping: refuse new tasks.
     Drain,
+    /// A worker resumes a session the journal recovered: the tasks it
+    /// names (at their attempts) become its new session's.
+    Adopt {
+        previous: SessionId,
+        worker: ClientId,
+        session: SessionId,
+        held: Vec<(TaskId, u32)>,
+        respond_to: oneshot::Sender<Vec<Delivery>>,
+    },
 }
 
 #[derive(Debug)]

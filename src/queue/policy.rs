@@ -71,6 +71,8 @@ pub(crate) struct QueuePolicy {
     pub(crate) per_queue: HashMap<QueueName, QueueLimits>,
     /// Queues labelled by name on the per-queue gauges.
     pub(crate) metrics_queue_labels: usize,
+    /// How long tasks recovered as delivered wait for their worker to resume.
+    pub(crate) resume_grace: Duration,
 }
 
 /// What becomes of a task when a delivery of it ends without success, or
@@ -137,6 +139,7 @@ impl QueuePolicy {
             default_limits,
             per_queue,
             metrics_queue_labels: config.server.metrics_queue_labels,
+            resume_grace: Duration::from_secs(config.workers.resume_grace_secs),
         }
     }
 
@@ -274,6 +277,7 @@ mod tests {
             max_lease: Duration::from_secs(600),
             target_ttl: Duration::from_secs(30),
             idempotency_window: Duration::from_secs(10),
+            resume_grace: Duration::ZERO,
             default_limits: QueueLimits {
                 max_attempts,
                 max_depth: 2,

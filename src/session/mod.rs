@@ -198,9 +198,12 @@ impl SessionHandle {
                         return;
                     }
                 };
-                let resumed = match previous {
-                    Some(previous) => session.take_over(previous, resume).await,
-                    None => 0,
+                let resumed = match (previous, resume) {
+                    (Some(previous), resume) => session.take_over(previous, resume).await,
+                    // A session this process never had: one from before a
+                    // restart, which the queue may still hold tasks for.
+                    (None, Some(resume)) => session.take_over_recovered(resume).await,
+                    (None, None) => 0,
                 };
                 // A queue that is gone ends the session at its first lease.
                 let _ = session.queue.attach(session.client().clone()).await;

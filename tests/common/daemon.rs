@@ -30,13 +30,14 @@ impl Daemon {
     /// Starts the daemon on `data_dir` with `extra` arguments, and waits
     /// for the line that says where it listens.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_at(data_dir, "127.0.0.1:0", extra).await
+    }
+
+    /// [`Daemon::start`] on a given gRPC address: a restart on the port a
+    /// worker already dials.
+    pub async fn start_at(data_dir: &Path, grpc_addr: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
+            .args(["--grpc-addr", grpc_addr, "--metrics-addr", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)

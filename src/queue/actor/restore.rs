@@ -135,7 +135,11 @@ impl Queue {
                     ));
                 }
                 State::Pending => pending.push((record.due_unix_ms, id, record.not_before_unix_ms)),
-                State::Delivered => delivered.push((record.due_unix_ms, id)),
+                State::Delivered => delivered.push((
+                    record.due_unix_ms,
+                    id,
+                    crate::domain::SessionId::from_bytes(&record.session),
+                )),
             }
         }
         finished.sort_by_key(|(order, ..)| *order);
@@ -162,21 +166,46 @@ impl Queue {
                 self.make_pending(id, Placement::Back(now));
             }
         }
-        // Back to the front of their lines, last first, so they keep their order.
-        delivered.sort_by_key(|(due, _)| std::cmp::Reverse(*due));
-        let handed_back = delivered.len();
-        for (_, id) in delivered {
+        // Delivered tasks stay with their session for the resume grace, so
+        // a worker that comes back and resumes keeps them (attempt
+        // unchanged, no second execution); without a grace, or without a
+        // session to resume, they go back to the front of their lines.
+        delivered.sort_by_key(|(due, ..)| *due);
+        let mut handed_back = 0;
+        let mut orphaned = 0;
+        let mut lost: Vec<(ClientId, TaskId, u32)> = Vec::new();
+        for (_, id, session) in delivered {
             let Some(entry) = self.tasks.get_mut(&id) else {
                 continue;
             };
             entry.state = crate::domain::TaskState::Delivered;
-            let verdict =
-                self.policy
-                    .after_release(&entry.target, entry.attempts, ReleaseReason::WorkerLost);
-            if verdict == Verdict::Redeliver {
-                self.metrics.redelivered_worker_lost.increment(1);
+            let attempt = entry.attempts;
+            let (Some(worker), Some(session)) = (entry.worker.clone(), session) else {
+                match entry.worker.clone() {
+                    Some(worker) => lost.push((worker, id, attempt)),
+                    // A delivery with no worker recorded: back in line.
+                    None => self.carry_out(id, Verdict::Redeliver),
+                }
+                continue;
+            };
+            if self.policy.resume_grace.is_zero() {
+                lost.push((worker, id, attempt));
+                continue;
             }
-            self.carry_out(id, verdict);
+            self.in_flight_count += 1;
+            orphaned += 1;
+            let orphan = self.orphans.entry(session).or_insert_with(|| {
+                self.timers
+                    .add(now + self.policy.resume_grace, Timer::OrphanGrace(session));
+                (worker, Vec::new())
+            });
+            orphan.1.push((id, attempt));
+        }
+        for (worker, id, attempt) in lost.into_iter().rev() {
+            handed_back += 1;
+            // Counted in flight for the hand-back to count it out again.
+            self.in_flight_count += 1;
+            self.hand_back_orphaned(&worker, vec![(id, attempt)]);
         }
         if skipped > 0 {
             warn!(
@@ -187,8 +216,68 @@ impl Queue {
         tracing::info!(
             tasks = self.backlog.pending(),
             handed_back,
+            waiting_for_resume = orphaned,
             "queue restored from the journal"
         );
         self.restoring = false;
+    }
+
+    /// Tasks of a recovered session that its worker did not take back: they
+    /// go back in line as after a lost worker (the attempt stays counted).
+    pub(super) fn hand_back_orphaned(&mut self, worker: &ClientId, held: Vec<(TaskId, u32)>) {
+        for (id, attempt) in held.into_iter().rev() {
+            let Some(entry) = self
+                .tasks
+                .get(&id)
+                .filter(|e| e.is_held_by(worker, attempt))
+            else {
+                continue;
+            };
+            self.in_flight_count = self.in_flight_count.saturating_sub(1);
+            let verdict =
+                self.policy
+                    .after_release(&entry.target, entry.attempts, ReleaseReason::WorkerLost);
+            if verdict == Verdict::Redeliver {
+                self.metrics.redelivered_worker_lost.increment(1);
+            }
+            self.carry_out(id, verdict);
+        }
+    }
+
+    /// A worker resumes a session recovered from the journal: the tasks it
+    /// names, still delivered to it at those attempts, move to its new
+    /// session; the rest go back in line. The deliveries it keeps.
+    pub(super) fn adopt(
+        &mut self,
+        previous: crate::domain::SessionId,
+        worker: &ClientId,
+        session: crate::domain::SessionId,
+        claimed: &[(TaskId, u32)],
+    ) -> Vec<crate::domain::Delivery> {
+        let Some((owner, held)) = self.orphans.remove(&previous) else {
+            return Vec::new();
+        };
+        if owner != *worker {
+            self.orphans.insert(previous, (owner, held));
+            return Vec::new();
+        }
+        let claimed: std::collections::HashSet<&(TaskId, u32)> = claimed.iter().collect();
+        let mut kept = Vec::new();
+        let mut rest = Vec::new();
+        for (id, attempt) in held {
+            match self.tasks.get(&id) {
+                Some(entry)
+                    if claimed.contains(&(id, attempt)) && entry.is_held_by(worker, attempt) =>
+                {
+                    kept.push(entry.current_delivery(id));
+                }
+                _ => rest.push((id, attempt)),
+            }
+        }
+        for delivery in &kept {
+            self.record_delivered(delivery.task_id, delivery.attempt, worker, session);
+        }
+        self.hand_back_orphaned(worker, rest);
+        kept
     }
 }

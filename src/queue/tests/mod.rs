@@ -39,6 +39,7 @@ fn policy(max_attempts: u32) -> QueuePolicy {
         max_lease: Duration::from_secs(600),
         target_ttl: Duration::from_secs(30),
         idempotency_window: Duration::from_secs(10),
+        resume_grace: Duration::ZERO,
         default_limits: QueueLimits {
             max_attempts,
             max_depth: 1000,

@@ -54,6 +54,45 @@ impl Session {
         self.held.live()
     }
 
+    /// Takes over a session the server recovered from its journal after a
+    /// restart (no session of this process had it): the queue moves the
+    /// tasks the resume names to this session, unchanged, and puts the rest
+    /// of that session's tasks back in line. Returns how many were kept.
+    pub(in crate::session) async fn take_over_recovered(&mut self, resume: Resume) -> usize {
+        let adopted = match self
+            .queue
+            .adopt(resume.session, self.client.clone(), self.id, resume.held)
+            .await
+        {
+            Ok(adopted) => adopted,
+            Err(_) => return 0,
+        };
+        if adopted.is_empty() {
+            return 0;
+        }
+        let now = tokio::time::Instant::now();
+        for delivery in adopted {
+            // Claiming the task proves the worker received it; its lease
+            // starts again now.
+            let mut entry = Held::pushed(
+                delivery.task_id,
+                delivery.attempt,
+                delivery.lease,
+                now,
+                None,
+            );
+            entry.mark_received();
+            self.held.track(entry);
+        }
+        self.metrics.sessions_resumed.increment(1);
+        info!(
+            kept = self.held.live(),
+            "session resumed across a server restart"
+        );
+        self.publish_in_flight();
+        self.held.live()
+    }
+
     /// Gives a resuming session the tasks it names; releases the rest.
     pub(super) async fn hand_over(&mut self, claimed: &[(TaskId, u32)]) -> Vec<Held> {
         self.cancel_lease().await;
