@@ -22,7 +22,13 @@ mod load;
 mod procs;
 mod scenarios;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use contact_server::proto::v1::{self, tasks_client::TasksClient};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -95,6 +101,7 @@ enum Scenario {
     Scale,
     Deep,
     Churn,
+    Journal,
 }
 
 impl Args {
@@ -117,6 +124,32 @@ impl Args {
 
 // Memory mode: these scenarios measure the delivery path beside the
 // ceiling; the journal's cost is measured on its own.
+/// The journal scenarios' config: [`SERVER_CONFIG`] on a journal in `dir`
+/// with the given sync policy.
+fn journal_config(dir: &std::path::Path, sync: &str) -> String {
+    SERVER_CONFIG.replace(
+        "mode = \"memory\"",
+        &format!(
+            "mode = \"journal\"\ndir = {:?}\nsync = \"{sync}\"",
+            dir.display().to_string()
+        ),
+    )
+}
+
+/// Bytes of the files directly in `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 const SERVER_CONFIG: &str = r#"
 [storage]
 mode = "memory"
@@ -397,6 +430,109 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         server.stop(Duration::from_secs(10))?;
         anyhow::ensure!(lost == 0, "churn lost {lost} tasks");
+    }
+
+    if args.runs(Scenario::Journal) {
+        println!("journal");
+        // Saturation in each storage mode, one after the other in this run.
+        let mut rates = Vec::new();
+        for (label, sync) in [
+            ("memory", None),
+            ("journal, sync = write", Some("write")),
+            ("journal, sync = fsync", Some("fsync")),
+        ] {
+            let data = dir.join(format!("journal-{}", sync.unwrap_or("memory")));
+            let config = match sync {
+                None => SERVER_CONFIG.to_owned(),
+                Some(sync) => journal_config(&data, sync),
+            };
+            let server = Proc::contact_server(&server_bin, &config, dir)?;
+            let rate = scenarios::saturation(
+                &server.url(),
+                args.tasks,
+                args.producers,
+                args.workers,
+                args.credit,
+                args.size,
+            )
+            .await?;
+            server.stop(Duration::from_secs(10))?;
+            let disk = dir_bytes(&data);
+            println!("  {label}: {rate:.0} tasks/s; journal left after the run: {disk} bytes");
+            rates.push((label, rate));
+        }
+        let memory = rates[0].1;
+        for (label, rate) in &rates {
+            let ratio = rate / memory;
+            let target = match *label {
+                "journal, sync = write" => format!(">= 0.8 of memory: {}", verdict(ratio >= 0.8)),
+                "journal, sync = fsync" => format!(">= 0.5 of memory: {}", verdict(ratio >= 0.5)),
+                _ => String::new(),
+            };
+            report.add(
+                &format!("saturation, {label}"),
+                format!("{rate:.0} tasks/s"),
+                format!("{ratio:.2} of memory mode"),
+                target,
+            );
+        }
+
+        // A deep queue kept across a restart: disk per task, and how soon
+        // the server serves again.
+        let data = dir.join("journal-deep");
+        let config = journal_config(&data, "write");
+        let server = Proc::contact_server(&server_bin, &config, dir)?;
+        scenarios::produce(&server.url(), args.deep_tasks, 2, 64).await?;
+        server.stop(Duration::from_secs(30))?;
+        let disk = dir_bytes(&data);
+        let per_task = disk as f64 / args.deep_tasks as f64;
+        report.add(
+            &format!(
+                "{} queued 64-byte tasks: journal bytes per task",
+                args.deep_tasks
+            ),
+            format!("{per_task:.0} B"),
+            String::new(),
+            format!("<= 2 x (64 + 100) B: {}", verdict(per_task <= 328.0)),
+        );
+        let started = Instant::now();
+        let server = Proc::contact_server(&server_bin, &config, dir)?;
+        let mut tasks = TasksClient::new(load::connect(&server.url()).await?);
+        tasks
+            .get(v1::GetRequest {
+                task_id: "00000000-0000-0000-0000-000000000000".into(),
+            })
+            .await
+            .ok();
+        let restart = started.elapsed().as_secs_f64();
+        report.add(
+            &format!(
+                "restart with {} queued tasks: until serving",
+                args.deep_tasks
+            ),
+            format!("{restart:.2} s"),
+            String::new(),
+            if args.deep_tasks >= 1_000_000 {
+                format!("<= 2 s: {}", verdict(restart <= 2.0))
+            } else {
+                String::new()
+            },
+        );
+        let pool = scenarios::FastWorkers::start(
+            &server.url(),
+            args.workers,
+            args.credit,
+            "restart",
+            args.deep_tasks,
+        )
+        .await?;
+        let acked = pool.finish(Duration::from_secs(600)).await?;
+        anyhow::ensure!(
+            acked >= args.deep_tasks,
+            "after the restart only {acked} of {} were delivered",
+            args.deep_tasks
+        );
+        server.stop(Duration::from_secs(10))?;
     }
 
     report.print();

@@ -52,7 +52,7 @@ fn named<T>(message: T, id: &str) -> anyhow::Result<Request<T>> {
 }
 
 /// Workers that acknowledge every task at once on tellResult, counting.
-struct FastWorkers {
+pub(crate) struct FastWorkers {
     acked: Arc<AtomicU64>,
     all_acked: Arc<Notify>,
     stop: CancellationToken,
@@ -60,7 +60,7 @@ struct FastWorkers {
 }
 
 impl FastWorkers {
-    async fn start(
+    pub(crate) async fn start(
         url: &str,
         count: usize,
         credit: u32,
@@ -93,7 +93,7 @@ impl FastWorkers {
 
     /// Waits until `target` acks were sent, then closes every tellResult call
     /// and waits for the server to have applied them all.
-    async fn finish(mut self, timeout: Duration) -> anyhow::Result<u64> {
+    pub(crate) async fn finish(mut self, timeout: Duration) -> anyhow::Result<u64> {
         let notified = self.all_acked.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -161,7 +161,12 @@ async fn fast_worker(
 
 /// Submits `tasks` tasks of `size` bytes over `producers` pipelined streams;
 /// each task's payload starts with its submit time.
-async fn produce(url: &str, tasks: u64, producers: u64, size: usize) -> anyhow::Result<()> {
+pub(crate) async fn produce(
+    url: &str,
+    tasks: u64,
+    producers: u64,
+    size: usize,
+) -> anyhow::Result<()> {
     let mut runs = JoinSet::new();
     for p in 0..producers {
         let share = tasks / producers + u64::from(p < tasks % producers);
