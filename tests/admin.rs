@@ -168,6 +168,11 @@ async fn contactctl_commands_print_json() {
         server.wait_finished(&first).await.state(),
         TaskState::DeadLettered
     );
+    // Purged dead letters are gone for good.
+    let (code, purged) = contactctl(&server, &["purge-dead-letters", "--queue", "jobs"]).await;
+    assert_eq!((code, purged["purged"].as_u64()), (0, Some(1)));
+    let (_, dead) = contactctl(&server, &["dead-letters"]).await;
+    assert_eq!(dead, Value::Array(Vec::new()));
     server.stop().await;
 }
 

@@ -515,3 +515,113 @@ async fn tasks_of_a_worker_that_does_not_resume_are_redelivered_after_the_grace(
     drop(other);
     assert_eq!(daemon.terminate().await, Some(0));
 }
+
+/// A tmpfs of `size` mounted for one test (the test runs as root, as CI
+/// does), unmounted when dropped.
+struct SmallDisk {
+    dir: TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = TempDir::new("small-disk");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir.0)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a tmpfs failed: the full-disk test needs root, as CI has"
+        );
+        Self { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.dir.0)
+            .status();
+    }
+}
+
+/// A full disk refuses new work with RESOURCE_EXHAUSTED and loses nothing
+/// it answered OK; when space returns, work is taken again, and after a
+/// crash every task answered OK is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_work_and_recovers() {
+    let disk = SmallDisk::mount("3m");
+    let data = disk.dir.0.join("journal");
+    std::fs::create_dir_all(&data).unwrap();
+    let config = disk.dir.0.join("small.toml");
+    std::fs::write(&config, "[storage]\nsegment_bytes = 1048576\n").unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let daemon = Daemon::start(&data, &["--config", &config]).await;
+    // Leave the journal a little room.
+    let filler = disk.dir.0.join("filler");
+    std::fs::write(&filler, vec![0u8; 2_400_000]).unwrap();
+
+    let mut tasks = daemon.tasks().await;
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..400 {
+        let request = v1::SubmitRequest {
+            text: format!("task {i}"),
+            payload: vec![7u8; 8192].into(),
+            ..Default::default()
+        };
+        // A submit whose record waits for space has no answer yet: give up
+        // on it (it is not answered OK) and look at the next one.
+        match tokio::time::timeout(Duration::from_millis(500), tasks.submit(request)).await {
+            Ok(Ok(reply)) => accepted.push(reply.into_inner().task_id),
+            Ok(Err(status)) => {
+                refused = Some(status);
+                break;
+            }
+            Err(_) => tasks = daemon.tasks().await,
+        }
+    }
+    let refused = refused.unwrap_or_else(|| {
+        panic!(
+            "the disk never filled: {} accepted\n{}",
+            accepted.len(),
+            daemon.log()
+        )
+    });
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("disk is full"), "{refused:?}");
+    assert!(!accepted.is_empty());
+
+    // Space returns: new work is taken again.
+    std::fs::remove_file(&filler).unwrap();
+    let taken = common::eventually("submits to be taken again", || {
+        let mut tasks = tasks.clone();
+        async move {
+            tasks
+                .submit(v1::SubmitRequest::default())
+                .await
+                .ok()
+                .map(|reply| reply.into_inner().task_id)
+        }
+    })
+    .await;
+    accepted.push(taken);
+
+    daemon.kill9().await;
+    let daemon = Daemon::start(&data, &["--config", &config]).await;
+    let mut tasks = daemon.tasks().await;
+    for id in &accepted {
+        let info = within(
+            "get",
+            tasks.get(v1::GetRequest {
+                task_id: id.clone(),
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!(info.state(), TaskState::Pending, "{id}");
+    }
+    assert_eq!(daemon.terminate().await, Some(0));
+}

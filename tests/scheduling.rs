@@ -429,3 +429,71 @@ async fn a_worker_serves_its_queues_in_turn() {
     assert_eq!(quiet, 4, "{quiet} of the first 8 from the quiet queue");
     server.stop().await;
 }
+
+/// Dead letters are kept within their retention: past
+/// `tasks.dead_letter_max_count` the oldest go (and are counted), and a
+/// purge removes those of one queue for good.
+#[tokio::test]
+async fn dead_letters_are_kept_within_their_retention_and_purged() {
+    let mut config = test_config();
+    config.tasks.dead_letter_max_count = 2;
+    let server = TestServer::with_config(config).await;
+    let mut worker =
+        TestWorker::connect(&server, WorkerOptions::id("w").queues("doomed,other")).await;
+    let mut ids = Vec::new();
+    for (queue, text) in [
+        ("doomed", "first"),
+        ("doomed", "second"),
+        ("other", "third"),
+    ] {
+        let id = server.submit(queue, text).await;
+        assert_eq!(worker.next_task().await.task_id, id);
+        worker.ack(&id, Outcome::FailedPermanently, "no").await;
+        server.wait_finished(&id).await;
+        ids.push(id);
+    }
+    let mut tasks = server.tasks().await;
+    let listed =
+        |tasks: Vec<v1::TaskInfo>| tasks.into_iter().map(|t| t.task_id).collect::<Vec<_>>();
+    let dead = within(
+        "dead letters",
+        tasks.list_dead_letters(v1::ListDeadLettersRequest::default()),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .tasks;
+    assert_eq!(listed(dead), ids[1..], "the oldest went past the count");
+    let gone = within(
+        "get",
+        tasks.get(v1::GetRequest {
+            task_id: ids[0].clone(),
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+
+    let mut admin = server.admin().await;
+    let purged = within(
+        "purge",
+        admin.purge_dead_letters(v1::PurgeDeadLettersRequest {
+            queue: "doomed".into(),
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .purged;
+    assert_eq!(purged, 1);
+    let dead = within(
+        "dead letters",
+        tasks.list_dead_letters(v1::ListDeadLettersRequest::default()),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .tasks;
+    assert_eq!(listed(dead), ids[2..]);
+    server.stop().await;
+}

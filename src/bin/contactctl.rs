@@ -121,6 +121,12 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Remove dead letters for good (one queue's, or all).
+    PurgeDeadLetters {
+        /// Only this queue's.
+        #[arg(long, short)]
+        queue: Option<String>,
+    },
     /// Put a dead-lettered task back in its queue.
     Requeue {
         /// The task id.
@@ -353,6 +359,19 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .into_inner()
                 .tasks;
             out.tasks(&dead);
+        }
+        Cmd::PurgeDeadLetters { queue } => {
+            let purged = admin
+                .purge_dead_letters(v1::PurgeDeadLettersRequest {
+                    queue: queue.unwrap_or_default(),
+                })
+                .await
+                .context("purging dead letters failed")?
+                .into_inner()
+                .purged;
+            out.value(&serde_json::json!({ "purged": purged }), || {
+                println!("{purged} dead letters purged");
+            });
         }
         Cmd::Requeue { task_id } => {
             let info = tasks

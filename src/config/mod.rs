@@ -48,6 +48,14 @@ pub const DEFAULT_MAX_IN_FLIGHT_CAP: u32 = 1024;
 /// Deliveries of a task (counting ones cut short by a lost worker) before it
 /// is dead-lettered.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Bytes of finished tasks (text, payload, result) kept for `Get`/`Wait`.
+pub const DEFAULT_MAX_FINISHED_BYTES: u64 = 256 * 1024 * 1024;
+/// Dead letters kept at the most; past it the oldest are dropped.
+pub const DEFAULT_DEAD_LETTER_MAX_COUNT: usize = 100_000;
+/// Bytes of dead letters (text, payload, result) kept at the most.
+pub const DEFAULT_DEAD_LETTER_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// How long a dead letter is kept: 7 days.
+pub const DEFAULT_DEAD_LETTER_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 /// How many finished (done) tasks are kept for `Get`/`Wait`; the oldest go first.
 pub const DEFAULT_MAX_FINISHED_TASKS: usize = 100_000;
 /// Most pending tasks in one queue (or held for one worker); more is refused.
@@ -186,6 +194,14 @@ pub struct TasksConfig {
     pub max_attempts: u32,
     /// Finished tasks kept for `Get` and `Wait`.
     pub max_finished_tasks: usize,
+    /// Bytes of finished tasks kept for `Get` and `Wait`.
+    pub max_finished_bytes: u64,
+    /// Dead letters kept at the most (the oldest dropped first).
+    pub dead_letter_max_count: usize,
+    /// Bytes of dead letters kept at the most.
+    pub dead_letter_max_bytes: u64,
+    /// Seconds a dead letter is kept.
+    pub dead_letter_max_age_secs: u64,
     /// Most pending tasks per queue (and per targeted worker).
     pub max_queue_depth: usize,
     /// Most pending tasks in the whole server.
@@ -321,6 +337,10 @@ impl Default for TasksConfig {
         Self {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             max_finished_tasks: DEFAULT_MAX_FINISHED_TASKS,
+            max_finished_bytes: DEFAULT_MAX_FINISHED_BYTES,
+            dead_letter_max_count: DEFAULT_DEAD_LETTER_MAX_COUNT,
+            dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
+            dead_letter_max_age_secs: DEFAULT_DEAD_LETTER_MAX_AGE_SECS,
             max_queue_depth: DEFAULT_MAX_QUEUE_DEPTH,
             max_pending_tasks: DEFAULT_MAX_PENDING_TASKS,
             lease_secs: DEFAULT_LEASE_SECS,

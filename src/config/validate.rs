@@ -90,6 +90,14 @@ impl Config {
         if t.max_attempts == 0 {
             return Err(invalid("tasks.max_attempts", 0, "must be at least 1"));
         }
+        if t.dead_letter_max_count == 0 || t.dead_letter_max_bytes == 0 || t.max_finished_bytes == 0
+        {
+            return Err(invalid(
+                "tasks.dead_letter_max_count, dead_letter_max_bytes, max_finished_bytes",
+                0,
+                "must be at least 1",
+            ));
+        }
         if t.max_queue_depth == 0 {
             return Err(invalid("tasks.max_queue_depth", 0, "must be at least 1"));
         }
@@ -204,6 +212,11 @@ impl Config {
             ),
             ("tasks.retry_max_delay_ms", t.retry_max_delay_ms, true),
             ("tasks.max_delay_secs", t.max_delay_secs, false),
+            (
+                "tasks.dead_letter_max_age_secs",
+                t.dead_letter_max_age_secs,
+                false,
+            ),
         ];
         for queue in self.queues.values() {
             all.extend(

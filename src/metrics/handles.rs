@@ -9,10 +9,10 @@
 use metrics::{Counter, Gauge, counter, gauge};
 
 use super::{
-    JOURNAL_BYTES, JOURNAL_COMPACTIONS, JOURNAL_SEGMENTS, LEASES_EXPIRED, RECEIPTS_MISSED,
-    SESSIONS_EXPIRED, SESSIONS_RESUMED, STALE_ACKS_REFUSED, TASKS_ACKNOWLEDGED, TASKS_CANCELLED,
-    TASKS_DEAD_LETTERED, TASKS_DISPATCHED, TASKS_IN_FLIGHT, TASKS_REDELIVERED, TASKS_SUBMITTED,
-    WORKER_CREDIT, WORKERS_CONNECTED,
+    DEAD_LETTERS_DROPPED, JOURNAL_BYTES, JOURNAL_COMPACTIONS, JOURNAL_SEGMENTS, LEASES_EXPIRED,
+    RECEIPTS_MISSED, SESSIONS_EXPIRED, SESSIONS_RESUMED, STALE_ACKS_REFUSED, TASKS_ACKNOWLEDGED,
+    TASKS_CANCELLED, TASKS_DEAD_LETTERED, TASKS_DISPATCHED, TASKS_IN_FLIGHT, TASKS_REDELIVERED,
+    TASKS_SUBMITTED, WORKER_CREDIT, WORKERS_CONNECTED,
 };
 use crate::domain::DeadLetterReason;
 
@@ -34,6 +34,10 @@ pub(crate) struct QueueMetrics {
     pub(crate) cancelled: Counter,
     pub(crate) in_flight: Gauge,
     pub(crate) compactions: Counter,
+    pub(crate) dead_letters_dropped_count: Counter,
+    pub(crate) dead_letters_dropped_bytes: Counter,
+    pub(crate) dead_letters_dropped_age: Counter,
+    pub(crate) dead_letters_purged: Counter,
     pub(crate) journal_bytes: Gauge,
     pub(crate) journal_segments: Gauge,
 }
@@ -53,6 +57,10 @@ impl QueueMetrics {
             redelivered_failed: counter!(TASKS_REDELIVERED, "reason" => "failed"),
             redelivered_retry: counter!(TASKS_REDELIVERED, "reason" => "retry"),
             compactions: counter!(JOURNAL_COMPACTIONS),
+            dead_letters_dropped_count: counter!(DEAD_LETTERS_DROPPED, "reason" => "count"),
+            dead_letters_dropped_bytes: counter!(DEAD_LETTERS_DROPPED, "reason" => "bytes"),
+            dead_letters_dropped_age: counter!(DEAD_LETTERS_DROPPED, "reason" => "age"),
+            dead_letters_purged: counter!(DEAD_LETTERS_DROPPED, "reason" => "purged"),
             journal_bytes: gauge!(JOURNAL_BYTES),
             journal_segments: gauge!(JOURNAL_SEGMENTS),
             dead_lettered: DEAD_LETTER_REASONS

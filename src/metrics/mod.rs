@@ -48,6 +48,8 @@ pub(crate) const TASKS_REDELIVERED: &str = "contact_tasks_redelivered_total";
 pub(crate) const TASKS_DEAD_LETTERED: &str = "contact_tasks_dead_lettered_total";
 /// Counter: tasks cancelled by producers.
 pub(crate) const TASKS_CANCELLED: &str = "contact_tasks_cancelled_total";
+/// Counter: dead letters dropped past their retention, or purged.
+pub(crate) const DEAD_LETTERS_DROPPED: &str = "contact_dead_letters_dropped_total";
 /// Counter: journal compactions (tasks of the oldest segment carried forward).
 pub(crate) const JOURNAL_COMPACTIONS: &str = "contact_journal_compactions_total";
 /// Gauge: bytes of journal on disk.
@@ -140,6 +142,11 @@ fn describe_all() {
         TASKS_DEAD_LETTERED,
         Unit::Count,
         "Tasks given up on, by reason."
+    );
+    describe_counter!(
+        DEAD_LETTERS_DROPPED,
+        Unit::Count,
+        "Dead letters dropped past their retention (reason: count, bytes, age) or purged."
     );
     describe_counter!(
         JOURNAL_COMPACTIONS,

@@ -30,6 +30,7 @@ const METHODS: &[&str] = &[
     "/contact.v1.Admin/ListQueues",
     "/contact.v1.Admin/DrainWorker",
     "/contact.v1.Admin/DisconnectWorker",
+    "/contact.v1.Admin/PurgeDeadLetters",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",

@@ -102,7 +102,7 @@ impl Queue {
         );
         Self {
             rx,
-            archive: Archive::new(policy.max_finished_tasks),
+            archive: Archive::new(policy.max_finished_tasks, policy.retention),
             policy,
             tasks: TaskTable::default(),
             backlog: Backlog::default(),
@@ -146,6 +146,7 @@ impl Queue {
             }
             self.dispatch();
             self.backlog.sweep();
+            self.trim_dead_letters();
             self.flush_journal();
         }
         if !self.journal.is_durable() {
@@ -181,14 +182,22 @@ impl Queue {
         match msg {
             QueueMsg::Submit { tasks, respond_to } => {
                 let now = Instant::now();
-                let ids = tasks
+                let ids: Vec<Result<TaskId, Error>> = tasks
                     .into_iter()
                     .map(|t| self.handle_submit(t, now))
                     .collect();
+                let refused_all = ids.iter().all(Result::is_err);
                 // The producer may have gone; the tasks are accepted all the same.
-                self.journal.reply(move || {
+                let answer = move || {
                     let _ = respond_to.send(ids);
-                });
+                };
+                // Refusals record nothing, so they need not wait for the
+                // journal: a full disk is said at once, not when it clears.
+                if refused_all {
+                    answer();
+                } else {
+                    self.journal.reply(answer);
+                }
             }
             QueueMsg::Attach { client } => {
                 if self.known_clients.insert(client.clone()) {
@@ -266,6 +275,12 @@ impl Queue {
                 let _ = respond_to.send(());
             }
             QueueMsg::Drain => self.draining = true,
+            QueueMsg::PurgeDeadLetters { queue, respond_to } => {
+                let purged = self.purge_dead_letters(queue.as_ref());
+                self.journal.reply(move || {
+                    let _ = respond_to.send(purged);
+                });
+            }
             QueueMsg::Adopt {
                 previous,
                 worker,

@@ -1,7 +1,8 @@
 //! What the queue remembers about tasks beside their live state, for the
 //! reads and lookups that come after: finished tasks kept for Get and Wait
-//! (the newest `max_finished_tasks`), callers waiting for a task to end,
-//! dead letters in the order they died, idempotency keys, and broadcast
+//! (the newest `max_finished_tasks`, within `max_finished_bytes`), callers
+//! waiting for a task to end, dead letters in the order they died (within
+//! their retention: count, bytes, age), idempotency keys, and broadcast
 //! records with the copies made of each.
 //!
 //! It holds task ids only; the entries stay in the actor's task table, and
@@ -14,10 +15,31 @@ use std::collections::{BTreeMap, HashMap, VecDeque, hash_map::Entry};
 use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 
+use super::policy::Retention;
 use crate::{
     domain::{BroadcastId, TaskId, TaskInfo},
     error::Error,
 };
+
+/// Why a dead letter was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dropped {
+    /// There were more than the count kept.
+    Count,
+    /// They took more than the bytes kept.
+    Bytes,
+    /// It was older than the age kept.
+    Age,
+}
+
+/// One dead letter's place in the retention.
+#[derive(Clone, Copy, Debug)]
+struct DeadLetter {
+    id: TaskId,
+    /// When it died (wall ms).
+    at_ms: u64,
+    bytes: u64,
+}
 
 /// Broadcast records kept for `GetBroadcast`; the oldest go first.
 const MAX_BROADCASTS: usize = 10_000;
@@ -29,10 +51,14 @@ pub(super) type Watcher = oneshot::Sender<Result<TaskInfo, Error>>;
 #[derive(Debug)]
 pub(super) struct Archive {
     max_finished: usize,
-    /// Done and cancelled tasks, oldest first, forgotten past the limit.
-    finished: VecDeque<TaskId>,
+    retention: Retention,
+    /// Done and cancelled tasks with their sizes, oldest first, forgotten
+    /// past the limits.
+    finished: VecDeque<(TaskId, u64)>,
+    finished_bytes: u64,
     /// Dead letters in the order they died.
-    dead: BTreeMap<u64, TaskId>,
+    dead: BTreeMap<u64, DeadLetter>,
+    dead_bytes: u64,
     next_dead_seq: u64,
     /// Idempotency keys within their window: the task each made, and that
     /// task's fingerprint, to tell a retry from a different task.
@@ -46,12 +72,16 @@ pub(super) struct Archive {
 }
 
 impl Archive {
-    /// An archive keeping the newest `max_finished` finished tasks.
-    pub(super) fn new(max_finished: usize) -> Self {
+    /// An archive keeping the newest `max_finished` finished tasks, and
+    /// finished tasks and dead letters within `retention`.
+    pub(super) fn new(max_finished: usize, retention: Retention) -> Self {
         Self {
             max_finished,
+            retention,
             finished: VecDeque::new(),
+            finished_bytes: 0,
             dead: BTreeMap::new(),
+            dead_bytes: 0,
             next_dead_seq: 1,
             keys: HashMap::new(),
             watchers: FxHashMap::default(),
@@ -62,15 +92,24 @@ impl Archive {
 
     // === Finished tasks ===
 
-    /// Keeps a task that is done or cancelled; returns the oldest one kept
-    /// before, when it falls past the limit and is to be forgotten.
-    pub(super) fn add_finished(&mut self, id: TaskId) -> Option<TaskId> {
-        self.finished.push_back(id);
-        // One in, at most one out: the length never passes the limit + 1.
-        if self.finished.len() > self.max_finished {
-            return self.finished.pop_front();
+    /// Keeps a task that is done or cancelled, of `bytes`; returns the
+    /// oldest ones kept before that fall past the limits and are to be
+    /// forgotten (the newest is always kept).
+    pub(super) fn add_finished(&mut self, id: TaskId, bytes: u64) -> Vec<TaskId> {
+        self.finished.push_back((id, bytes));
+        self.finished_bytes += bytes;
+        let mut forgotten = Vec::new();
+        while self.finished.len() > 1
+            && (self.finished.len() > self.max_finished
+                || self.finished_bytes > self.retention.finished_bytes)
+        {
+            let Some((old, old_bytes)) = self.finished.pop_front() else {
+                break;
+            };
+            self.finished_bytes = self.finished_bytes.saturating_sub(old_bytes);
+            forgotten.push(old);
         }
-        None
+        forgotten
     }
 
     // === Watchers ===
@@ -96,22 +135,52 @@ impl Archive {
 
     // === Dead letters ===
 
-    /// Lists a dead letter, after every earlier one; returns its place.
-    pub(super) fn add_dead(&mut self, id: TaskId) -> u64 {
+    /// Lists a dead letter of `bytes` that died at `at_ms` (wall ms),
+    /// after every earlier one; returns its place.
+    pub(super) fn add_dead(&mut self, id: TaskId, at_ms: u64, bytes: u64) -> u64 {
         let seq = self.next_dead_seq;
         self.next_dead_seq += 1;
-        self.dead.insert(seq, id);
+        self.dead.insert(seq, DeadLetter { id, at_ms, bytes });
+        self.dead_bytes += bytes;
         seq
     }
 
-    /// Unlists the dead letter at `seq` (requeued or cancelled).
+    /// Unlists the dead letter at `seq` (requeued, cancelled or purged).
     pub(super) fn remove_dead(&mut self, seq: u64) {
-        self.dead.remove(&seq);
+        if let Some(dead) = self.dead.remove(&seq) {
+            self.dead_bytes = self.dead_bytes.saturating_sub(dead.bytes);
+        }
     }
 
     /// Dead letters, oldest first.
     pub(super) fn dead(&self) -> impl Iterator<Item = TaskId> {
-        self.dead.values().copied()
+        self.dead.values().map(|dead| dead.id)
+    }
+
+    /// Dead letters with their places, oldest first.
+    pub(super) fn dead_with_seq(&self) -> impl Iterator<Item = (u64, TaskId)> {
+        self.dead.iter().map(|(seq, dead)| (*seq, dead.id))
+    }
+
+    /// Unlists the oldest dead letters past the retention at `now_ms`: the
+    /// ids to forget, and why each went.
+    pub(super) fn trim_dead(&mut self, now_ms: u64) -> Vec<(TaskId, Dropped)> {
+        let mut dropped = Vec::new();
+        let max_age_ms = u64::try_from(self.retention.dead_age.as_millis()).unwrap_or(u64::MAX);
+        while let Some((&seq, oldest)) = self.dead.first_key_value() {
+            let why = if self.dead.len() > self.retention.dead_count {
+                Dropped::Count
+            } else if self.dead_bytes > self.retention.dead_bytes {
+                Dropped::Bytes
+            } else if now_ms.saturating_sub(oldest.at_ms) > max_age_ms {
+                Dropped::Age
+            } else {
+                break;
+            };
+            dropped.push((oldest.id, why));
+            self.remove_dead(seq);
+        }
+        dropped
     }
 
     // === Idempotency keys ===
@@ -184,23 +253,23 @@ mod tests {
     /// limit lets the oldest go.
     #[test]
     fn finished_tasks_are_bounded() {
-        let mut archive = Archive::new(2);
+        let mut archive = Archive::new(2, Retention::unbounded());
         let tasks = ids(4);
-        assert_eq!(archive.add_finished(tasks[0]), None);
-        assert_eq!(archive.add_finished(tasks[1]), None);
-        assert_eq!(archive.add_finished(tasks[2]), Some(tasks[0]));
-        assert_eq!(archive.add_finished(tasks[3]), Some(tasks[1]));
+        assert_eq!(archive.add_finished(tasks[0], 1), vec![]);
+        assert_eq!(archive.add_finished(tasks[1], 1), vec![]);
+        assert_eq!(archive.add_finished(tasks[2], 1), vec![tasks[0]]);
+        assert_eq!(archive.add_finished(tasks[3], 1), vec![tasks[1]]);
     }
 
     /// Dead letters list oldest first; an unlisted one is gone from the list.
     #[test]
     fn dead_letters_keep_their_order() {
-        let mut archive = Archive::new(2);
+        let mut archive = Archive::new(2, Retention::unbounded());
         let tasks = ids(3);
-        let seqs: Vec<u64> = tasks.iter().map(|id| archive.add_dead(*id)).collect();
+        let seqs: Vec<u64> = tasks.iter().map(|id| archive.add_dead(*id, 0, 1)).collect();
         archive.remove_dead(seqs[1]);
         assert_eq!(archive.dead().collect::<Vec<_>>(), vec![tasks[0], tasks[2]]);
-        let again = archive.add_dead(tasks[1]);
+        let again = archive.add_dead(tasks[1], 0, 1);
         assert!(again > seqs[2], "a requeued task that dies again goes last");
         assert_eq!(archive.dead().last(), Some(tasks[1]));
     }
@@ -209,7 +278,7 @@ mod tests {
     /// when nobody waits.
     #[test]
     fn watchers_hear_the_end_once() {
-        let mut archive = Archive::new(2);
+        let mut archive = Archive::new(2, Retention::unbounded());
         let id = TaskId::generate();
         let (first, mut first_rx) = oneshot::channel();
         let (gone, gone_rx) = oneshot::channel();
@@ -230,10 +299,58 @@ mod tests {
         assert!(archive.take_watchers(id).is_none(), "no one waits any more");
     }
 
+    /// Finished tasks are also kept within their bytes (the newest always).
+    #[test]
+    fn finished_tasks_are_bounded_by_bytes() {
+        let retention = Retention {
+            finished_bytes: 100,
+            ..Retention::unbounded()
+        };
+        let mut archive = Archive::new(10, retention);
+        let tasks: Vec<TaskId> = (0..3).map(|_| TaskId::generate()).collect();
+        assert_eq!(archive.add_finished(tasks[0], 60), vec![]);
+        assert_eq!(archive.add_finished(tasks[1], 60), vec![tasks[0]]);
+        assert_eq!(archive.add_finished(tasks[2], 500), vec![tasks[1]]);
+    }
+
+    /// Dead letters past the count, the bytes or the age go, oldest first,
+    /// each with why.
+    #[test]
+    fn dead_letters_are_trimmed_by_count_bytes_and_age() {
+        let retention = Retention {
+            dead_count: 3,
+            dead_bytes: 100,
+            dead_age: std::time::Duration::from_secs(10),
+            ..Retention::unbounded()
+        };
+        let mut archive = Archive::new(10, retention);
+        let ids: Vec<TaskId> = (0..5).map(|_| TaskId::generate()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            archive.add_dead(*id, 1_000 * i as u64, 10);
+        }
+        assert_eq!(
+            archive.trim_dead(4_000),
+            vec![(ids[0], Dropped::Count), (ids[1], Dropped::Count)]
+        );
+        let big = TaskId::generate();
+        archive.add_dead(big, 4_000, 95);
+        assert_eq!(
+            archive.trim_dead(4_000),
+            vec![
+                (ids[2], Dropped::Count),
+                (ids[3], Dropped::Bytes),
+                (ids[4], Dropped::Bytes)
+            ]
+        );
+        assert_eq!(archive.trim_dead(14_000), vec![]);
+        assert_eq!(archive.trim_dead(14_001), vec![(big, Dropped::Age)]);
+        assert_eq!(archive.dead().count(), 0);
+    }
+
     /// A key finds its task until it is forgotten.
     #[test]
     fn keys_are_remembered_until_forgotten() {
-        let mut archive = Archive::new(2);
+        let mut archive = Archive::new(2, Retention::unbounded());
         let id = TaskId::generate();
         archive.remember_key("k".into(), id, 7);
         assert_eq!(archive.task_for_key("k"), Some((id, 7)));
@@ -244,7 +361,7 @@ mod tests {
     /// Broadcasts record their copies; the oldest records are forgotten.
     #[test]
     fn broadcasts_record_copies_and_are_bounded() {
-        let mut archive = Archive::new(2);
+        let mut archive = Archive::new(2, Retention::unbounded());
         let first = archive.open_broadcast();
         let copy = TaskId::generate();
         archive.add_copy(first, copy);

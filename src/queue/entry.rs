@@ -214,6 +214,15 @@ impl TaskEntry {
             .map_or((None, 0), |e| (e.key.as_ref(), e.ttl_deadline_unix_ms))
     }
 
+    /// Bytes it keeps beyond the entry: text, payload and result, which the
+    /// retention of finished tasks and dead letters counts.
+    pub(super) fn bytes(&self) -> u64 {
+        let result = self
+            .result()
+            .map_or(0, |r| r.ret.len() + r.output.len() + r.error.len());
+        (self.text.as_deref().map_or(0, str::len) + self.payload.len() + result) as u64
+    }
+
     /// Its text, payload and lease, for the journal's full record.
     pub(super) fn content(&self) -> (Option<&str>, &Bytes, u32) {
         (self.text.as_deref(), &self.payload, self.lease_ms)

@@ -313,6 +313,12 @@ impl QueueHandle {
         .await
     }
 
+    /// Removes every dead letter (of `queue`, when given) for good; how many.
+    pub(crate) async fn purge_dead_letters(&self, queue: Option<QueueName>) -> Result<u64, Error> {
+        self.ask(|respond_to| QueueMsg::PurgeDeadLetters { queue, respond_to })
+            .await
+    }
+
     /// Stops accepting new tasks; everything already accepted is still served.
     pub(crate) async fn drain(&self) -> Result<(), Error> {
         Ok(self.tx.send(QueueMsg::Drain).await?)
@@ -395,6 +401,11 @@ enum QueueMsg {
     PublishGauges { respond_to: oneshot::Sender<()> },
     /// The server is stopping: refuse new tasks.
     Drain,
+    /// Remove dead letters (of one queue, or all).
+    PurgeDeadLetters {
+        queue: Option<QueueName>,
+        respond_to: oneshot::Sender<u64>,
+    },
     /// A worker resumes a session the journal recovered: the tasks it
     /// names (at their attempts) become its new session's.
     Adopt {

@@ -55,6 +55,8 @@ pub(crate) struct QueueLimits {
 pub(crate) struct QueuePolicy {
     /// Done and cancelled tasks kept for `get`/`watch`.
     pub(crate) max_finished_tasks: usize,
+    /// What finished tasks and dead letters are kept.
+    pub(crate) retention: Retention,
     /// Most pending tasks in the whole server.
     pub(crate) max_pending_tasks: usize,
     /// A delivery's lease when the task names none.
@@ -73,6 +75,32 @@ pub(crate) struct QueuePolicy {
     pub(crate) metrics_queue_labels: usize,
     /// How long tasks recovered as delivered wait for their worker to resume.
     pub(crate) resume_grace: Duration,
+}
+
+/// What the archive keeps: past these, the oldest go first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Retention {
+    /// Bytes of finished tasks kept for `Get`/`Wait`.
+    pub(crate) finished_bytes: u64,
+    /// Dead letters kept.
+    pub(crate) dead_count: usize,
+    /// Bytes of dead letters kept.
+    pub(crate) dead_bytes: u64,
+    /// How long a dead letter is kept.
+    pub(crate) dead_age: Duration,
+}
+
+impl Retention {
+    /// Keeps everything (tests of other things).
+    #[cfg(test)]
+    pub(crate) fn unbounded() -> Self {
+        Self {
+            finished_bytes: u64::MAX,
+            dead_count: usize::MAX,
+            dead_bytes: u64::MAX,
+            dead_age: Duration::from_secs(u32::MAX.into()),
+        }
+    }
 }
 
 /// What becomes of a task when a delivery of it ends without success, or
@@ -131,6 +159,12 @@ impl QueuePolicy {
             .collect();
         Self {
             max_finished_tasks: t.max_finished_tasks,
+            retention: Retention {
+                finished_bytes: t.max_finished_bytes,
+                dead_count: t.dead_letter_max_count,
+                dead_bytes: t.dead_letter_max_bytes,
+                dead_age: Duration::from_secs(t.dead_letter_max_age_secs),
+            },
             max_pending_tasks: t.max_pending_tasks,
             default_lease: Duration::from_secs(t.lease_secs),
             max_lease: Duration::from_secs(t.max_lease_secs),
@@ -272,6 +306,7 @@ mod tests {
     fn policy(max_attempts: u32) -> QueuePolicy {
         QueuePolicy {
             max_finished_tasks: 100,
+            retention: Retention::unbounded(),
             max_pending_tasks: 10,
             default_lease: Duration::from_secs(60),
             max_lease: Duration::from_secs(600),

@@ -94,6 +94,18 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn purge_dead_letters(
+        &self,
+        request: Request<v1::PurgeDeadLettersRequest>,
+    ) -> Result<Response<v1::PurgeDeadLettersReply>, Status> {
+        let queue = match request.into_inner().queue.as_str() {
+            "" => None,
+            name => Some(crate::domain::QueueName::parse(name)?),
+        };
+        let purged = self.core.queue.purge_dead_letters(queue).await?;
+        Ok(Response::new(v1::PurgeDeadLettersReply { purged }))
+    }
+
     async fn disconnect_worker(
         &self,
         request: Request<v1::WorkerRequest>,

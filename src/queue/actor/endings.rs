@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Queue;
 use crate::{
@@ -16,7 +16,8 @@ use crate::{
     error::Error,
     queue::{
         Cancelled, Completion, Release, ReleaseReason,
-        entry::{self, Placement, task_event},
+        archive::Dropped,
+        entry::{self, Placement, TaskEntry, task_event},
         lines::Timer,
         policy::Verdict,
     },
@@ -189,7 +190,10 @@ impl Queue {
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };
-        entry.kill(reason, self.archive.add_dead(id));
+        let seq = self
+            .archive
+            .add_dead(id, crate::clock::unix_ms_now(), entry.bytes());
+        entry.kill(reason, seq);
         self.metrics.dead_lettered(reason).increment(1);
         self.record_finished(id);
         self.notify_watchers(id);
@@ -200,10 +204,11 @@ impl Queue {
     fn finish(&mut self, id: TaskId) {
         self.record_finished(id);
         self.notify_watchers(id);
-        if let Some(old) = self.archive.add_finished(id)
-            && let Some(entry) = self.tasks.remove(&old)
-        {
-            self.record_forgotten(old, entry.anchor);
+        let bytes = self.tasks.get(&id).map_or(0, TaskEntry::bytes);
+        for old in self.archive.add_finished(id, bytes) {
+            if let Some(entry) = self.tasks.remove(&old) {
+                self.record_forgotten(old, entry.anchor);
+            }
         }
     }
 
@@ -279,5 +284,64 @@ impl Queue {
         }
         self.make_pending(id, Placement::Back(now));
         self.info(id)
+    }
+
+    // === Retention ===
+
+    /// Drops the oldest dead letters past their retention (count, bytes,
+    /// age): forgotten, counted and logged.
+    pub(super) fn trim_dead_letters(&mut self) {
+        let dropped = self.archive.trim_dead(crate::clock::unix_ms_now());
+        if dropped.is_empty() {
+            return;
+        }
+        let (mut count, mut bytes, mut age) = (0, 0, 0);
+        for (id, why) in dropped {
+            match why {
+                Dropped::Count => count += 1,
+                Dropped::Bytes => bytes += 1,
+                Dropped::Age => age += 1,
+            }
+            self.forget_dead(id);
+        }
+        self.metrics.dead_letters_dropped_count.increment(count);
+        self.metrics.dead_letters_dropped_bytes.increment(bytes);
+        self.metrics.dead_letters_dropped_age.increment(age);
+        warn!(
+            past_count = count,
+            past_bytes = bytes,
+            past_age = age,
+            "dead letters past their retention dropped (tasks.dead_letter_max_*)"
+        );
+    }
+
+    /// Removes every dead letter (of `queue`, when given); how many.
+    pub(super) fn purge_dead_letters(&mut self, queue: Option<&crate::domain::QueueName>) -> u64 {
+        let purged: Vec<(u64, TaskId)> = self
+            .archive
+            .dead_with_seq()
+            .filter(|(_, id)| match queue {
+                None => true,
+                Some(queue) => self
+                    .tasks
+                    .get(id)
+                    .is_some_and(|e| e.target == Target::Queue(queue.clone())),
+            })
+            .collect();
+        for (seq, id) in &purged {
+            self.archive.remove_dead(*seq);
+            self.forget_dead(*id);
+        }
+        self.metrics
+            .dead_letters_purged
+            .increment(purged.len() as u64);
+        purged.len() as u64
+    }
+
+    /// A dead letter no longer kept: its entry and its journal anchor go.
+    fn forget_dead(&mut self, id: TaskId) {
+        if let Some(entry) = self.tasks.remove(&id) {
+            self.record_forgotten(id, entry.anchor);
+        }
     }
 }

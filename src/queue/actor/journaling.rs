@@ -160,17 +160,17 @@ impl Queue {
             return;
         };
         let info = entry.info(id);
-        let result = (!info.result.is_empty() || info.dead_letter_reason.is_some()).then(|| {
-            record::Outcome {
-                ret: info.result.ret,
-                output: info.result.output,
-                error: info.result.error,
-                dead_letter_reason: info
-                    .dead_letter_reason
-                    .map(|r| r.as_str().to_owned())
-                    .unwrap_or_default(),
-                dead_unix_ms: 0,
-            }
+        let dead = info.dead_letter_reason.is_some();
+        let result = (!info.result.is_empty() || dead).then(|| record::Outcome {
+            ret: info.result.ret,
+            output: info.result.output,
+            error: info.result.error,
+            dead_letter_reason: info
+                .dead_letter_reason
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_default(),
+            // The retention's clock for it; restored with it.
+            dead_unix_ms: if dead { crate::clock::unix_ms_now() } else { 0 },
         });
         self.journal.record(Event::Finished(record::Finished {
             id: id_bytes(id),

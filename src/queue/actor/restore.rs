@@ -128,10 +128,11 @@ impl Queue {
             self.tasks.insert(id, entry);
             match state {
                 State::Done | State::Cancelled | State::DeadLettered => {
+                    let dead_at = record.result.as_ref().map_or(0, |r| r.dead_unix_ms);
                     finished.push((
                         task.finished_order,
                         id,
-                        (state == State::DeadLettered).then_some(reason),
+                        (state == State::DeadLettered).then_some((reason, dead_at)),
                     ));
                 }
                 State::Pending => pending.push((record.due_unix_ms, id, record.not_before_unix_ms)),
@@ -145,14 +146,17 @@ impl Queue {
         finished.sort_by_key(|(order, ..)| *order);
         for (_, id, dead) in finished {
             match dead {
-                Some(reason) => {
-                    let seq = self.archive.add_dead(id);
+                Some((reason, at_ms)) => {
+                    let bytes = self.tasks.get(&id).map_or(0, TaskEntry::bytes);
+                    let at_ms = if at_ms == 0 { now_ms } else { at_ms };
+                    let seq = self.archive.add_dead(id, at_ms, bytes);
                     if let Some(entry) = self.tasks.get_mut(&id) {
                         entry.kill(reason.unwrap_or(DeadLetterReason::MaxAttempts), seq);
                     }
                 }
                 None => {
-                    if let Some(old) = self.archive.add_finished(id) {
+                    let bytes = self.tasks.get(&id).map_or(0, TaskEntry::bytes);
+                    for old in self.archive.add_finished(id, bytes) {
                         self.tasks.remove(&old);
                     }
                 }

@@ -34,6 +34,7 @@ use crate::{
 fn policy(max_attempts: u32) -> QueuePolicy {
     QueuePolicy {
         max_finished_tasks: 100,
+        retention: crate::queue::policy::Retention::unbounded(),
         max_pending_tasks: 10_000,
         default_lease: Duration::from_secs(60),
         max_lease: Duration::from_secs(600),
