@@ -7,7 +7,7 @@
 //! its worker were lost: its attempt stays counted, and it goes to the
 //! front of its line (or to the dead letters, past its max attempts).
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use tokio::time::Instant;
 use tracing::warn;
@@ -24,19 +24,38 @@ use crate::{
     journal::{Recovered, RecoveredTask, record::State},
 };
 
-/// A recorded task's id and target, if they read back as valid.
-fn identify(task: &RecoveredTask) -> Option<(TaskId, Target)> {
+/// A recorded task's id and target, if they read back as valid. Targets
+/// are read once per name (`names`): a million tasks share a few queues,
+/// and each name read anew would be an allocation.
+fn identify(task: &RecoveredTask, names: &mut Names) -> Option<(TaskId, Target)> {
     let id = TaskId::from_bytes(&task.record.id)?;
-    let target = if task.record.target_client.is_empty() {
-        let queue = match task.record.queue.as_str() {
-            "" => QueueName::default_queue(),
-            name => QueueName::parse(name).ok()?,
-        };
-        Target::Queue(queue)
-    } else {
-        Target::Client(ClientId::parse(&task.record.target_client).ok()?)
+    let record = &task.record;
+    if !record.target_client.is_empty() {
+        let name = record.target_client.as_str();
+        if let Some(client) = names.clients.get(name) {
+            return Some((id, Target::Client(client.clone())));
+        }
+        let client = ClientId::parse(name).ok()?;
+        names.clients.insert(name.to_owned(), client.clone());
+        return Some((id, Target::Client(client)));
+    }
+    let name = record.queue.as_str();
+    if let Some(queue) = names.queues.get(name) {
+        return Some((id, Target::Queue(queue.clone())));
+    }
+    let queue = match name {
+        "" => QueueName::default_queue(),
+        name => QueueName::parse(name).ok()?,
     };
-    Some((id, target))
+    names.queues.insert(name.to_owned(), queue.clone());
+    Some((id, Target::Queue(queue)))
+}
+
+/// Queue names and client ids read so far during a restore.
+#[derive(Default)]
+struct Names {
+    queues: HashMap<String, QueueName>,
+    clients: HashMap<String, ClientId>,
 }
 
 impl Queue {
@@ -60,8 +79,9 @@ impl Queue {
         let mut pending = Vec::new();
         let mut delivered = Vec::new();
         let mut skipped = 0;
+        let mut names = Names::default();
         for task in &recovered.tasks {
-            let Some((id, target)) = identify(task) else {
+            let Some((id, target)) = identify(task, &mut names) else {
                 skipped += 1;
                 continue;
             };
