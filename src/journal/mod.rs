@@ -320,6 +320,17 @@ impl Journal {
         active.seq
     }
 
+    /// Adds a record that `encode` writes itself (one of the small ones
+    /// `record.rs` encodes without building it).
+    pub(crate) fn record_encoded(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let Some(durable) = &mut self.durable else {
+            return;
+        };
+        durable.scratch.clear();
+        encode(&mut durable.scratch);
+        segment::frame(&durable.scratch, &mut durable.batch);
+    }
+
     /// A task anchored in segment `anchor` is forgotten, or anchored anew.
     pub(crate) fn unanchor(&mut self, anchor: u64) {
         let Some(durable) = &mut self.durable else {

@@ -223,6 +223,11 @@ impl TaskEntry {
         (self.text.as_deref().map_or(0, str::len) + self.payload.len() + result) as u64
     }
 
+    /// While delayed: when it may go (wall ms); 0 otherwise.
+    pub(super) fn not_before_unix_ms(&self) -> u64 {
+        self.not_before().map_or(0, |(_, ms)| ms)
+    }
+
     /// Its text, payload and lease, for the journal's full record.
     pub(super) fn content(&self) -> (Option<&str>, &Bytes, u32) {
         (self.text.as_deref(), &self.payload, self.lease_ms)

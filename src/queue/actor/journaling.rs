@@ -12,7 +12,7 @@ use tracing::debug;
 use super::Queue;
 use crate::queue::entry::TaskEntry;
 use crate::{
-    domain::{ClientId, SessionId, Target, TaskId, TaskState},
+    domain::{ClientId, SessionId, Target, TaskId, TaskResult, TaskState},
     journal::record::{self, Event, State},
 };
 
@@ -125,12 +125,15 @@ impl Queue {
         if self.restoring || !self.journal.is_durable() {
             return;
         }
-        self.journal.record(Event::Delivered(record::Delivered {
-            id: id_bytes(id),
-            attempt,
-            worker: worker.as_str().to_owned(),
-            session: session.as_bytes().to_vec(),
-        }));
+        self.journal.record_encoded(|out| {
+            record::encode_delivered(
+                id.as_bytes(),
+                attempt,
+                worker.as_str(),
+                session.as_bytes(),
+                out,
+            );
+        });
     }
 
     /// A task is in line again (maybe delayed).
@@ -142,13 +145,11 @@ impl Queue {
         let Some(entry) = self.tasks.get(&id).filter(|e| e.anchor != 0) else {
             return;
         };
-        let event = Event::Pending(record::Pending {
-            id: id_bytes(id),
-            attempts: entry.attempts,
-            due_unix_ms: self.wall_ms(entry.due_ms()),
-            not_before_unix_ms: entry.info(id).not_before_unix_ms,
+        let (attempts, due) = (entry.attempts, self.wall_ms(entry.due_ms()));
+        let not_before = entry.not_before_unix_ms();
+        self.journal.record_encoded(|out| {
+            record::encode_pending(id.as_bytes(), attempts, due, not_before, out);
         });
-        self.journal.record(event);
     }
 
     /// A task finished: done, dead-lettered or cancelled.
@@ -159,6 +160,13 @@ impl Queue {
         let Some(entry) = self.tasks.get(&id) else {
             return;
         };
+        if entry.state == TaskState::Done && entry.result().is_none_or(TaskResult::is_empty) {
+            // Most tasks end so: done, with nothing to keep.
+            self.journal.record_encoded(|out| {
+                record::encode_finished_plain(id.as_bytes(), State::Done, out);
+            });
+            return;
+        }
         let info = entry.info(id);
         let dead = info.dead_letter_reason.is_some();
         let result = (!info.result.is_empty() || dead).then(|| record::Outcome {
@@ -185,7 +193,7 @@ impl Queue {
             return;
         }
         self.journal
-            .record(Event::Forgotten(record::Forgotten { id: id_bytes(id) }));
+            .record_encoded(|out| record::encode_forgotten(id.as_bytes(), out));
         self.journal.unanchor(u64::from(anchor));
     }
 
