@@ -108,6 +108,8 @@ pub(crate) fn spawn(
         file,
         sync,
         status: status.clone(),
+        writes: metrics::counter!(crate::metrics::JOURNAL_WRITES),
+        written: metrics::counter!(crate::metrics::JOURNAL_WRITTEN_BYTES),
     };
     let thread = std::thread::Builder::new()
         .name("journal-writer".into())
@@ -131,6 +133,8 @@ struct Writer {
     len: u64,
     sync: SyncPolicy,
     status: Arc<WriterStatus>,
+    writes: metrics::Counter,
+    written: metrics::Counter,
 }
 
 impl Writer {
@@ -175,10 +179,14 @@ impl Writer {
         if !bytes.is_empty() {
             self.write(bytes)?;
             if self.sync == SyncPolicy::Fsync {
+                let started = tokio::time::Instant::now();
                 self.file
                     .sync_data()
                     .map_err(|e| format!("fdatasync of segment {} failed: {e}", self.seq))?;
+                crate::metrics::JOURNAL_FSYNC_SECONDS.record(started.elapsed());
             }
+            self.writes.increment(1);
+            self.written.increment(bytes.len() as u64);
             self.status
                 .bytes_written
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);

@@ -52,6 +52,12 @@ pub(crate) const TASKS_CANCELLED: &str = "contact_tasks_cancelled_total";
 pub(crate) const DEAD_LETTERS_DROPPED: &str = "contact_dead_letters_dropped_total";
 /// Counter: journal compactions (tasks of the oldest segment carried forward).
 pub(crate) const JOURNAL_COMPACTIONS: &str = "contact_journal_compactions_total";
+/// Histogram: duration of each journal fdatasync.
+pub(crate) const JOURNAL_FSYNC: &str = "contact_journal_fsync_seconds";
+/// Counter: journal writes (one per group-committed batch).
+pub(crate) const JOURNAL_WRITES: &str = "contact_journal_writes_total";
+/// Counter: bytes written to the journal.
+pub(crate) const JOURNAL_WRITTEN_BYTES: &str = "contact_journal_written_bytes_total";
 /// Gauge: bytes of journal on disk.
 pub(crate) const JOURNAL_BYTES: &str = "contact_journal_bytes";
 /// Gauge: journal segment files.
@@ -153,6 +159,16 @@ fn describe_all() {
         Unit::Count,
         "Journal compactions: the live tasks of the oldest segment carried forward so it can go."
     );
+    describe_counter!(
+        JOURNAL_WRITES,
+        Unit::Count,
+        "Journal writes: one per batch of records group-committed together."
+    );
+    describe_counter!(
+        JOURNAL_WRITTEN_BYTES,
+        Unit::Bytes,
+        "Bytes written to the journal (divided by the writes: the average batch)."
+    );
     describe_gauge!(
         JOURNAL_BYTES,
         Unit::Bytes,
@@ -231,11 +247,20 @@ fn describe_all() {
 }
 
 /// Every histogram `/metrics` renders.
-static HISTOGRAMS: [&LatencyHistogram; 3] = [
+static HISTOGRAMS: [&LatencyHistogram; 4] = [
     &SUBMIT_TO_DISPATCH_SECONDS,
     &DISPATCH_TO_RECEIPT_SECONDS,
     &DISPATCH_TO_ACK_SECONDS,
+    &JOURNAL_FSYNC_SECONDS,
 ];
+
+/// How long each journal `fdatasync` took (`storage.sync = "fsync"`).
+/// Recorded by the journal's writer thread.
+pub(crate) static JOURNAL_FSYNC_SECONDS: LatencyHistogram = LatencyHistogram::new(
+    JOURNAL_FSYNC,
+    "How long each journal fdatasync took (storage.sync = fsync).",
+    FINE_BOUNDS_US,
+);
 
 /// From a task being due (submitted, or its delay over) to its first
 /// delivery. Recorded by the queue actor.
