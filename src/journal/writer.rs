@@ -261,3 +261,76 @@ pub(crate) fn create_segment(
     }
     Ok((file, segment::HEADER_LEN as u64))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("contact-writer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Answers are released only after their batch is written, in order,
+    /// and the bytes are whole frames on disk.
+    #[test]
+    fn answers_wait_for_their_write() {
+        let dir = temp_dir("ok");
+        let (file, _) = create_segment(&dir, 1, SyncPolicy::Fsync).unwrap();
+        let fatal = CancellationToken::new();
+        let (tx, status, thread) =
+            spawn(dir.clone(), 1, file, SyncPolicy::Fsync, fatal.clone()).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut frames = Vec::new();
+        segment::frame(b"record", &mut frames);
+        let len = frames.len() as u64;
+        tx.send(Job::Append {
+            bytes: frames,
+            replies: vec![Box::new(move || done_tx.send(()).unwrap())],
+        })
+        .unwrap();
+        done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        drop(tx);
+        thread.join().unwrap();
+        assert!(!fatal.is_cancelled());
+        assert_eq!(status.bytes_written.load(Ordering::Relaxed), len);
+        let bytes = std::fs::read(segment::path(&dir, 1)).unwrap();
+        assert_eq!(segment::read_frames(&bytes).0, vec![&b"record"[..]]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A write that fails (here: a segment the writer cannot write to) is
+    /// fatal: the server's token is cancelled, the failure is kept, and
+    /// the answers waiting on it are dropped, never released as recorded.
+    #[test]
+    fn a_failed_write_is_fatal_and_releases_nothing() {
+        let dir = temp_dir("fail");
+        drop(create_segment(&dir, 1, SyncPolicy::Write).unwrap());
+        let read_only = File::open(segment::path(&dir, 1)).unwrap();
+        let fatal = CancellationToken::new();
+        let (tx, status, thread) =
+            spawn(dir.clone(), 1, read_only, SyncPolicy::Write, fatal.clone()).unwrap();
+        let (answer_tx, answer_rx) = std::sync::mpsc::channel::<()>();
+        let mut frames = Vec::new();
+        segment::frame(b"lost", &mut frames);
+        tx.send(Job::Append {
+            bytes: frames,
+            replies: vec![Box::new(move || answer_tx.send(()).unwrap())],
+        })
+        .unwrap();
+        thread.join().unwrap();
+        assert!(fatal.is_cancelled());
+        let failure = status.failure.lock().unwrap().clone().unwrap();
+        assert!(failure.contains("write to segment 1 failed"), "{failure}");
+        assert!(
+            answer_rx.recv().is_err(),
+            "the answer was dropped, not sent"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
