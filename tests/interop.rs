@@ -13,10 +13,10 @@ mod common;
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use common::{TestServer, eventually, proxy::Proxy, python, test_config, within};
+use common::{TestServer, daemon::Daemon, eventually, proxy::Proxy, python, test_config, within};
 use contact_server::{
     client::{Producer, Submission},
-    proto::v1::{self, TaskState},
+    proto::v1::{self, TaskState, admin_client::AdminClient},
 };
 use tokio::process::{Child, Command};
 
@@ -408,4 +408,60 @@ async fn the_rust_worker_example_drains_on_sigterm() {
     );
     assert_eq!(exit_code(&mut worker).await, Some(0));
     server.stop().await;
+}
+
+/// The Python worker, holding a task when the server is killed with
+/// SIGKILL, redials the restarted server (same port, same journal),
+/// resumes its session and finishes the task on its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_worker_resumes_across_a_server_restart() {
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let dir = common::TempDir::new("py-restart");
+    let daemon = Daemon::start(&dir.0, &[]).await;
+    let addr = daemon.grpc_addr.clone();
+    let mut producer = within("connect", Producer::connect(&daemon.url()))
+        .await
+        .unwrap();
+    let id = submit(&mut producer, "default", "outlive the crash").await;
+    let _worker = spawn(
+        "python-restart",
+        Command::new(&python)
+            .arg(python::examples().join("worker.py"))
+            .args(["--server", &addr])
+            .args(["--id", "py-steady", "--work-ms", "2000"])
+            .args(["--status-every", "0.05"]),
+    );
+    // The task has reached the worker's code: its reports say it runs one.
+    let admin = within("connect", AdminClient::connect(daemon.url()))
+        .await
+        .unwrap();
+    eventually("the worker to run the task", || {
+        let mut admin = admin.clone();
+        async move {
+            let workers = admin
+                .list_workers(v1::ListWorkersRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .workers;
+            workers
+                .iter()
+                .any(|w| w.client_id == "py-steady" && w.reported_running == 1)
+                .then_some(())
+        }
+    })
+    .await;
+    daemon.kill9().await;
+    let daemon = Daemon::start_at(&dir.0, &addr, &[]).await;
+    let mut producer = within("connect", Producer::connect(&daemon.url()))
+        .await
+        .unwrap();
+    let info = finished(&mut producer, &id).await;
+    assert_eq!(
+        (info.state(), info.attempts, info.worker_id.as_str()),
+        (TaskState::Done, 1, "py-steady"),
+        "{info:?}\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.terminate().await, Some(0));
 }
