@@ -29,6 +29,7 @@ use std::{
 };
 
 use contact_server::proto::v1::{self, tasks_client::TasksClient};
+use tokio_util::sync::CancellationToken;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -85,6 +86,9 @@ struct Args {
     /// Churn: one worker drops its connection every this many milliseconds.
     #[arg(long, default_value_t = 50)]
     churn_every_ms: u64,
+    /// The journal's steady run lasts this many seconds.
+    #[arg(long, default_value_t = 600)]
+    steady_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +122,7 @@ impl Args {
         self.deep_tasks = 5_000;
         self.churn_tasks = 3_000;
         self.churn_every_ms = 20;
+        self.steady_secs = 2;
         self
     }
 }
@@ -476,6 +481,80 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 target,
             );
         }
+
+        // Submit -> reply at a fixed rate with every answer on the disk.
+        let data = dir.join("journal-latency");
+        let server = Proc::contact_server(&server_bin, &journal_config(&data, "fsync"), dir)?;
+        let latency = scenarios::submit_reply_latency(
+            &server.url(),
+            args.rate,
+            Duration::from_secs(args.seconds),
+            args.workers,
+            args.credit,
+        )
+        .await?;
+        server.stop(Duration::from_secs(10))?;
+        for (label, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+            let ms = millis(&latency, q);
+            report.add(
+                &format!("{:.0}/s {label} submit->reply, sync = fsync", args.rate),
+                format!("{ms:.3} ms"),
+                String::new(),
+                if label == "p99" {
+                    format!("<= 1 ms: {}", verdict(ms <= 1.0))
+                } else {
+                    String::new()
+                },
+            );
+        }
+
+        // A steady run: disk use sampled each second must level off as
+        // finished tasks are forgotten and segments deleted.
+        let data = dir.join("journal-steady");
+        let server = Proc::contact_server(&server_bin, &journal_config(&data, "write"), dir)?;
+        let sampling = CancellationToken::new();
+        let sampler = tokio::spawn({
+            let (data, sampling) = (data.clone(), sampling.clone());
+            async move {
+                let mut samples = Vec::new();
+                while !sampling.is_cancelled() {
+                    samples.push(dir_bytes(&data));
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = sampling.cancelled() => {}
+                    }
+                }
+                samples
+            }
+        });
+        let steady_rate = args.rate * 4.0;
+        scenarios::submit_reply_latency(
+            &server.url(),
+            steady_rate,
+            Duration::from_secs(args.steady_secs),
+            args.workers,
+            args.credit,
+        )
+        .await?;
+        sampling.cancel();
+        let samples = sampler.await?;
+        server.stop(Duration::from_secs(10))?;
+        let half = samples.len() / 2;
+        let first = samples[..half].iter().copied().max().unwrap_or(0);
+        let second = samples[half..].iter().copied().max().unwrap_or(0);
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        // Flat: the second half never outgrows the first by more than a
+        // segment (one may be open and full while the oldest waits to go).
+        let flat = second <= first + 64 * 1024 * 1024;
+        report.add(
+            &format!(
+                "{}s steady run at {steady_rate:.0}/s: journal on disk, max of first half / second half",
+                args.steady_secs
+            ),
+            format!("{:.1} / {:.1} MiB", mib(first), mib(second)),
+            String::new(),
+            format!("flat: {}", verdict(flat)),
+        );
 
         // A deep queue kept across a restart: disk per task, and how soon
         // the server serves again.

@@ -26,7 +26,7 @@ use tokio::{
     sync::{Notify, mpsc},
     task::JoinSet,
 };
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Streaming, transport::Channel};
 
@@ -589,4 +589,46 @@ async fn done_count(metrics: std::net::SocketAddr) -> anyhow::Result<u64> {
         .lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
         .unwrap_or(0.0) as u64)
+}
+
+/// Submit → reply at a fixed rate: an open loop of `rate` tasks/s for
+/// `duration` on one pipelined SubmitStream, each reply timed from its
+/// request's scheduled time (so a slow reply delays none behind it
+/// unseen). With the journal, the reply is the moment the task is
+/// recorded: under `sync = "fsync"`, on the disk. Fast workers take the
+/// tasks so the queue stays shallow.
+pub(crate) async fn submit_reply_latency(
+    url: &str,
+    rate: f64,
+    duration: Duration,
+    workers: usize,
+    credit: u32,
+) -> anyhow::Result<Histogram<u64>> {
+    let count = (rate * duration.as_secs_f64()) as u64;
+    let pool = FastWorkers::start(url, workers, credit, "reply", count).await?;
+    let stamps = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+    let sent = stamps.clone();
+    let requests =
+        ReceiverStream::new(load::schedule(rate, count, move |stamp| stamp)).map(move |stamp| {
+            if let Ok(mut sent) = sent.lock() {
+                sent.push_back(stamp);
+            }
+            v1::SubmitRequest {
+                payload: load::payload(64, stamp),
+                ..Default::default()
+            }
+        });
+    let mut tasks = TasksClient::new(load::connect(url).await?);
+    let mut replies = tasks.submit_stream(requests).await?.into_inner();
+    let mut latency = load::histogram();
+    while let Some(reply) = replies.message().await? {
+        ensure!(reply.error.is_none(), "submit refused: {:?}", reply.error);
+        let stamp = stamps.lock().ok().and_then(|mut s| s.pop_front());
+        if let Some(stamp) = stamp {
+            let micros = load::now_nanos().saturating_sub(stamp) / 1000;
+            latency.saturating_record(micros.max(1));
+        }
+    }
+    pool.finish(Duration::from_secs(60)).await?;
+    Ok(latency)
 }
