@@ -320,23 +320,11 @@ impl TaskEntry {
         self.state = TaskState::Delivered;
         self.attempts += 1;
         self.worker = Some(client.clone());
-        Delivery {
-            task_id: id,
-            text: self.text.clone(),
-            payload: self.payload.clone(),
-            queue: match &self.target {
-                Target::Queue(q) => Some(q.clone()),
-                Target::Client(_) => None,
-            },
-            attempt: self.attempts,
-            lease: Duration::from_millis(u64::from(self.lease_ms)),
-            priority: self.priority,
-            broadcast: self.broadcast(),
-        }
+        self.current_delivery(id)
     }
 
-    /// The delivery it is now (a recovered one, taken over by a resuming
-    /// worker): the same attempt, nothing counted again.
+    /// The delivery it is now: the one just made, or a recovered one taken
+    /// over by a resuming worker (the same attempt, nothing counted again).
     pub(super) fn current_delivery(&self, id: TaskId) -> Delivery {
         Delivery {
             task_id: id,
