@@ -345,6 +345,19 @@ impl Journal {
         }
     }
 
+    /// Every live task anchored in segment `seq` has been carried forward:
+    /// whatever its count still says (tasks the queue dropped while
+    /// restoring, or could not read back) anchors nothing, so it may go.
+    pub(crate) fn carried_forward(&mut self, seq: u64) {
+        if let Some(segment) = self
+            .durable
+            .as_mut()
+            .and_then(|d| d.segments.iter_mut().find(|s| s.seq == seq))
+        {
+            segment.anchors = 0;
+        }
+    }
+
     /// Runs `reply` once everything recorded so far is durable (at once in
     /// memory mode).
     pub(crate) fn reply(&mut self, reply: impl FnOnce() + Send + 'static) {

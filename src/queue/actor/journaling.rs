@@ -239,8 +239,9 @@ impl Queue {
                     }
                 }
             }
-            // The oldest segment is empty of anchors now: the next flush
-            // deletes it, after the carried records are on their way.
+            // The oldest segment anchors nothing now: this flush sends the
+            // carried records, then deletes it.
+            self.journal.carried_forward(oldest);
             let _ = self.journal.flush();
         }
     }

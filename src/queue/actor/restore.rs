@@ -177,7 +177,9 @@ impl Queue {
                 None => {
                     let bytes = self.tasks.get(&id).map_or(0, TaskEntry::bytes);
                     for old in self.archive.add_finished(id, bytes) {
-                        self.tasks.remove(&old);
+                        if let Some(entry) = self.tasks.remove(&old) {
+                            self.journal.unanchor(u64::from(entry.anchor));
+                        }
                     }
                 }
             }
