@@ -625,3 +625,49 @@ async fn a_full_disk_refuses_new_work_and_recovers() {
     }
     assert_eq!(daemon.terminate().await, Some(0));
 }
+
+/// A dead letter requeued starts a new life, and keeps it across a restart:
+/// an expired task, requeued, is not expired again by the replay of its
+/// old TTL.
+#[tokio::test]
+async fn a_requeued_expired_task_stays_requeued_after_a_restart() {
+    let dir = TempDir::new("requeued");
+    let server = TestServer::with_config(config_on(&dir)).await;
+    let mut tasks = server.tasks().await;
+    let id = within(
+        "submit with a short ttl",
+        tasks.submit(v1::SubmitRequest {
+            queue: "nobody".into(),
+            ttl_ms: 50,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .task_id;
+    let info = server.wait_finished(&id).await;
+    assert_eq!(info.dead_letter_reason, "expired");
+    let requeued = within(
+        "requeue",
+        tasks.requeue(v1::RequeueRequest {
+            task_id: id.clone(),
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(requeued.state(), TaskState::Pending);
+    server.stop().await;
+
+    let server = TestServer::with_config(config_on(&dir)).await;
+    let info = server.get(&id).await;
+    assert_eq!(
+        (info.state(), info.attempts),
+        (TaskState::Pending, 0),
+        "{info:?}"
+    );
+    let mut worker = TestWorker::connect(&server, WorkerOptions::id("late").queues("nobody")).await;
+    assert_eq!(worker.next_task().await.task_id, id);
+    server.stop().await;
+}

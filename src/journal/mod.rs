@@ -481,7 +481,10 @@ mod tests {
             }
         }
         assert_eq!(asked, Some(1), "compaction asks for the oldest segment");
-        assert!(journal.disk_usage().1 > 2, "the live task held the segments");
+        assert!(
+            journal.disk_usage().1 > 2,
+            "the live task held the segments"
+        );
         // Carried forward, as the queue does: anchored anew, the old one gone.
         let carried = journal.record(task(0));
         journal.unanchor(kept);

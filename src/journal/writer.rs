@@ -164,7 +164,7 @@ impl Writer {
                     }
                     Job::Delete { seq } => {
                         self.commit(&mut bytes, &mut replies)?;
-                        self.delete(seq);
+                        self.delete(seq)?;
                     }
                 }
                 next = rx.try_recv().ok();
@@ -233,12 +233,24 @@ impl Writer {
         Ok(())
     }
 
-    fn delete(&self, seq: u64) {
-        // A segment left behind is only disk space: recovery reads it and
-        // finds nothing live in it.
-        if let Err(e) = std::fs::remove_file(segment::path(&self.dir, seq)) {
-            warn!(seq, error = %e, "journal: could not delete a compacted segment");
+    /// Deletes a segment nothing live is anchored in. A segment left behind
+    /// while newer ones go could bring back tasks whose forgetting those
+    /// held, so a failed delete is fatal (a restart replays every segment
+    /// still there, consistently); under `fsync` the directory is synced so
+    /// a power cut cannot undo an older delete and keep a newer one.
+    fn delete(&self, seq: u64) -> Result<(), String> {
+        let path = segment::path(&self.dir, seq);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("deleting compacted segment {seq} failed: {e}")),
         }
+        if self.sync == SyncPolicy::Fsync {
+            File::open(&self.dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| format!("syncing the journal directory failed: {e}"))?;
+        }
+        Ok(())
     }
 }
 

@@ -186,7 +186,12 @@ impl Queue {
                     .into_iter()
                     .map(|t| self.handle_submit(t, now))
                     .collect();
-                let refused_all = ids.iter().all(Result::is_err);
+                // A full disk's refusals need no record and must not wait for
+                // the write stuck on it; other refusals (a key already used)
+                // may describe a task accepted this turn, so they wait.
+                let refused_all = ids
+                    .iter()
+                    .all(|id| matches!(id, Err(Error::ResourceExhausted(_))));
                 // The producer may have gone; the tasks are accepted all the same.
                 let answer = move || {
                     let _ = respond_to.send(ids);
@@ -289,7 +294,10 @@ impl Queue {
                 respond_to,
             } => {
                 let adopted = self.adopt(previous, &worker, session, &held);
-                let _ = respond_to.send(adopted);
+                // Once the tasks are recorded as the new session's.
+                self.journal.reply(move || {
+                    let _ = respond_to.send(adopted);
+                });
             }
         }
     }

@@ -382,6 +382,8 @@ impl TaskEntry {
     pub(super) fn revive(&mut self) {
         if let Some(extra) = self.extra.as_mut() {
             extra.dead_letter = None;
+            // Its TTL was spent on the life that ended; the new one has none.
+            extra.ttl_deadline_unix_ms = 0;
         }
         self.attempts = 0;
         self.wait_recorded = false;

@@ -283,6 +283,9 @@ impl Queue {
             task_event!(entry, "requeued");
         }
         self.make_pending(id, Placement::Back(now));
+        // A full record: the task starts over (no attempts, no TTL), and a
+        // replay must not see its old life.
+        self.record_task(id);
         self.info(id)
     }
 

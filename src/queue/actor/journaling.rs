@@ -239,6 +239,13 @@ impl Queue {
                     }
                 }
             }
+            // Worker ids tasks may target are recorded once, when first seen:
+            // carry them forward too, or a restart after this segment goes
+            // would forget them.
+            let known: Vec<ClientId> = self.known_clients.iter().cloned().collect();
+            for client in &known {
+                self.record_client(client, true);
+            }
             // The oldest segment anchors nothing now: this flush sends the
             // carried records, then deletes it.
             self.journal.carried_forward(oldest);

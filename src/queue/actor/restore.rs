@@ -192,6 +192,10 @@ impl Queue {
                 self.make_pending(id, Placement::Back(now));
             }
         }
+        // From here on the queue's moves are new decisions (a hand-back, a
+        // dead letter past max attempts): journaled, so a second crash does
+        // not replay the task as still delivered.
+        self.restoring = false;
         // Delivered tasks stay with their session for the resume grace, so
         // a worker that comes back and resumes keeps them (attempt
         // unchanged, no second execution); without a grace, or without a
@@ -245,7 +249,6 @@ impl Queue {
             waiting_for_resume = orphaned,
             "queue restored from the journal"
         );
-        self.restoring = false;
     }
 
     /// Tasks of a recovered session that its worker did not take back: they
