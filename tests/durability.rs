@@ -151,20 +151,23 @@ async fn sigterm_keeps_the_queue() {
     }
     assert_eq!(daemon.terminate().await, Some(0));
     let daemon = Daemon::start(&dir.0, &[]).await;
-    let mut tasks = daemon.tasks().await;
-    for id in &ids {
-        let info = within(
-            "get",
-            tasks.get(v1::GetRequest {
-                task_id: id.clone(),
-            }),
-        )
-        .await
-        .unwrap()
-        .into_inner();
-        assert_eq!(info.state(), TaskState::Pending);
-    }
+    assert_all_pending(&daemon, &ids).await;
     assert_eq!(daemon.terminate().await, Some(0));
+}
+
+/// Every task of `ids` is on the daemon, waiting in line.
+async fn assert_all_pending(daemon: &Daemon, ids: &[String]) {
+    let mut tasks = daemon.tasks().await;
+    for id in ids {
+        let request = v1::GetRequest {
+            task_id: id.clone(),
+        };
+        let info = within("get", tasks.get(request))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.state(), TaskState::Pending, "{id}");
+    }
 }
 
 /// What one crash round learned from the server, for the model.
@@ -610,19 +613,7 @@ async fn a_full_disk_refuses_new_work_and_recovers() {
 
     daemon.kill9().await;
     let daemon = Daemon::start(&data, &["--config", &config]).await;
-    let mut tasks = daemon.tasks().await;
-    for id in &accepted {
-        let info = within(
-            "get",
-            tasks.get(v1::GetRequest {
-                task_id: id.clone(),
-            }),
-        )
-        .await
-        .unwrap()
-        .into_inner();
-        assert_eq!(info.state(), TaskState::Pending, "{id}");
-    }
+    assert_all_pending(&daemon, &accepted).await;
     assert_eq!(daemon.terminate().await, Some(0));
 }
 
