@@ -470,3 +470,88 @@ async fn a_requeued_expired_task_stays_requeued_after_a_restart() {
     assert_eq!(worker.next_task().await.task_id, id);
     server.stop().await;
 }
+
+/// Compaction keeps what is live: with small segments and many tasks come
+/// and gone, the journal stays near its live data, and after a restart a
+/// dead letter from the start (with its error), a task still queued and a
+/// worker id known from the start are all still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_what_is_live_across_a_restart() {
+    let dir = TempDir::new("compaction");
+    let mut config = config_on(&dir);
+    config.storage.segment_bytes = 1024 * 1024;
+    config.tasks.max_finished_tasks = 100;
+    let server = TestServer::with_config(config.clone()).await;
+    // A worker id known from the start; it leaves.
+    drop(TestWorker::connect(&server, WorkerOptions::id("known").queues("none")).await);
+    common::until_disconnected(&server, "known").await;
+    let queued = server.submit("idle", "waits through it all").await;
+    let mut worker = TestWorker::connect(&server, WorkerOptions::id("w").queues("doomed")).await;
+    let dead = server.submit("doomed", "fails at once").await;
+    assert_eq!(worker.next_task().await.task_id, dead);
+    worker.ack(&dead, Outcome::FailedPermanently, "kept").await;
+    server.wait_finished(&dead).await;
+    drop(worker);
+
+    // Many tasks come and go: well past several segments of records.
+    let total = 20_000u64;
+    let url = server.url();
+    let consumer = tokio::spawn(async move {
+        let mut worker = WorkerBuilder::new(url)
+            .client_id("busy")
+            .queues(["work"])
+            .max_in_flight(256)
+            .connect()
+            .await
+            .unwrap();
+        for _ in 0..total {
+            let task = worker.next_task().await.unwrap();
+            task.done("").await.unwrap();
+        }
+    });
+    let mut tasks = server.tasks().await;
+    let batch: Vec<v1::SubmitRequest> = (0..total)
+        .map(|_| v1::SubmitRequest {
+            queue: "work".into(),
+            payload: vec![1u8; 200].into(),
+            ..Default::default()
+        })
+        .collect();
+    let mut replies = within("submit", tasks.submit_stream(tokio_stream::iter(batch)))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(reply) = within("replies", replies.message()).await.unwrap() {
+        assert!(reply.error.is_none());
+    }
+    tokio::time::timeout(Duration::from_secs(60), consumer)
+        .await
+        .expect("the busy worker finished")
+        .unwrap();
+    server.stop().await;
+    let on_disk: u64 = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    // About 6 MB went through the journal; what is left is a few segments.
+    assert!(on_disk < 4 * 1024 * 1024, "{on_disk} bytes left on disk");
+
+    let server = TestServer::with_config(config).await;
+    let info = server.get(&dead).await;
+    assert_eq!(
+        (info.state(), info.error.as_str()),
+        (TaskState::DeadLettered, "kept failed")
+    );
+    assert_eq!(server.get(&queued).await.state(), TaskState::Pending);
+    let targeted = within(
+        "submit to the known worker",
+        server.tasks().await.submit(v1::SubmitRequest {
+            target_client_id: "known".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert!(targeted.is_ok(), "{targeted:?}");
+    server.stop().await;
+}

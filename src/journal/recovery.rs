@@ -127,6 +127,7 @@ struct Replay {
     index: FxHashMap<[u8; 16], usize>,
     slots: Vec<Option<RecoveredTask>>,
     clients: Vec<String>,
+    broadcasts_seen: std::collections::HashSet<Vec<u8>>,
     finished: u64,
 }
 
@@ -208,7 +209,12 @@ impl Replay {
                 }
             }
             Event::ClientForgotten(client) => self.clients.retain(|c| *c != client.id),
-            Event::BroadcastOpened(broadcast) => self.recovered.broadcasts.push(broadcast.id),
+            // Compaction writes a kept broadcast again: keep its first place.
+            Event::BroadcastOpened(broadcast) => {
+                if self.broadcasts_seen.insert(broadcast.id.clone()) {
+                    self.recovered.broadcasts.push(broadcast.id);
+                }
+            }
         }
     }
 

@@ -157,6 +157,21 @@ impl Archive {
         self.dead.values().map(|dead| dead.id)
     }
 
+    /// When the dead letter at `seq` died (wall ms).
+    pub(super) fn dead_at(&self, seq: u64) -> Option<u64> {
+        self.dead.get(&seq).map(|dead| dead.at_ms)
+    }
+
+    /// Finished tasks, oldest first.
+    pub(super) fn finished(&self) -> impl Iterator<Item = TaskId> {
+        self.finished.iter().map(|(id, _)| *id)
+    }
+
+    /// Broadcasts whose records are kept, oldest first.
+    pub(super) fn broadcasts(&self) -> impl Iterator<Item = BroadcastId> {
+        self.broadcast_order.iter().copied()
+    }
+
     /// Dead letters with their places, oldest first.
     pub(super) fn dead_with_seq(&self) -> impl Iterator<Item = (u64, TaskId)> {
         self.dead.iter().map(|(seq, dead)| (*seq, dead.id))

@@ -88,7 +88,10 @@ impl Queue {
                     .dead_letter_reason
                     .map(|r| r.as_str().to_owned())
                     .unwrap_or_default(),
-                dead_unix_ms: 0,
+                dead_unix_ms: entry
+                    .dead_letter()
+                    .and_then(|(_, seq)| self.archive.dead_at(seq))
+                    .unwrap_or(0),
             }),
         }
     }
@@ -216,12 +219,23 @@ impl Queue {
     /// oldest segment when compaction asks for it.
     pub(super) fn flush_journal(&mut self) {
         if let Some(oldest) = self.journal.flush() {
-            let anchored: Vec<TaskId> = self
-                .tasks
-                .iter()
-                .filter(|(_, entry)| u64::from(entry.anchor) == oldest)
-                .map(|(id, _)| id)
+            // Finished tasks and dead letters first, in the archive's order,
+            // so a replay lists them (and drops the oldest) as now; then the
+            // rest, whose order in line comes from their due times.
+            let is_anchored = |entry: &TaskEntry| u64::from(entry.anchor) == oldest;
+            let mut anchored: Vec<TaskId> = self
+                .archive
+                .finished()
+                .chain(self.archive.dead())
+                .filter(|id| self.tasks.get(id).is_some_and(is_anchored))
                 .collect();
+            let archived: std::collections::HashSet<TaskId> = anchored.iter().copied().collect();
+            anchored.extend(
+                self.tasks
+                    .iter()
+                    .filter(|(id, entry)| is_anchored(entry) && !archived.contains(id))
+                    .map(|(id, _)| id),
+            );
             debug!(
                 segment = oldest,
                 tasks = anchored.len(),
@@ -245,6 +259,14 @@ impl Queue {
             let known: Vec<ClientId> = self.known_clients.iter().cloned().collect();
             for client in &known {
                 self.record_client(client, true);
+            }
+            // Broadcast records likewise, oldest first.
+            let broadcasts: Vec<_> = self.archive.broadcasts().collect();
+            for broadcast in broadcasts {
+                self.journal
+                    .record(Event::BroadcastOpened(record::Broadcast {
+                        id: broadcast.as_bytes().to_vec(),
+                    }));
             }
             // The oldest segment anchors nothing now: this flush sends the
             // carried records, then deletes it.
