@@ -177,6 +177,33 @@ impl QueuePolicy {
         }
     }
 
+    /// A small policy for unit tests: tight limits, short timers, nothing
+    /// kept past a restart; tests change what they are about.
+    #[cfg(test)]
+    pub(crate) fn for_tests(max_attempts: u32) -> Self {
+        Self {
+            max_finished_tasks: 100,
+            retention: Retention::unbounded(),
+            max_pending_tasks: 10,
+            default_lease: Duration::from_secs(60),
+            max_lease: Duration::from_secs(600),
+            target_ttl: Duration::from_secs(30),
+            idempotency_window: Duration::from_secs(10),
+            resume_grace: Duration::ZERO,
+            default_limits: QueueLimits {
+                max_attempts,
+                max_depth: 2,
+                retry: RetryPolicy {
+                    initial: Duration::from_secs(1),
+                    factor: 2.0,
+                    max: Duration::from_secs(5),
+                },
+            },
+            per_queue: HashMap::new(),
+            metrics_queue_labels: 8,
+        }
+    }
+
     fn limits(&self, target: &Target) -> &QueueLimits {
         match target {
             Target::Queue(queue) => self.per_queue.get(queue).unwrap_or(&self.default_limits),
@@ -304,27 +331,7 @@ mod tests {
     use crate::domain::ClientId;
 
     fn policy(max_attempts: u32) -> QueuePolicy {
-        QueuePolicy {
-            max_finished_tasks: 100,
-            retention: Retention::unbounded(),
-            max_pending_tasks: 10,
-            default_lease: Duration::from_secs(60),
-            max_lease: Duration::from_secs(600),
-            target_ttl: Duration::from_secs(30),
-            idempotency_window: Duration::from_secs(10),
-            resume_grace: Duration::ZERO,
-            default_limits: QueueLimits {
-                max_attempts,
-                max_depth: 2,
-                retry: RetryPolicy {
-                    initial: Duration::from_secs(1),
-                    factor: 2.0,
-                    max: Duration::from_secs(5),
-                },
-            },
-            per_queue: HashMap::new(),
-            metrics_queue_labels: 8,
-        }
+        QueuePolicy::for_tests(max_attempts)
     }
 
     fn queue() -> Target {

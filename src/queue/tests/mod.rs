@@ -31,27 +31,21 @@ use crate::{
     error::Error,
 };
 
+/// The unit-test policy with room for many tasks and retries at once.
 fn policy(max_attempts: u32) -> QueuePolicy {
+    let base = QueuePolicy::for_tests(max_attempts);
     QueuePolicy {
-        max_finished_tasks: 100,
-        retention: crate::queue::policy::Retention::unbounded(),
         max_pending_tasks: 10_000,
-        default_lease: Duration::from_secs(60),
-        max_lease: Duration::from_secs(600),
-        target_ttl: Duration::from_secs(30),
-        idempotency_window: Duration::from_secs(10),
-        resume_grace: Duration::ZERO,
         default_limits: QueueLimits {
-            max_attempts,
             max_depth: 1000,
             retry: RetryPolicy {
                 initial: Duration::ZERO,
                 factor: 2.0,
                 max: Duration::ZERO,
             },
+            ..base.default_limits
         },
-        per_queue: Default::default(),
-        metrics_queue_labels: 8,
+        ..base
     }
 }
 
