@@ -2,7 +2,10 @@
 //! graceful stop with work queued and `kill -9` of the real binary (the
 //! randomized crash test is `tests/crash.rs`); a worker resumes across a
 //! restart; a damaged journal refuses to start, naming the file and
-//! offset; one server per directory; a full disk refuses and recovers.
+//! offset; one server per directory; a full disk refuses and recovers; a
+//! journal that cannot be written stops the daemon (the writer's own
+//! fault-injection tests, failed syncs among them, are in
+//! `src/journal/writer.rs`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -420,6 +423,65 @@ async fn a_full_disk_refuses_new_work_and_recovers() {
     accepted.push(taken);
 
     daemon.kill9().await;
+    let daemon = Daemon::start(&data, &["--config", &config]).await;
+    assert_all_pending(&daemon, &accepted).await;
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+/// A journal that can no longer be written (here: its directory moved away
+/// under the daemon, so the next segment cannot be created) stops the
+/// daemon with a non-zero exit for its supervisor to restart it, after
+/// answering nothing more as recorded; put back, the journal holds every
+/// task that was answered OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_cannot_be_written_stops_the_daemon() {
+    let dir = TempDir::new("unwritable");
+    let data = dir.0.join("journal");
+    let moved = dir.0.join("moved");
+    let config = dir.0.join("small.toml");
+    std::fs::write(&config, "[storage]\nsegment_bytes = 1048576\n").unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let daemon = Daemon::start(&data, &["--config", &config]).await;
+    let mut tasks = daemon.tasks().await;
+    let mut accepted = Vec::new();
+    let submit = async |tasks: &mut v1::tasks_client::TasksClient<_>| {
+        let request = v1::SubmitRequest {
+            payload: vec![7u8; 64 * 1024].into(),
+            ..Default::default()
+        };
+        within("submit", tasks.submit(request))
+            .await
+            .map(|reply| reply.into_inner().task_id)
+    };
+    for _ in 0..4 {
+        accepted.push(submit(&mut tasks).await.unwrap());
+    }
+    std::fs::rename(&data, &moved).unwrap();
+    // 64 KiB each: the segment fills and the next one cannot be made.
+    let mut failed = None;
+    for _ in 0..64 {
+        match submit(&mut tasks).await {
+            Ok(id) => accepted.push(id),
+            Err(status) => {
+                failed = Some(status);
+                break;
+            }
+        }
+    }
+    let failed = failed.expect("a submit failed once the journal could not be written");
+    assert_ne!(failed.code(), Code::Ok);
+    common::eventually("the writer's error in the log", || {
+        std::future::ready(
+            daemon
+                .log()
+                .contains("creating segment 2 failed")
+                .then_some(()),
+        )
+    })
+    .await;
+    assert_eq!(daemon.exit_code().await, Some(1));
+
+    std::fs::rename(&moved, &data).unwrap();
     let daemon = Daemon::start(&data, &["--config", &config]).await;
     assert_all_pending(&daemon, &accepted).await;
     assert_eq!(daemon.terminate().await, Some(0));

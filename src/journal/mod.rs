@@ -228,7 +228,12 @@ impl Journal {
         let next = recovered.segments.last().map_or(1, |(seq, _)| seq + 1);
         let (file, len) = writer::create_segment(dir, next, options.sync)
             .map_err(|e| JournalError::io(&segment::path(dir, next), e))?;
-        let (tx, status, thread) = writer::spawn(dir.clone(), next, file, options.sync, fatal)
+        let start = writer::OpenSegment {
+            seq: next,
+            file: Box::new(file),
+            len,
+        };
+        let (tx, status, thread) = writer::spawn(dir.clone(), start, options.sync, fatal)
             .map_err(|e| JournalError::io(dir, e))?;
         let mut segments: VecDeque<Segment> = recovered
             .segments

@@ -18,7 +18,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{ErrorKind, Write as _},
+    io::{self, ErrorKind, Write as _},
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -74,6 +74,31 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// What the writer needs of a segment file. A seam, so that tests can make
+/// writes and syncs fail the way a dying disk does.
+pub(crate) trait SegmentFile: Send {
+    /// Writes all of `bytes` at the end.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// `fdatasync`.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Cuts the file back to `len` bytes.
+    fn truncate(&self, len: u64) -> io::Result<()>;
+}
+
+impl SegmentFile for File {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.set_len(len)
+    }
+}
+
 /// What the writer shows the rest of the server.
 #[derive(Debug, Default)]
 pub(crate) struct WriterStatus {
@@ -85,13 +110,22 @@ pub(crate) struct WriterStatus {
     pub(crate) failure: Mutex<Option<String>>,
 }
 
-/// Starts the writer thread on the open segment `seq` of `dir`. It stops
-/// when the last sender is dropped (after writing what it was sent), or on
-/// a fatal error, when it cancels `fatal`.
+/// The segment the writer starts on.
+pub(crate) struct OpenSegment {
+    /// Its sequence number.
+    pub(crate) seq: u64,
+    /// The file, positioned at its end.
+    pub(crate) file: Box<dyn SegmentFile>,
+    /// Its length: whole frames only.
+    pub(crate) len: u64,
+}
+
+/// Starts the writer thread on `segment` of `dir`. It stops when the last
+/// sender is dropped (after writing what it was sent), or on a fatal
+/// error, when it cancels `fatal`.
 pub(crate) fn spawn(
     dir: PathBuf,
-    seq: u64,
-    file: File,
+    segment: OpenSegment,
     sync: SyncPolicy,
     fatal: CancellationToken,
 ) -> std::io::Result<(
@@ -103,9 +137,9 @@ pub(crate) fn spawn(
     let status = Arc::new(WriterStatus::default());
     let mut writer = Writer {
         dir,
-        seq,
-        len: file.metadata()?.len(),
-        file,
+        seq: segment.seq,
+        len: segment.len,
+        file: segment.file,
         sync,
         status: status.clone(),
         writes: metrics::counter!(crate::metrics::JOURNAL_WRITES),
@@ -128,7 +162,7 @@ pub(crate) fn spawn(
 struct Writer {
     dir: PathBuf,
     seq: u64,
-    file: File,
+    file: Box<dyn SegmentFile>,
     /// Bytes in the current segment that are whole frames.
     len: u64,
     sync: SyncPolicy,
@@ -202,7 +236,7 @@ impl Writer {
     /// its last whole frame and the write tried again until space returns.
     fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
         loop {
-            match self.file.write_all(bytes) {
+            match self.file.append(bytes) {
                 Ok(()) => {
                     self.len += bytes.len() as u64;
                     if self.status.disk_full.swap(false, Ordering::Relaxed) {
@@ -215,7 +249,7 @@ impl Writer {
                         warn!("journal: disk full; refusing new work until space returns");
                     }
                     self.file
-                        .set_len(self.len)
+                        .truncate(self.len)
                         .map_err(|e| format!("cutting back segment {} failed: {e}", self.seq))?;
                     std::thread::sleep(DISK_FULL_RETRY);
                 }
@@ -227,7 +261,7 @@ impl Writer {
     fn rotate(&mut self, seq: u64) -> Result<(), String> {
         let (file, len) = create_segment(&self.dir, seq, self.sync)
             .map_err(|e| format!("creating segment {seq} failed: {e}"))?;
-        self.file = file;
+        self.file = Box::new(file);
         self.seq = seq;
         self.len = len;
         Ok(())
@@ -278,6 +312,8 @@ pub(crate) fn create_segment(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -288,61 +324,200 @@ mod tests {
         dir
     }
 
+    /// A segment file whose disk fails on cue: `append` fails with "no
+    /// space" while `full_for` is above zero (counting down), `sync_data`
+    /// fails with an I/O error if `sync_fails`.
+    struct Faulty {
+        file: File,
+        full_for: Arc<AtomicUsize>,
+        sync_fails: bool,
+        truncated_to: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl SegmentFile for Faulty {
+        fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+            let full = self
+                .full_for
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if full.is_ok() {
+                // Half a frame reaches the file, as on a disk that fills up.
+                self.file.write_all(&bytes[..bytes.len() / 2])?;
+                return Err(ErrorKind::StorageFull.into());
+            }
+            self.file.write_all(bytes)
+        }
+
+        fn sync_data(&self) -> io::Result<()> {
+            if self.sync_fails {
+                return Err(io::Error::other("injected EIO"));
+            }
+            self.file.sync_data()
+        }
+
+        fn truncate(&self, len: u64) -> io::Result<()> {
+            self.truncated_to.lock().unwrap().push(len);
+            self.file.set_len(len)
+        }
+    }
+
+    struct Running {
+        tx: mpsc::Sender<Job>,
+        status: Arc<WriterStatus>,
+        thread: std::thread::JoinHandle<()>,
+        fatal: CancellationToken,
+    }
+
+    fn start(dir: &std::path::Path, file: Box<dyn SegmentFile>, sync: SyncPolicy) -> Running {
+        let fatal = CancellationToken::new();
+        let segment = OpenSegment {
+            seq: 1,
+            file,
+            len: segment::HEADER_LEN as u64,
+        };
+        let (tx, status, thread) = spawn(dir.to_owned(), segment, sync, fatal.clone()).unwrap();
+        Running {
+            tx,
+            status,
+            thread,
+            fatal,
+        }
+    }
+
+    /// Sends one record; the receiver hears once its answer is released.
+    fn append(tx: &mpsc::Sender<Job>, record: &[u8]) -> mpsc::Receiver<()> {
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut bytes = Vec::new();
+        segment::frame(record, &mut bytes);
+        tx.send(Job::Append {
+            bytes,
+            replies: vec![Box::new(move || done_tx.send(()).unwrap())],
+        })
+        .unwrap();
+        done_rx
+    }
+
+    fn faulty(dir: &std::path::Path, full_for: usize, sync_fails: bool) -> Faulty {
+        let (file, _) = create_segment(dir, 1, SyncPolicy::Write).unwrap();
+        Faulty {
+            file,
+            full_for: Arc::new(AtomicUsize::new(full_for)),
+            sync_fails,
+            truncated_to: Arc::default(),
+        }
+    }
+
+    /// The writer stopped on a fatal error: the server's token is
+    /// cancelled, the failure kept, and the answer waiting on it dropped,
+    /// never released as recorded.
+    fn assert_fatal(running: Running, answer: &mpsc::Receiver<()>, failure_says: &str) {
+        running.thread.join().unwrap();
+        assert!(running.fatal.is_cancelled());
+        let failure = running.status.failure.lock().unwrap().clone().unwrap();
+        assert!(failure.contains(failure_says), "{failure}");
+        assert!(answer.recv().is_err(), "the answer was dropped, not sent");
+    }
+
     /// Answers are released only after their batch is written, in order,
     /// and the bytes are whole frames on disk.
     #[test]
     fn answers_wait_for_their_write() {
         let dir = temp_dir("ok");
         let (file, _) = create_segment(&dir, 1, SyncPolicy::Fsync).unwrap();
-        let fatal = CancellationToken::new();
-        let (tx, status, thread) =
-            spawn(dir.clone(), 1, file, SyncPolicy::Fsync, fatal.clone()).unwrap();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let mut frames = Vec::new();
-        segment::frame(b"record", &mut frames);
-        let len = frames.len() as u64;
-        tx.send(Job::Append {
-            bytes: frames,
-            replies: vec![Box::new(move || done_tx.send(()).unwrap())],
-        })
-        .unwrap();
-        done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        drop(tx);
-        thread.join().unwrap();
-        assert!(!fatal.is_cancelled());
-        assert_eq!(status.bytes_written.load(Ordering::Relaxed), len);
+        let running = start(&dir, Box::new(file), SyncPolicy::Fsync);
+        let answer = append(&running.tx, b"record");
+        answer.recv_timeout(Duration::from_secs(10)).unwrap();
+        drop(running.tx);
+        running.thread.join().unwrap();
+        assert!(!running.fatal.is_cancelled());
         let bytes = std::fs::read(segment::path(&dir, 1)).unwrap();
+        let frame_len = bytes.len() - segment::HEADER_LEN;
+        assert_eq!(
+            running.status.bytes_written.load(Ordering::Relaxed),
+            frame_len as u64
+        );
         assert_eq!(segment::read_frames(&bytes).0, vec![&b"record"[..]]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A write that fails (here: a segment the writer cannot write to) is
-    /// fatal: the server's token is cancelled, the failure is kept, and
-    /// the answers waiting on it are dropped, never released as recorded.
+    /// A write the file refuses (here: a segment opened read-only) is fatal.
     #[test]
     fn a_failed_write_is_fatal_and_releases_nothing() {
         let dir = temp_dir("fail");
         drop(create_segment(&dir, 1, SyncPolicy::Write).unwrap());
         let read_only = File::open(segment::path(&dir, 1)).unwrap();
-        let fatal = CancellationToken::new();
-        let (tx, status, thread) =
-            spawn(dir.clone(), 1, read_only, SyncPolicy::Write, fatal.clone()).unwrap();
-        let (answer_tx, answer_rx) = std::sync::mpsc::channel::<()>();
-        let mut frames = Vec::new();
-        segment::frame(b"lost", &mut frames);
-        tx.send(Job::Append {
-            bytes: frames,
-            replies: vec![Box::new(move || answer_tx.send(()).unwrap())],
-        })
-        .unwrap();
-        thread.join().unwrap();
-        assert!(fatal.is_cancelled());
-        let failure = status.failure.lock().unwrap().clone().unwrap();
-        assert!(failure.contains("write to segment 1 failed"), "{failure}");
-        assert!(
-            answer_rx.recv().is_err(),
-            "the answer was dropped, not sent"
+        let running = start(&dir, Box::new(read_only), SyncPolicy::Write);
+        let answer = append(&running.tx, b"lost");
+        assert_fatal(running, &answer, "write to segment 1 failed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A failed `fdatasync` is fatal even though the write went through:
+    /// the page cache can no longer be trusted to reach the disk.
+    #[test]
+    fn a_failed_fdatasync_is_fatal_and_releases_nothing() {
+        let dir = temp_dir("fsync");
+        let running = start(&dir, Box::new(faulty(&dir, 0, true)), SyncPolicy::Fsync);
+        let answer = append(&running.tx, b"written, never synced");
+        assert_fatal(
+            running,
+            &answer,
+            "fdatasync of segment 1 failed: injected EIO",
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Under the `write` policy nothing is synced, so a disk whose syncs
+    /// fail does not stop it: its promise is the kernel, not the platter.
+    #[test]
+    fn the_write_policy_does_not_sync() {
+        let dir = temp_dir("nosync");
+        let running = start(&dir, Box::new(faulty(&dir, 0, true)), SyncPolicy::Write);
+        let answer = append(&running.tx, b"in the page cache");
+        answer.recv_timeout(Duration::from_secs(10)).unwrap();
+        drop(running.tx);
+        running.thread.join().unwrap();
+        assert!(!running.fatal.is_cancelled());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A new segment that cannot be created (its directory is gone) is
+    /// fatal, and the records meant for it are never answered.
+    #[test]
+    fn a_failed_rotation_is_fatal_and_releases_nothing() {
+        let dir = temp_dir("rotate");
+        let (file, _) = create_segment(&dir, 1, SyncPolicy::Write).unwrap();
+        let running = start(&dir, Box::new(file), SyncPolicy::Write);
+        append(&running.tx, b"first")
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        running.tx.send(Job::Rotate { seq: 2 }).unwrap();
+        let answer = append(&running.tx, b"for segment 2");
+        assert_fatal(running, &answer, "creating segment 2 failed");
+    }
+
+    /// A full disk holds the answer (and says so, for the queue to refuse
+    /// new work) while it retries; the half-written frame is cut back each
+    /// time, and once space returns the record is written whole and
+    /// answered.
+    #[test]
+    fn a_full_disk_holds_the_answer_until_space_returns() {
+        let dir = temp_dir("full");
+        let file = faulty(&dir, 3, false);
+        let truncated_to = file.truncated_to.clone();
+        let running = start(&dir, Box::new(file), SyncPolicy::Fsync);
+        let answer = append(&running.tx, b"waits for space");
+        answer.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(!running.status.disk_full.load(Ordering::Relaxed));
+        let header = segment::HEADER_LEN as u64;
+        assert_eq!(*truncated_to.lock().unwrap(), vec![header; 3]);
+        drop(running.tx);
+        running.thread.join().unwrap();
+        assert!(!running.fatal.is_cancelled());
+        let bytes = std::fs::read(segment::path(&dir, 1)).unwrap();
+        let (frames, end) = segment::read_frames(&bytes);
+        assert_eq!(frames, vec![&b"waits for space"[..]]);
+        assert_eq!(end, Ok(bytes.len()), "no torn frame left");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -137,6 +137,11 @@ impl Daemon {
         self.wait().await
     }
 
+    /// Waits (bounded) for the daemon to stop by itself; its exit code.
+    pub async fn exit_code(mut self) -> Option<i32> {
+        self.wait().await
+    }
+
     /// Waits (bounded) for the process to exit; its exit code.
     async fn wait(&mut self) -> Option<i32> {
         let child = &mut self.child;
