@@ -5,7 +5,9 @@
 //! answers, which is what makes an answer mean "recorded".
 //!
 //! Jobs that queue up while a write or sync runs are written together
-//! (group commit): one `write` and one `fdatasync` for all of them.
+//! (group commit): one `write` and one `fdatasync` for all of them. A job
+//! no answer waits on is written and not synced: the next answer's sync
+//! covers it, as does the sync before a segment is rotated or deleted.
 //!
 //! Failures: a full disk holds the job and retries it (the queue refuses
 //! new work meanwhile, through [`WriterStatus::disk_full`]) until space
@@ -140,6 +142,7 @@ pub(crate) fn spawn(
         seq: segment.seq,
         len: segment.len,
         file: segment.file,
+        unsynced: false,
         sync,
         status: status.clone(),
         writes: metrics::counter!(crate::metrics::JOURNAL_WRITES),
@@ -165,6 +168,8 @@ struct Writer {
     file: Box<dyn SegmentFile>,
     /// Bytes in the current segment that are whole frames.
     len: u64,
+    /// Bytes were written since the last sync.
+    unsynced: bool,
     sync: SyncPolicy,
     status: Arc<WriterStatus>,
     writes: metrics::Counter,
@@ -191,13 +196,19 @@ impl Writer {
                         }
                         replies.extend(waiting);
                     }
-                    // Files change only between writes: flush what came first.
+                    // Files change only between writes, and only once what
+                    // came first is as durable as the policy asks: a new
+                    // segment's sync would not cover the old one's tail, and
+                    // a deleted segment's tasks were carried forward just
+                    // before.
                     Job::Rotate { seq } => {
                         self.commit(&mut bytes, &mut replies)?;
+                        self.sync()?;
                         self.rotate(seq)?;
                     }
                     Job::Delete { seq } => {
                         self.commit(&mut bytes, &mut replies)?;
+                        self.sync()?;
                         self.delete(seq)?;
                     }
                 }
@@ -205,20 +216,16 @@ impl Writer {
             }
             self.commit(&mut bytes, &mut replies)?;
         }
-        Ok(())
+        // A graceful stop leaves nothing unsynced.
+        self.sync()
     }
 
-    /// Writes and syncs `bytes`, then runs the replies waiting on them.
+    /// Writes `bytes`, then, if answers wait on them, syncs (as the policy
+    /// says) and runs the replies.
     fn commit(&mut self, bytes: &mut Vec<u8>, replies: &mut Vec<Reply>) -> Result<(), String> {
         if !bytes.is_empty() {
             self.write(bytes)?;
-            if self.sync == SyncPolicy::Fsync {
-                let started = tokio::time::Instant::now();
-                self.file
-                    .sync_data()
-                    .map_err(|e| format!("fdatasync of segment {} failed: {e}", self.seq))?;
-                crate::metrics::JOURNAL_FSYNC_SECONDS.record(started.elapsed());
-            }
+            self.unsynced = true;
             self.writes.increment(1);
             self.written.increment(bytes.len() as u64);
             self.status
@@ -226,9 +233,29 @@ impl Writer {
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             bytes.clear();
         }
+        if !replies.is_empty() {
+            self.sync()?;
+        }
         for reply in replies.drain(..) {
             reply();
         }
+        Ok(())
+    }
+
+    /// Under the `fsync` policy, `fdatasync` of what was written since the
+    /// last one. Records no answer waits on (a delivery, a forgetting) are
+    /// synced by the next answer's sync, which covers the whole file, or
+    /// before the file changes: at most one sync per answered batch, not
+    /// one per record.
+    fn sync(&mut self) -> Result<(), String> {
+        if self.sync == SyncPolicy::Fsync && self.unsynced {
+            let started = tokio::time::Instant::now();
+            self.file
+                .sync_data()
+                .map_err(|e| format!("fdatasync of segment {} failed: {e}", self.seq))?;
+            crate::metrics::JOURNAL_FSYNC_SECONDS.record(started.elapsed());
+        }
+        self.unsynced = false;
         Ok(())
     }
 
@@ -331,6 +358,7 @@ mod tests {
         file: File,
         full_for: Arc<AtomicUsize>,
         sync_fails: bool,
+        syncs: Arc<AtomicUsize>,
         truncated_to: Arc<Mutex<Vec<u64>>>,
     }
 
@@ -348,6 +376,7 @@ mod tests {
         }
 
         fn sync_data(&self) -> io::Result<()> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
             if self.sync_fails {
                 return Err(io::Error::other("injected EIO"));
             }
@@ -402,6 +431,7 @@ mod tests {
             file,
             full_for: Arc::new(AtomicUsize::new(full_for)),
             sync_fails,
+            syncs: Arc::default(),
             truncated_to: Arc::default(),
         }
     }
@@ -436,6 +466,53 @@ mod tests {
             frame_len as u64
         );
         assert_eq!(segment::read_frames(&bytes).0, vec![&b"record"[..]]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Under `fsync`, records no answer waits on are written and not
+    /// synced; the next answer syncs them with its own, and a rotation
+    /// syncs the old segment's tail first.
+    #[test]
+    fn only_answers_and_file_changes_wait_for_a_sync() {
+        let dir = temp_dir("syncs");
+        let file = faulty(&dir, 0, false);
+        let syncs = file.syncs.clone();
+        let running = start(&dir, Box::new(file), SyncPolicy::Fsync);
+        let mut bytes = Vec::new();
+        segment::frame(b"delivered", &mut bytes);
+        let unanswered = bytes.len() as u64;
+        running
+            .tx
+            .send(Job::Append {
+                bytes,
+                replies: Vec::new(),
+            })
+            .unwrap();
+        let written = || running.status.bytes_written.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while written() < unanswered {
+            assert!(tokio::time::Instant::now() < deadline, "never written");
+            std::thread::yield_now();
+        }
+        assert_eq!(syncs.load(Ordering::SeqCst), 0);
+        append(&running.tx, b"submitted")
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+        let mut tail = Vec::new();
+        segment::frame(b"forgotten", &mut tail);
+        running
+            .tx
+            .send(Job::Append {
+                bytes: tail,
+                replies: Vec::new(),
+            })
+            .unwrap();
+        running.tx.send(Job::Rotate { seq: 2 }).unwrap();
+        drop(running.tx);
+        running.thread.join().unwrap();
+        assert!(!running.fatal.is_cancelled());
+        assert_eq!(syncs.load(Ordering::SeqCst), 2, "the tail synced once");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
