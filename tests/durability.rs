@@ -234,7 +234,44 @@ async fn one_server_per_directory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_resumes_across_a_restart_and_keeps_its_task() {
     let dir = TempDir::new("resume");
-    let daemon = Daemon::start(&dir.0, &[]).await;
+    keeps_its_task_across_a_crash(&dir.0, &[], async |_| {}).await;
+}
+
+/// ★ The same after compaction has carried the delivered task's record
+/// forward (its first segment deleted while the worker held it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_keeps_its_task_across_a_restart_after_compaction() {
+    let dir = TempDir::new("resume-compacted");
+    let data = dir.0.join("journal");
+    let config = dir.0.join("small.toml");
+    std::fs::write(
+        &config,
+        "[storage]\nsegment_bytes = 1048576\n[tasks]\nmax_finished_tasks = 100\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let first_segment = data.join("00000000000000000001.journal");
+    keeps_its_task_across_a_crash(&data, &["--config", &config], async |daemon| {
+        assert!(first_segment.exists());
+        churn(&daemon.url(), 20_000).await;
+        common::eventually("the held task's first segment to be compacted away", || {
+            std::future::ready((!first_segment.exists()).then_some(()))
+        })
+        .await;
+    })
+    .await;
+}
+
+/// A worker takes a task; `meanwhile` runs; the daemon is killed and
+/// started again on its port; the worker's ack of the task it held lands,
+/// at attempt 1.
+async fn keeps_its_task_across_a_crash(
+    data: &std::path::Path,
+    extra: &[&str],
+    meanwhile: impl AsyncFnOnce(&Daemon),
+) {
+    let daemon = Daemon::start(data, extra).await;
+
     let addr = daemon.grpc_addr.clone();
     let mut worker = within(
         "the worker to connect",
@@ -260,8 +297,9 @@ async fn a_worker_resumes_across_a_restart_and_keeps_its_task() {
     let task = within("the task", worker.next_task()).await.unwrap();
     assert_eq!((task.id.as_str(), task.attempt), (id.as_str(), 1));
 
+    meanwhile(&daemon).await;
     daemon.kill9().await;
-    let daemon = Daemon::start_at(&dir.0, &addr, &[]).await;
+    let daemon = Daemon::start_at(data, &addr, extra).await;
     // The worker finishes the task it held through the crash: its ack is
     // applied once it has resumed, which only works if it kept the task.
     within("the ack after the restart", task.done("ran once"))
@@ -487,6 +525,49 @@ async fn a_journal_that_cannot_be_written_stops_the_daemon() {
     assert_eq!(daemon.terminate().await, Some(0));
 }
 
+/// Pushes `total` tasks of 200 bytes through queue `work` and a worker of
+/// its own: several megabytes of records, for compaction to act on.
+async fn churn(url: &str, total: u64) {
+    let url = url.to_owned();
+    let consumer = tokio::spawn({
+        let url = url.clone();
+        async move {
+            let mut worker = WorkerBuilder::new(url)
+                .client_id("busy")
+                .queues(["work"])
+                .max_in_flight(256)
+                .connect()
+                .await
+                .unwrap();
+            for _ in 0..total {
+                let task = worker.next_task().await.unwrap();
+                task.done("").await.unwrap();
+            }
+        }
+    });
+    let mut tasks = within("connect", v1::tasks_client::TasksClient::connect(url))
+        .await
+        .unwrap();
+    let batch: Vec<v1::SubmitRequest> = (0..total)
+        .map(|_| v1::SubmitRequest {
+            queue: "work".into(),
+            payload: vec![1u8; 200].into(),
+            ..Default::default()
+        })
+        .collect();
+    let mut replies = within("submit", tasks.submit_stream(tokio_stream::iter(batch)))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(reply) = within("replies", replies.message()).await.unwrap() {
+        assert!(reply.error.is_none());
+    }
+    tokio::time::timeout(Duration::from_secs(60), consumer)
+        .await
+        .expect("the busy worker finished")
+        .unwrap();
+}
+
 /// A dead letter requeued starts a new life, and keeps it across a restart:
 /// an expired task, requeued, is not expired again by the replay of its
 /// old TTL.
@@ -556,40 +637,7 @@ async fn compaction_keeps_what_is_live_across_a_restart() {
     drop(worker);
 
     // Many tasks come and go: well past several segments of records.
-    let total = 20_000u64;
-    let url = server.url();
-    let consumer = tokio::spawn(async move {
-        let mut worker = WorkerBuilder::new(url)
-            .client_id("busy")
-            .queues(["work"])
-            .max_in_flight(256)
-            .connect()
-            .await
-            .unwrap();
-        for _ in 0..total {
-            let task = worker.next_task().await.unwrap();
-            task.done("").await.unwrap();
-        }
-    });
-    let mut tasks = server.tasks().await;
-    let batch: Vec<v1::SubmitRequest> = (0..total)
-        .map(|_| v1::SubmitRequest {
-            queue: "work".into(),
-            payload: vec![1u8; 200].into(),
-            ..Default::default()
-        })
-        .collect();
-    let mut replies = within("submit", tasks.submit_stream(tokio_stream::iter(batch)))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(reply) = within("replies", replies.message()).await.unwrap() {
-        assert!(reply.error.is_none());
-    }
-    tokio::time::timeout(Duration::from_secs(60), consumer)
-        .await
-        .expect("the busy worker finished")
-        .unwrap();
+    churn(&server.url(), 20_000).await;
     server.stop().await;
     let on_disk: u64 = std::fs::read_dir(&dir.0)
         .unwrap()

@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     alarm::Alarm,
-    domain::{BroadcastId, ClientId, NewTask, QueueName, SessionId, Target, TaskId, TaskInfo},
+    domain::{BroadcastId, ClientId, NewTask, QueueName, Target, TaskId, TaskInfo},
     error::Error,
     journal::{
         Journal,
@@ -84,7 +84,7 @@ pub(super) struct Queue {
     /// Sessions recovered from the journal with tasks delivered to them:
     /// their worker may resume them (and keep those tasks) within the
     /// resume grace; after it, the tasks go back in line.
-    pub(super) orphans: HashMap<SessionId, (ClientId, Vec<(TaskId, u32)>)>,
+    pub(super) orphans: HashMap<ClientId, Vec<(TaskId, u32)>>,
     metrics: QueueMetrics,
     gauges: QueueGauges,
 }
@@ -287,13 +287,12 @@ impl Queue {
                 });
             }
             QueueMsg::Adopt {
-                previous,
                 worker,
                 session,
                 held,
                 respond_to,
             } => {
-                let adopted = self.adopt(previous, &worker, session, &held);
+                let adopted = self.adopt(&worker, session, &held);
                 // Once the tasks are recorded as the new session's.
                 self.journal.reply(move || {
                     let _ = respond_to.send(adopted);
@@ -498,8 +497,8 @@ impl Queue {
                     }
                 }
                 Timer::ForgetKey(key) => self.archive.forget_key(&key),
-                Timer::OrphanGrace(session) => {
-                    if let Some((worker, held)) = self.orphans.remove(&session) {
+                Timer::OrphanGrace(worker) => {
+                    if let Some(held) = self.orphans.remove(&worker) {
                         self.hand_back_orphaned(&worker, held);
                     }
                 }

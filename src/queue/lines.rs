@@ -13,7 +13,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::domain::{SessionId, TaskId};
+use crate::domain::{ClientId, TaskId};
 
 /// A task's place in a line, valid while the task's generation is `gen`.
 pub(super) type Slot = (TaskId, u32);
@@ -106,9 +106,9 @@ pub(super) enum Timer {
     TargetTtl(TaskId),
     /// An idempotency key's window is over.
     ForgetKey(String),
-    /// The resume grace of a session recovered from the journal is over:
-    /// what its worker did not take back goes back in line.
-    OrphanGrace(SessionId),
+    /// The resume grace of a worker's tasks recovered from the journal is
+    /// over: what it did not take back goes back in line.
+    OrphanGrace(ClientId),
 }
 
 #[derive(Debug)]

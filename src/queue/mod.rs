@@ -291,20 +291,18 @@ impl QueueHandle {
             .await
     }
 
-    /// A worker resumes `previous`, a session from before the server's
-    /// restart, naming the tasks it still holds: those the journal has
-    /// delivered to it at those attempts move to `session`, unchanged (no
-    /// second execution); the rest of that session's tasks go back in line.
-    /// The deliveries it keeps; none when `previous` is not such a session.
+    /// A worker resumes a session from before the server's restart, naming
+    /// the tasks it still holds: those the journal has delivered to it at
+    /// those attempts move to `session`, unchanged (no second execution);
+    /// the rest of its recovered tasks go back in line. The deliveries it
+    /// keeps; none when the journal had none delivered to it.
     pub(crate) async fn adopt(
         &self,
-        previous: SessionId,
         worker: ClientId,
         session: SessionId,
         held: Vec<(TaskId, u32)>,
     ) -> Result<Vec<Delivery>, Error> {
         self.ask(|respond_to| QueueMsg::Adopt {
-            previous,
             worker,
             session,
             held,
@@ -409,7 +407,6 @@ enum QueueMsg {
     /// A worker resumes a session the journal recovered: the tasks it
     /// names (at their attempts) become its new session's.
     Adopt {
-        previous: SessionId,
         worker: ClientId,
         session: SessionId,
         held: Vec<(TaskId, u32)>,

@@ -156,11 +156,7 @@ impl Queue {
                     ));
                 }
                 State::Pending => pending.push((record.due_unix_ms, id, record.not_before_unix_ms)),
-                State::Delivered => delivered.push((
-                    record.due_unix_ms,
-                    id,
-                    crate::domain::SessionId::from_bytes(&record.session),
-                )),
+                State::Delivered => delivered.push((record.due_unix_ms, id)),
             }
         }
         finished.sort_by_key(|(order, ..)| *order);
@@ -196,26 +192,27 @@ impl Queue {
         // dead letter past max attempts): journaled, so a second crash does
         // not replay the task as still delivered.
         self.restoring = false;
-        // Delivered tasks stay with their session for the resume grace, so
-        // a worker that comes back and resumes keeps them (attempt
-        // unchanged, no second execution); without a grace, or without a
-        // session to resume, they go back to the front of their lines.
+        // Delivered tasks stay with their worker for the resume grace, so a
+        // worker that comes back and resumes keeps them (attempt unchanged,
+        // no second execution); without a grace they go back to the front
+        // of their lines. They wait by worker, not by the session the
+        // journal names: a worker has one session at a time, the session
+        // may have been resumed into a newer one since the delivery was
+        // recorded, and a record carried forward by compaction has none.
+        // A worker proves it holds a task by naming it and its attempt.
         delivered.sort_by_key(|(due, ..)| *due);
         let mut handed_back = 0;
         let mut orphaned = 0;
         let mut lost: Vec<(ClientId, TaskId, u32)> = Vec::new();
-        for (_, id, session) in delivered {
+        for (_, id) in delivered {
             let Some(entry) = self.tasks.get_mut(&id) else {
                 continue;
             };
             entry.state = crate::domain::TaskState::Delivered;
             let attempt = entry.attempts;
-            let (Some(worker), Some(session)) = (entry.worker.clone(), session) else {
-                match entry.worker.clone() {
-                    Some(worker) => lost.push((worker, id, attempt)),
-                    // A delivery with no worker recorded: back in line.
-                    None => self.carry_out(id, Verdict::Redeliver),
-                }
+            let Some(worker) = entry.worker.clone() else {
+                // A delivery with no worker recorded: back in line.
+                self.carry_out(id, Verdict::Redeliver);
                 continue;
             };
             if self.policy.resume_grace.is_zero() {
@@ -224,12 +221,15 @@ impl Queue {
             }
             self.in_flight_count += 1;
             orphaned += 1;
-            let orphan = self.orphans.entry(session).or_insert_with(|| {
-                self.timers
-                    .add(now + self.policy.resume_grace, Timer::OrphanGrace(session));
-                (worker, Vec::new())
-            });
-            orphan.1.push((id, attempt));
+            let grace = now + self.policy.resume_grace;
+            let timers = &mut self.timers;
+            self.orphans
+                .entry(worker)
+                .or_insert_with_key(|worker| {
+                    timers.add(grace, Timer::OrphanGrace(worker.clone()));
+                    Vec::new()
+                })
+                .push((id, attempt));
         }
         for (worker, id, attempt) in lost.into_iter().rev() {
             handed_back += 1;
@@ -273,23 +273,19 @@ impl Queue {
         }
     }
 
-    /// A worker resumes a session recovered from the journal: the tasks it
-    /// names, still delivered to it at those attempts, move to its new
-    /// session; the rest go back in line. The deliveries it keeps.
+    /// A worker resumes after a restart: the tasks it names, still
+    /// delivered to it at those attempts, move to its new session; the rest
+    /// of what the journal had delivered to it go back in line. The
+    /// deliveries it keeps.
     pub(super) fn adopt(
         &mut self,
-        previous: crate::domain::SessionId,
         worker: &ClientId,
         session: crate::domain::SessionId,
         claimed: &[(TaskId, u32)],
     ) -> Vec<crate::domain::Delivery> {
-        let Some((owner, held)) = self.orphans.remove(&previous) else {
+        let Some(held) = self.orphans.remove(worker) else {
             return Vec::new();
         };
-        if owner != *worker {
-            self.orphans.insert(previous, (owner, held));
-            return Vec::new();
-        }
         let claimed: std::collections::HashSet<&(TaskId, u32)> = claimed.iter().collect();
         let mut kept = Vec::new();
         let mut rest = Vec::new();

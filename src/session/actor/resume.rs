@@ -57,11 +57,12 @@ impl Session {
     /// Takes over a session the server recovered from its journal after a
     /// restart (no session of this process had it): the queue moves the
     /// tasks the resume names to this session, unchanged, and puts the rest
-    /// of that session's tasks back in line. Returns how many were kept.
+    /// of what it had delivered to this worker back in line. Returns how
+    /// many were kept.
     pub(in crate::session) async fn take_over_recovered(&mut self, resume: Resume) -> usize {
         let adopted = match self
             .queue
-            .adopt(resume.session, self.client.clone(), self.id, resume.held)
+            .adopt(self.client.clone(), self.id, resume.held)
             .await
         {
             Ok(adopted) => adopted,
