@@ -31,6 +31,9 @@ pub enum Error {
     /// A limit is reached, e.g. a full queue; retry later.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A wait ran out of time.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -64,6 +67,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Status::already_exists(message),
             Error::ResourceExhausted(_) => Status::resource_exhausted(message),
             Error::DeadlineExceeded(_) => Status::deadline_exceeded(message),
+            Error::PermissionDenied(_) => Status::permission_denied(message),
             Error::ShuttingDown | Error::Unavailable(_) => Status::unavailable(message),
         }
     }

@@ -29,6 +29,9 @@
 //! - [`domain`]: ids, tasks, acks; validation of everything a client sends,
 //!   and the quoting of bad values in error messages.
 //! - [`error`]: the error type and its one mapping to gRPC statuses.
+//! - [`auth`]: principals, roles and tokens; `access.rs` is the one table
+//!   from method path to role, `layer.rs` the tower layer in front of every
+//!   service that authenticates and authorizes each call.
 //! - [`journal`]: durable storage under the queue: the segment format and
 //!   records, the writer thread (group commit), recovery, compaction's
 //!   bookkeeping, and the `Backend` seam for other logs.
@@ -65,9 +68,10 @@
 //! - `alarm`: a reusable timer for the actors' loops.
 //!
 //! Dependencies run one way: facades → session (with its registry) →
-//! queue → config → domain; nothing imports a facade.
+//! queue → config → auth → domain; nothing imports a facade.
 
 mod alarm;
+pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -36,6 +36,78 @@ struct Args {
     /// The journal's directory (overrides storage.dir).
     #[arg(long, env = "CONTACT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print a new random token, and the [[auth.principals]] entry (with
+    /// only its hash) to paste into the config.
+    Token {
+        /// The principal's name.
+        #[arg(long)]
+        name: String,
+        /// Its roles: worker, producer, admin (repeat or comma-separate).
+        #[arg(long = "role", value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Queues it is limited to (repeat or comma-separate); none: all.
+        #[arg(long = "queue", value_delimiter = ',')]
+        queues: Vec<String>,
+        /// The one worker id it may act as.
+        #[arg(long)]
+        client_id: Option<String>,
+    },
+}
+
+/// Prints a token and its config entry; the entry is checked the way the
+/// daemon would check it.
+fn print_token(
+    name: String,
+    roles: &[String],
+    queues: Vec<String>,
+    client_id: Option<String>,
+) -> anyhow::Result<()> {
+    use contact_server::auth::{Role, token};
+    let roles = roles
+        .iter()
+        .map(|role| match role.as_str() {
+            "worker" => Ok(Role::Worker),
+            "producer" => Ok(Role::Producer),
+            "admin" => Ok(Role::Admin),
+            other => Err(anyhow::anyhow!(
+                "unknown role {other:?}: worker, producer or admin"
+            )),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let secret = token::generate().map_err(|_| anyhow::anyhow!("no secure random source"))?;
+    let mut config = Config::default();
+    config
+        .auth
+        .principals
+        .push(contact_server::config::PrincipalConfig {
+            name,
+            token_sha256: token::hex(&token::sha256(secret.as_bytes())),
+            roles,
+            queues,
+            client_id,
+        });
+    config.validate()?;
+    let entry = toml::to_string(&config.auth)?;
+    let entry = entry
+        .lines()
+        .skip_while(|line| !line.starts_with("[[principals]]"))
+        .map(|line| line.replace("[[principals]]", "[[auth.principals]]"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    // The token goes to the client, the entry to the server's config:
+    // printed apart, so the secret is not pasted with the entry.
+    println!("token: {secret}");
+    println!("(for the client: `authorization: Bearer <token>`, or CONTACT_TOKEN; shown once)");
+    println!();
+    println!("add to the server's config (it keeps only the hash):");
+    println!("{entry}");
+    Ok(())
 }
 
 fn load(args: &Args) -> Result<Config, ConfigError> {
@@ -52,12 +124,29 @@ fn load(args: &Args) -> Result<Config, ConfigError> {
     if let Some(dir) = &args.data_dir {
         config.storage.dir = dir.clone();
     }
+    // Again: the flags may have moved a listener off loopback.
+    config.validate()?;
     Ok(config)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Token {
+        name,
+        roles,
+        queues,
+        client_id,
+    }) = args.command
+    {
+        return match print_token(name, &roles, queues, client_id) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("contact-server token: {error:#}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     let config = match load(&args) {
         Ok(config) => config,
         Err(error) => {

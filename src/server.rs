@@ -26,6 +26,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
+    auth::layer::AuthLayer,
     config::{Config, StorageMode, StorageSync},
     journal::{Journal, JournalOptions, Recovered, SyncPolicy},
     proto::{
@@ -258,12 +259,14 @@ async fn run(
         0 => None,
         secs => Some(Duration::from_secs(secs)),
     };
+    let principals = Arc::new(config.auth.principals());
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let mut grpc = tokio::spawn(
         Server::builder()
             .http2_keepalive_interval(keepalive)
             .http2_keepalive_timeout(keepalive)
             .layer(RpcLayer)
+            .layer(AuthLayer::new(principals))
             .add_service(health_service)
             .add_service(contact)
             .add_service(tasks)

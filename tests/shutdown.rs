@@ -23,6 +23,9 @@ async fn shutdown_drains_held_tasks_then_stops() {
     let mut worker = TestWorker::connect(&server, WorkerOptions::id("w")).await;
     let id = server.submit("default", "finish me").await;
     assert_eq!(worker.next_task().await.task_id, id);
+    // A second held task keeps the drain going while the first is waited on.
+    let last = server.submit("default", "finish me last").await;
+    assert_eq!(worker.next_task().await.task_id, last);
 
     server.begin_shutdown_and_see_health_flip().await;
 
@@ -46,6 +49,7 @@ async fn shutdown_drains_held_tasks_then_stops() {
     worker.ack(&id, Outcome::Done, "made it").await;
     let finished = within("wait", waiting).await.unwrap().unwrap();
     assert_eq!(finished.state(), TaskState::Done);
+    worker.ack(&last, Outcome::Done, "made it too").await;
     let end = worker.next_event().await.unwrap_err();
     assert_eq!(end.code(), Code::Unavailable, "{end:?}");
 

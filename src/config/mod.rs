@@ -12,8 +12,11 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod listen_addr;
 mod validate;
+
+pub use auth::{AuthConfig, PrincipalConfig};
 
 pub use listen_addr::parse_listen_addr;
 
@@ -141,6 +144,8 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     /// Where accepted tasks are kept.
     pub storage: StorageConfig,
+    /// Who may call what.
+    pub auth: AuthConfig,
     /// Logging.
     pub log: LogConfig,
 }

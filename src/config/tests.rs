@@ -106,3 +106,72 @@ fn partial_file_keeps_defaults() {
     assert_eq!(config.tasks.max_attempts, 2);
     assert_eq!(config.server, ServerConfig::default());
 }
+
+/// Protected mode: with no principal, a listener off loopback is refused
+/// with a message that says how to proceed, unless the config allows it;
+/// with principals it is allowed.
+#[test]
+fn protected_mode_keeps_an_open_server_on_loopback() {
+    let exposed = "[server]\ngrpc_addr = \"0.0.0.0:50051\"\n";
+    let err = Config::from_toml(exposed, "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.grpc_addr"), "{err}");
+    assert!(err.contains("protected mode"), "{err}");
+    assert!(err.contains("allow_unauthenticated"), "{err}");
+    let metrics = "[server]\nmetrics_addr = \"[::]:9464\"\n";
+    assert!(Config::from_toml(metrics, "t.toml").is_err());
+    let allowed = format!("{exposed}[auth]\nallow_unauthenticated = true\n");
+    Config::from_toml(&allowed, "t.toml").unwrap();
+    let hash = crate::auth::token::hex(&crate::auth::token::sha256(b"secret"));
+    let with_principal = format!(
+        "{exposed}[[auth.principals]]\nname = \"ops\"\ntoken_sha256 = \"{hash}\"\nroles = [\"admin\"]\n"
+    );
+    let config = Config::from_toml(&with_principal, "t.toml").unwrap();
+    assert!(config.auth.enabled());
+}
+
+/// Principals are checked: a hash that is not one, no roles, an unknown
+/// role, a name or a pinned worker id used twice.
+#[test]
+fn bad_principals_are_named() {
+    let hash = crate::auth::token::hex(&crate::auth::token::sha256(b"secret"));
+    let other = crate::auth::token::hex(&crate::auth::token::sha256(b"other"));
+    let entry = |name: &str, hash: &str, extra: &str| {
+        format!(
+            "[[auth.principals]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"\nroles = [\"worker\"]\n{extra}"
+        )
+    };
+    for (text, says) in [
+        (entry("a", "secret", ""), "token_sha256"),
+        (
+            entry("a", &hash, "") + &entry("a", &other, ""),
+            "used twice",
+        ),
+        (
+            entry("a", &hash, "") + &entry("b", &hash, ""),
+            "another principal",
+        ),
+        (
+            entry("a", &hash, "client_id = \"w\"\n") + &entry("b", &other, "client_id = \"w\"\n"),
+            "pinned to two",
+        ),
+        (
+            entry("a", &hash, "queues = [\"\"]\n"),
+            "auth.principals.queues",
+        ),
+        (
+            format!("[[auth.principals]]\nname = \"a\"\ntoken_sha256 = \"{hash}\"\nroles = []\n"),
+            "at least one",
+        ),
+        (
+            format!(
+                "[[auth.principals]]\nname = \"a\"\ntoken_sha256 = \"{hash}\"\nroles = [\"root\"]\n"
+            ),
+            "root",
+        ),
+    ] {
+        let err = Config::from_toml(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains(says), "{text}\n{err}");
+    }
+}

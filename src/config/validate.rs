@@ -180,7 +180,8 @@ impl Config {
                 "is not a tracing filter such as \"warn,contact_server=info\"",
             ));
         }
-        Ok(())
+        self.auth.validate()?;
+        super::auth::check_exposure(self)
     }
 
     /// Every duration key with its value, and whether it is in milliseconds.

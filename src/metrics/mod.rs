@@ -50,6 +50,8 @@ pub(crate) const TASKS_DEAD_LETTERED: &str = "contact_tasks_dead_lettered_total"
 pub(crate) const TASKS_CANCELLED: &str = "contact_tasks_cancelled_total";
 /// Counter: dead letters dropped past their retention, or purged.
 pub(crate) const DEAD_LETTERS_DROPPED: &str = "contact_dead_letters_dropped_total";
+/// Counter: calls refused by authentication or authorization, by reason.
+pub(crate) const AUTH_REFUSALS: &str = "contact_auth_refusals_total";
 /// Counter: journal compactions (tasks of the oldest segment carried forward).
 pub(crate) const JOURNAL_COMPACTIONS: &str = "contact_journal_compactions_total";
 /// Histogram: duration of each journal fdatasync.
@@ -118,6 +120,7 @@ pub(crate) fn install() -> PrometheusHandle {
             }
             describe_all();
             rpc_errors::register_all();
+            crate::auth::layer::register_metrics();
             handle
         })
         .clone()
@@ -153,6 +156,11 @@ fn describe_all() {
         DEAD_LETTERS_DROPPED,
         Unit::Count,
         "Dead letters dropped past their retention (reason: count, bytes, age) or purged."
+    );
+    describe_counter!(
+        AUTH_REFUSALS,
+        Unit::Count,
+        "Calls refused: missing or unknown credentials (UNAUTHENTICATED), a missing role, another worker's id or a queue out of scope (PERMISSION_DENIED)."
     );
     describe_counter!(
         JOURNAL_COMPACTIONS,

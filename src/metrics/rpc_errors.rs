@@ -10,32 +10,9 @@ use metrics::counter;
 use tonic::Code;
 
 use super::RPC_ERRORS;
-
-/// Every method the server serves, so that the method label comes from a
-/// fixed set. Anything else is counted as "other".
-const METHODS: &[&str] = &[
-    "/Contact/sendStatus",
-    "/Contact/getTask",
-    "/Contact/tellResult",
-    "/contact.v1.Tasks/Submit",
-    "/contact.v1.Tasks/SubmitStream",
-    "/contact.v1.Tasks/Get",
-    "/contact.v1.Tasks/Wait",
-    "/contact.v1.Tasks/Cancel",
-    "/contact.v1.Tasks/ListDeadLetters",
-    "/contact.v1.Tasks/Requeue",
-    "/contact.v1.Tasks/Broadcast",
-    "/contact.v1.Tasks/GetBroadcast",
-    "/contact.v1.Admin/ListWorkers",
-    "/contact.v1.Admin/ListQueues",
-    "/contact.v1.Admin/DrainWorker",
-    "/contact.v1.Admin/DisconnectWorker",
-    "/contact.v1.Admin/PurgeDeadLetters",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
+/// Every method the server serves (with who may call it): the method
+/// label comes from this fixed set; anything else is counted as "other".
+use crate::auth::access::METHODS;
 
 /// The method label of paths not in [`METHODS`].
 const OTHER_METHOD: &str = "other";
@@ -45,15 +22,16 @@ const OTHER_METHOD: &str = "other";
 /// keeps the two in step). Codes only tonic itself produces (`internal`
 /// for an undecodable request, `cancelled`) still get counted when they
 /// happen; they are just not registered in advance, which keeps the
-/// exposition at `METHODS.len() * 7 + 1` zero series rather than 17 codes
+/// exposition at `METHODS.len() * 8 + 1` zero series rather than 17 codes
 /// for each method.
-const ERROR_CODES: [Code; 7] = [
+const ERROR_CODES: [Code; 8] = [
     Code::InvalidArgument,
     Code::NotFound,
     Code::FailedPrecondition,
     Code::AlreadyExists,
     Code::ResourceExhausted,
     Code::DeadlineExceeded,
+    Code::PermissionDenied,
     Code::Unavailable,
 ];
 
@@ -66,8 +44,8 @@ const OTHER_CODE: Code = Code::Unimplemented;
 pub(crate) fn method_label(path: &str) -> &'static str {
     METHODS
         .iter()
-        .find(|m| **m == path)
-        .map_or(OTHER_METHOD, |m| m.trim_start_matches('/'))
+        .find(|(m, _)| *m == path)
+        .map_or(OTHER_METHOD, |(m, _)| m.trim_start_matches('/'))
 }
 
 /// The code label: the gRPC status code's name in snake case.
@@ -101,7 +79,7 @@ pub(crate) fn record(method: &'static str, code: Code) {
 /// Registers every series of the bounded set at zero: each served method
 /// with each of [`ERROR_CODES`], and "other" with [`OTHER_CODE`].
 pub(super) fn register_all() {
-    for path in METHODS {
+    for (path, _) in METHODS {
         for code in ERROR_CODES {
             counter!(RPC_ERRORS, "method" => method_label(path), "code" => code_label(code))
                 .increment(0);
@@ -143,6 +121,7 @@ mod tests {
             Error::AlreadyExists(String::new()),
             Error::ResourceExhausted(String::new()),
             Error::DeadlineExceeded(String::new()),
+            Error::PermissionDenied(String::new()),
             Error::ShuttingDown,
             Error::Unavailable("queue"),
         ];
@@ -154,6 +133,7 @@ mod tests {
                 | Error::AlreadyExists(_)
                 | Error::ResourceExhausted(_)
                 | Error::DeadlineExceeded(_)
+                | Error::PermissionDenied(_)
                 | Error::ShuttingDown
                 | Error::Unavailable(_) => {}
             }

@@ -9,7 +9,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Code, Status, Streaming};
 
 use crate::{
-    domain::{NewTask, RegistrationLimits, SubmitLimits},
+    auth::Scope,
+    domain::{NewTask, QueueName, RegistrationLimits, SubmitLimits, Target},
     error::Error,
     proto::v1,
     queue::QueueHandle,
@@ -136,9 +137,14 @@ pub(crate) struct Core {
 
 impl Core {
     /// Validates a submission, against the server's limits too.
-    fn admit(&self, request: v1::SubmitRequest) -> Result<NewTask, Error> {
+    fn admit(&self, request: v1::SubmitRequest, scope: &Scope) -> Result<NewTask, Error> {
         let task = NewTask::try_from(request)?;
         task.check(&self.submit_limits)?;
+        if let Some(target) = &task.target {
+            scope.check_target(target)?;
+        } else {
+            scope.check_target(&Target::Queue(QueueName::default_queue()))?;
+        }
         Ok(task.with_fingerprint())
     }
 

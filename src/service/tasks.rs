@@ -11,6 +11,7 @@ use tracing::debug;
 
 use super::{Core, MAX_STREAM_BATCH, StreamEnd, next_batch};
 use crate::{
+    auth::Scope,
     domain::{BroadcastId, NewTask, QueueName, Target, TaskId},
     error::Error,
     proto::v1::{self, tasks_server::Tasks},
@@ -56,12 +57,16 @@ fn reply(answer: Result<TaskId, Status>) -> v1::SubmitReply {
 
 /// Submits the valid requests of a batch in one queue call and answers
 /// every request, valid or not, in order.
-async fn submit_batch(core: &Core, requests: Vec<v1::SubmitRequest>) -> Vec<v1::SubmitReply> {
+async fn submit_batch(
+    core: &Core,
+    scope: &Scope,
+    requests: Vec<v1::SubmitRequest>,
+) -> Vec<v1::SubmitReply> {
     // Each request's own refusal, or `None` when it goes to the queue.
     let mut refusals: Vec<Option<Error>> = Vec::with_capacity(requests.len());
     let mut valid = Vec::with_capacity(requests.len());
     for request in requests {
-        match core.admit(request) {
+        match core.admit(request, scope) {
             Ok(task) => {
                 valid.push(task);
                 refusals.push(None);
@@ -96,7 +101,8 @@ impl Tasks for TasksService {
         &self,
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitReply>, Status> {
-        let task = self.core.admit(request.into_inner())?;
+        let scope = Scope::of(request.extensions());
+        let task = self.core.admit(request.into_inner(), &scope)?;
         let answer = self
             .core
             .queue
@@ -111,13 +117,14 @@ impl Tasks for TasksService {
         &self,
         request: Request<Streaming<v1::SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let scope = Scope::of(request.extensions());
         let mut inbound = request.into_inner();
         let (replies, replies_rx) = mpsc::channel(MAX_STREAM_BATCH);
         let core = self.core.clone();
         self.core.calls.spawn(async move {
             loop {
                 let batch = next_batch(&mut inbound, &core.stopping).await;
-                for answer in submit_batch(&core, batch.items).await {
+                for answer in submit_batch(&core, &scope, batch.items).await {
                     if replies.send(Ok(answer)).await.is_err() {
                         return;
                     }
@@ -143,8 +150,10 @@ impl Tasks for TasksService {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::TaskInfo>, Status> {
+        let scope = Scope::of(request.extensions());
         let id = TaskId::parse(&request.into_inner().task_id)?;
         let info = self.core.queue.get(id).await?;
+        scope.check_task(&info)?;
         Ok(Response::new(info.into()))
     }
 
@@ -152,8 +161,14 @@ impl Tasks for TasksService {
         &self,
         request: Request<v1::WaitRequest>,
     ) -> Result<Response<v1::TaskInfo>, Status> {
+        let scope = Scope::of(request.extensions());
         let request = request.into_inner();
         let id = TaskId::parse(&request.task_id)?;
+        // Out of scope, the task does not exist for this caller: say so
+        // before waiting for it.
+        if scope.is_limited() {
+            scope.check_task(&self.core.queue.get(id).await?)?;
+        }
         let timeout = async {
             match request.timeout_ms {
                 // No timeout of our own: the call's deadline (enforced by
@@ -182,7 +197,12 @@ impl Tasks for TasksService {
         &self,
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::TaskInfo>, Status> {
+        let scope = Scope::of(request.extensions());
         let id = TaskId::parse(&request.into_inner().task_id)?;
+        // A task's target never changes, so this check holds for the cancel.
+        if scope.is_limited() {
+            scope.check_task(&self.core.queue.get(id).await?)?;
+        }
         let cancelled = self.core.queue.cancel(id).await?;
         if let Some((worker, attempt)) = cancelled.holder
             && let Some(session) = self.core.index.resolve(Some(&worker), None)
@@ -223,6 +243,7 @@ impl Tasks for TasksService {
         &self,
         request: Request<v1::BroadcastRequest>,
     ) -> Result<Response<v1::BroadcastReply>, Status> {
+        Scope::of(request.extensions()).check_broadcast()?;
         let request = request.into_inner();
         let queue = match request.queue.as_str() {
             "" => QueueName::default_queue(),
@@ -281,6 +302,7 @@ impl Tasks for TasksService {
         &self,
         request: Request<v1::GetBroadcastRequest>,
     ) -> Result<Response<v1::BroadcastInfo>, Status> {
+        Scope::of(request.extensions()).check_broadcast()?;
         let id = BroadcastId::parse(&request.into_inner().broadcast_id)?;
         let copies = self.core.queue.broadcast_copies(id).await?;
         Ok(Response::new(v1::BroadcastInfo {

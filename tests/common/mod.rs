@@ -334,6 +334,8 @@ pub struct WorkerOptions {
     pub keepalive_ms: Option<u64>,
     /// Resume this session, claiming these (task id, attempt) pairs.
     pub resume: Option<(String, Vec<(String, u32)>)>,
+    /// A bearer token, sent on every call of the worker.
+    pub token: Option<String>,
 }
 
 impl WorkerOptions {
@@ -364,10 +366,25 @@ impl WorkerOptions {
         self
     }
 
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     pub fn resume(mut self, session: &str, held: &[(&str, u32)]) -> Self {
         let held = held.iter().map(|(t, a)| (t.to_string(), *a)).collect();
         self.resume = Some((session.into(), held));
         self
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to a request, if there is a token.
+pub fn authorize<T>(request: &mut Request<T>, token: Option<&str>) {
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            contact_server::auth::AUTHORIZATION_KEY,
+            format!("Bearer {token}").parse().unwrap(),
+        );
     }
 }
 
@@ -405,6 +422,7 @@ pub struct TestWorker {
     pub stream: Streaming<proto::ServerMsg>,
     pub session_id: String,
     pub resumed: usize,
+    token: Option<String>,
     acks: Option<mpsc::Sender<proto::Result>>,
     ack_call: tokio::task::JoinHandle<Result<tonic::Response<proto::Empty>, Status>>,
 }
@@ -455,6 +473,7 @@ impl TestWorker {
                 .metadata_mut()
                 .insert(MAX_IN_FLIGHT_KEY, n.to_string().parse().unwrap());
         }
+        authorize(&mut request, options.token.as_deref());
         let response = within("getTask", client.get_task(request)).await?;
         let id = response
             .metadata()
@@ -479,6 +498,7 @@ impl TestWorker {
         ack_request
             .metadata_mut()
             .insert(CLIENT_ID_KEY, id.parse().unwrap());
+        authorize(&mut ack_request, options.token.as_deref());
         let mut ack_client = client.clone();
         let ack_call = tokio::spawn(async move { ack_client.tell_result(ack_request).await });
         Ok(Self {
@@ -487,6 +507,7 @@ impl TestWorker {
             stream,
             session_id,
             resumed,
+            token: options.token.clone(),
             acks: Some(acks),
             ack_call,
         })
@@ -499,6 +520,7 @@ impl TestWorker {
         request
             .metadata_mut()
             .insert(CLIENT_ID_KEY, self.id.parse().unwrap());
+        authorize(&mut request, self.token.as_deref());
         let replies = within("sendStatus", self.client.clone().send_status(request))
             .await
             .unwrap()

@@ -1,0 +1,403 @@
+//! Only the right clients get in: with principals configured, every call
+//! but health needs a known bearer token; each method needs its role; a
+//! producer or worker scoped to queues stays in them; a worker id pinned to
+//! a principal is that principal's alone. Refusals are UNAUTHENTICATED or
+//! PERMISSION_DENIED, counted, and never echo the token.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TestServer, TestWorker, WorkerOptions, authorize, sample, test_config, within};
+use contact_server::{
+    auth::{Role, token},
+    config::PrincipalConfig,
+    proto::{Outcome, v1},
+};
+use tonic::{Code, Request};
+
+const WORKER: &str = "ct_worker-token";
+const ANY_WORKER: &str = "ct_any-worker-token";
+const PRODUCER: &str = "ct_producer-token";
+const SCOPED: &str = "ct_scoped-producer-token";
+const ADMIN: &str = "ct_admin-token";
+
+fn principal(name: &str, secret: &str, roles: &[Role]) -> PrincipalConfig {
+    PrincipalConfig {
+        name: name.into(),
+        token_sha256: token::hex(&token::sha256(secret.as_bytes())),
+        roles: roles.to_vec(),
+        queues: Vec::new(),
+        client_id: None,
+    }
+}
+
+async fn secured() -> TestServer {
+    let mut config = test_config();
+    let mut worker = principal("images-worker", WORKER, &[Role::Worker]);
+    worker.queues = vec!["images".into()];
+    worker.client_id = Some("img-1".into());
+    let mut scoped = principal("images-producer", SCOPED, &[Role::Producer]);
+    scoped.queues = vec!["images".into()];
+    config.auth.principals = vec![
+        worker,
+        principal("any-worker", ANY_WORKER, &[Role::Worker]),
+        principal("producer", PRODUCER, &[Role::Producer]),
+        scoped,
+        principal("ops", ADMIN, &[Role::Admin, Role::Producer]),
+    ];
+    TestServer::with_config(config).await
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    authorize(&mut request, token);
+    request
+}
+
+fn submit_to(queue: &str) -> v1::SubmitRequest {
+    v1::SubmitRequest {
+        queue: queue.into(),
+        text: "t".into(),
+        ..Default::default()
+    }
+}
+
+async fn submit(
+    server: &TestServer,
+    queue: &str,
+    token: Option<&str>,
+) -> Result<String, tonic::Status> {
+    within(
+        "submit",
+        server
+            .tasks()
+            .await
+            .submit(with_token(submit_to(queue), token)),
+    )
+    .await
+    .map(|r| r.into_inner().task_id)
+}
+
+/// No token, or one the server does not know: UNAUTHENTICATED, without
+/// the token in the message; health stays open for probes.
+#[tokio::test]
+async fn strangers_are_unauthenticated_and_health_stays_open() {
+    let server = secured().await;
+    let missing = submit(&server, "images", None).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated, "{missing:?}");
+    assert!(missing.message().contains("Bearer"), "{missing:?}");
+    let wrong = submit(&server, "images", Some("ct_guess"))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    assert!(!wrong.message().contains("ct_guess"), "{wrong:?}");
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let status = within(
+        "health",
+        health.check(tonic_health::pb::HealthCheckRequest::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status.into_inner().status, 1, "SERVING");
+
+    let refused = server
+        .tasks()
+        .await
+        .get(v1::GetRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let text = server.scrape().await;
+    let missing = sample(
+        &text,
+        r#"contact_auth_refusals_total{reason="missing_credentials"}"#,
+    );
+    assert!(missing.unwrap_or(0.0) >= 2.0, "{missing:?}");
+    let bad = sample(
+        &text,
+        r#"contact_auth_refusals_total{reason="bad_credentials"}"#,
+    );
+    assert!(bad.unwrap_or(0.0) >= 1.0, "{bad:?}");
+    assert!(!text.contains("ct_guess"));
+    server.stop().await;
+}
+
+/// Each method needs its role: a producer cannot use Admin, dead letters
+/// or the Contact service; an admin can.
+#[tokio::test]
+async fn each_method_needs_its_role() {
+    let server = secured().await;
+    let id = submit(&server, "images", Some(PRODUCER)).await.unwrap();
+    let mut admin = server.admin().await;
+    let denied = within(
+        "list workers as a producer",
+        admin.list_workers(with_token(
+            v1::ListWorkersRequest::default(),
+            Some(PRODUCER),
+        )),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("admin"), "{denied:?}");
+    let mut tasks = server.tasks().await;
+    let denied = within(
+        "dead letters as a producer",
+        tasks.list_dead_letters(with_token(
+            v1::ListDeadLettersRequest::default(),
+            Some(PRODUCER),
+        )),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let as_worker = TestWorker::try_connect(&server, WorkerOptions::id("p").token(PRODUCER))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(as_worker.code(), Code::PermissionDenied);
+
+    within(
+        "list workers as admin",
+        admin.list_workers(with_token(v1::ListWorkersRequest::default(), Some(ADMIN))),
+    )
+    .await
+    .unwrap();
+    let info = within(
+        "get as producer",
+        tasks.get(with_token(v1::GetRequest { task_id: id }, Some(PRODUCER))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.into_inner().queue, "images");
+    let no_role = sample(
+        &server.scrape().await,
+        r#"contact_auth_refusals_total{reason="missing_role"}"#,
+    );
+    assert!(no_role.unwrap_or(0.0) >= 3.0, "{no_role:?}");
+    server.stop().await;
+}
+
+/// A producer scoped to queues submits only there, cannot target a worker
+/// or broadcast, and cannot see or cancel tasks of other queues.
+#[tokio::test]
+async fn a_scoped_producer_stays_in_its_queues() {
+    let server = secured().await;
+    submit(&server, "images", Some(SCOPED)).await.unwrap();
+    let other = submit(&server, "mail", Some(SCOPED)).await.unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied, "{other:?}");
+    assert!(other.message().contains("mail"), "{other:?}");
+    let default = submit(&server, "", Some(SCOPED)).await.unwrap_err();
+    assert_eq!(default.code(), Code::PermissionDenied);
+    let targeted = within(
+        "a targeted submit",
+        server.tasks().await.submit(with_token(
+            v1::SubmitRequest {
+                target_client_id: "img-1".into(),
+                ..Default::default()
+            },
+            Some(SCOPED),
+        )),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(targeted.code(), Code::PermissionDenied);
+    let broadcast = within(
+        "broadcast",
+        server.tasks().await.broadcast(with_token(
+            v1::BroadcastRequest {
+                queue: "images".into(),
+                ..Default::default()
+            },
+            Some(SCOPED),
+        )),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(broadcast.code(), Code::PermissionDenied);
+
+    // Another producer's task in another queue does not exist for it.
+    let mail = submit(&server, "mail", Some(PRODUCER)).await.unwrap();
+    let mut tasks = server.tasks().await;
+    let get = within(
+        "get out of scope",
+        tasks.get(with_token(
+            v1::GetRequest {
+                task_id: mail.clone(),
+            },
+            Some(SCOPED),
+        )),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(get.code(), Code::NotFound);
+    let cancel = within(
+        "cancel out of scope",
+        tasks.cancel(with_token(
+            v1::CancelRequest {
+                task_id: mail.clone(),
+            },
+            Some(SCOPED),
+        )),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(cancel.code(), Code::NotFound);
+    let info = within(
+        "still pending",
+        tasks.get(with_token(v1::GetRequest { task_id: mail }, Some(PRODUCER))),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(info.state(), v1::TaskState::Pending);
+    server.stop().await;
+}
+
+/// A worker pinned to an id registers as it even without naming it, may
+/// not name another, and no other principal may act as it; a worker scoped
+/// to queues subscribes only to those.
+#[tokio::test]
+async fn a_pinned_worker_id_is_its_principals_alone() {
+    let server = secured().await;
+    let wrong_id = TestWorker::try_connect(
+        &server,
+        WorkerOptions::id("img-2").queues("images").token(WORKER),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(wrong_id.code(), Code::PermissionDenied, "{wrong_id:?}");
+    let wrong_queue = TestWorker::try_connect(
+        &server,
+        WorkerOptions::default().queues("images,mail").token(WORKER),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(
+        wrong_queue.code(),
+        Code::PermissionDenied,
+        "{wrong_queue:?}"
+    );
+    assert!(wrong_queue.message().contains("mail"), "{wrong_queue:?}");
+    let impostor = TestWorker::try_connect(
+        &server,
+        WorkerOptions::id("img-1")
+            .queues("images")
+            .token(ANY_WORKER),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(impostor.code(), Code::PermissionDenied, "{impostor:?}");
+
+    let mut worker = TestWorker::connect(
+        &server,
+        WorkerOptions::default().queues("images").token(WORKER),
+    )
+    .await;
+    assert_eq!(worker.id, "img-1", "the pinned id, unasked");
+    let id = submit(&server, "images", Some(PRODUCER)).await.unwrap();
+    assert_eq!(worker.next_task().await.task_id, id);
+
+    // Another principal cannot ack, or change the credit of, the worker.
+    let mut forged = Request::new(tokio_stream::iter(vec![v1_ack(&id)]));
+    forged
+        .metadata_mut()
+        .insert("contact-client-id", "img-1".parse().unwrap());
+    authorize(&mut forged, Some(ANY_WORKER));
+    let refused = within("a forged ack", worker.client.clone().tell_result(forged))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    worker.ack(&id, Outcome::Done, "mine").await;
+    let info = server_get(&server, &id).await;
+    assert_eq!(info.ret, "mine");
+    let pinned = sample(
+        &server.scrape().await,
+        r#"contact_auth_refusals_total{reason="worker_id"}"#,
+    );
+    assert!(pinned.unwrap_or(0.0) >= 3.0, "{pinned:?}");
+    server.stop().await;
+}
+
+fn v1_ack(task_id: &str) -> contact_server::proto::Result {
+    contact_server::proto::Result {
+        task_id: task_id.into(),
+        ret: "forged".into(),
+        ..Default::default()
+    }
+}
+
+async fn server_get(server: &TestServer, id: &str) -> v1::TaskInfo {
+    common::eventually("the task to finish", || async move {
+        let request = with_token(v1::GetRequest { task_id: id.into() }, Some(PRODUCER));
+        let info = server.tasks().await.get(request).await.ok()?.into_inner();
+        (info.state() == v1::TaskState::Done).then_some(info)
+    })
+    .await
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_contact-server");
+
+/// `contact-server token` prints a token and an entry to paste into the
+/// config; the server configured with that entry lets the token in, with
+/// the role it names and no other.
+#[tokio::test]
+async fn a_printed_token_and_entry_work_together() {
+    let output = std::process::Command::new(BIN)
+        .args(["token", "--name", "ci-producer", "--role", "producer"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let secret = text
+        .lines()
+        .find_map(|line| line.strip_prefix("token: "))
+        .unwrap()
+        .to_owned();
+    let entry = &text[text.find("[[auth.principals]]").unwrap()..];
+    assert!(!entry.contains(&secret), "the entry keeps only the hash");
+    let mut config = test_config();
+    let parsed = contact_server::Config::from_toml(entry, "printed").unwrap();
+    config.auth = parsed.auth;
+    let server = TestServer::with_config(config).await;
+    submit(&server, "default", Some(&secret)).await.unwrap();
+    let admin = within(
+        "admin with a producer token",
+        server
+            .admin()
+            .await
+            .list_queues(with_token(v1::ListQueuesRequest::default(), Some(&secret))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(admin.code(), Code::PermissionDenied);
+    server.stop().await;
+}
+
+/// Protected mode, as the daemon shows it: asked to listen on every
+/// address with no principal configured, it refuses to start (exit 64) and
+/// says how to go on.
+#[tokio::test]
+async fn an_open_daemon_refuses_to_listen_beyond_loopback() {
+    let dir = common::TempDir::new("protected");
+    let output = within(
+        "the daemon to refuse",
+        tokio::process::Command::new(BIN)
+            .args(["--grpc-addr", "0.0.0.0:0", "--metrics-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&dir.0)
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("protected mode"), "{stderr}");
+    assert!(stderr.contains("contact-server token"), "{stderr}");
+}
