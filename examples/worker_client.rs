@@ -46,6 +46,9 @@ struct Args {
     /// Seconds between status reports.
     #[arg(long, default_value_t = 5)]
     status_every: u64,
+    /// Bearer token, for a server with authentication (the worker role).
+    #[arg(long, env = "CONTACT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[tokio::main]
@@ -63,6 +66,9 @@ async fn main() -> anyhow::Result<()> {
         .keepalive(Duration::from_secs(5));
     if let Some(id) = args.id {
         builder = builder.client_id(id);
+    }
+    if let Some(token) = args.token {
+        builder = builder.token(token);
     }
     let mut worker = builder.connect().await?;
     info!(client.id = %worker.client_id(), "registered");

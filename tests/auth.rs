@@ -8,10 +8,11 @@
 
 mod common;
 
-use common::{TestServer, TestWorker, WorkerOptions, authorize, sample, test_config, within};
+use common::{
+    TestServer, TestWorker, WorkerOptions, authorize, principal, sample, test_config, within,
+};
 use contact_server::{
-    auth::{Role, token},
-    config::PrincipalConfig,
+    auth::Role,
     proto::{Outcome, v1},
 };
 use tonic::{Code, Request};
@@ -21,16 +22,6 @@ const ANY_WORKER: &str = "ct_any-worker-token";
 const PRODUCER: &str = "ct_producer-token";
 const SCOPED: &str = "ct_scoped-producer-token";
 const ADMIN: &str = "ct_admin-token";
-
-fn principal(name: &str, secret: &str, roles: &[Role]) -> PrincipalConfig {
-    PrincipalConfig {
-        name: name.into(),
-        token_sha256: token::hex(&token::sha256(secret.as_bytes())),
-        roles: roles.to_vec(),
-        queues: Vec::new(),
-        client_id: None,
-    }
-}
 
 async fn secured() -> TestServer {
     let mut config = test_config();
@@ -400,4 +391,85 @@ async fn an_open_daemon_refuses_to_listen_beyond_loopback() {
     assert_eq!(output.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("protected mode"), "{stderr}");
     assert!(stderr.contains("contact-server token"), "{stderr}");
+}
+
+/// The Rust client library speaks it: a worker with a token registers as
+/// its pinned id and takes a task a producer with a token submitted; the
+/// same producer without its token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_sends_its_token() {
+    use contact_server::client::{ClientError, Credentials, Producer, Submission, WorkerBuilder};
+    let server = secured().await;
+    let mut worker = within(
+        "the worker to connect",
+        WorkerBuilder::new(server.url())
+            .queues(["images"])
+            .token(WORKER)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(worker.client_id(), "img-1");
+    let mut producer =
+        Producer::connect_with(&server.url(), Credentials::bearer(PRODUCER).unwrap())
+            .await
+            .unwrap();
+    let id = producer
+        .submit(Submission::to_queue("images").text("with a token"))
+        .await
+        .unwrap();
+    let task = within("the task", worker.next_task()).await.unwrap();
+    task.done("done with a token").await.unwrap();
+    let info = producer
+        .wait(&id, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(info.ret, "done with a token");
+
+    let mut anonymous = Producer::connect(&server.url()).await.unwrap();
+    match anonymous.submit(Submission::to_queue("images")).await {
+        Err(ClientError::Status(status)) => assert_eq!(status.code(), Code::Unauthenticated),
+        other => panic!("{other:?}"),
+    }
+    let refused = WorkerBuilder::new(server.url())
+        .queues(["images"])
+        .connect()
+        .await;
+    assert!(
+        matches!(&refused, Err(ClientError::Status(s)) if s.code() == Code::Unauthenticated),
+        "{refused:?}"
+    );
+    drop(worker);
+    server.stop().await;
+}
+
+/// contactctl takes the token from CONTACT_TOKEN (or --token).
+#[tokio::test]
+async fn contactctl_sends_its_token() {
+    let server = secured().await;
+    let run = |token: Option<&'static str>, args: &'static [&'static str]| {
+        let url = server.url();
+        async move {
+            let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_contactctl"));
+            command.args(["--server", &url]).args(args);
+            command.env_remove("CONTACT_TOKEN");
+            if let Some(token) = token {
+                command.env("CONTACT_TOKEN", token);
+            }
+            within("contactctl", command.output()).await.unwrap()
+        }
+    };
+    let submitted = run(Some(PRODUCER), &["submit", "hello", "--queue", "images"]).await;
+    assert!(submitted.status.success(), "{submitted:?}");
+    let anonymous = run(None, &["submit", "hello", "--queue", "images"]).await;
+    assert!(!anonymous.status.success());
+    assert!(
+        String::from_utf8_lossy(&anonymous.stderr).contains("credentials"),
+        "{anonymous:?}"
+    );
+    let workers = run(Some(ADMIN), &["workers"]).await;
+    assert!(workers.status.success(), "{workers:?}");
+    let as_producer = run(Some(PRODUCER), &["workers"]).await;
+    assert!(!as_producer.status.success());
+    server.stop().await;
 }

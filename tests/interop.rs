@@ -465,3 +465,45 @@ async fn python_worker_resumes_across_a_server_restart() {
     );
     assert_eq!(daemon.terminate().await, Some(0));
 }
+
+/// The Python worker speaks authentication: with `--token` (a worker
+/// principal pinned to its id) it takes and finishes a task on a server
+/// that requires tokens.
+#[tokio::test]
+async fn python_worker_sends_its_token() {
+    use contact_server::{auth::Role, client::Credentials};
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let mut config = test_config();
+    let mut worker = common::principal("py-worker", "ct_py-worker", &[Role::Worker]);
+    worker.client_id = Some("py-auth".into());
+    config.auth.principals = vec![
+        worker,
+        common::principal("producer", "ct_py-producer", &[Role::Producer]),
+    ];
+    let server = TestServer::with_config(config).await;
+    let credentials = Credentials::bearer("ct_py-producer").unwrap();
+    let mut producer = within(
+        "producer",
+        Producer::connect_with(&server.url(), credentials),
+    )
+    .await
+    .unwrap();
+    let id = submit(&mut producer, "default", "behind a token").await;
+    let mut child = spawn(
+        "python-token",
+        Command::new(&python)
+            .arg(python::examples().join("worker.py"))
+            .args(["--server", &server.url(), "--id", "py-auth"])
+            .args(["--work-ms", "10", "--status-every", "0.2"])
+            .env("CONTACT_TOKEN", "ct_py-worker"),
+    );
+    let info = finished(&mut producer, &id).await;
+    assert_eq!(
+        (info.state(), info.worker_id.as_str()),
+        (TaskState::Done, "py-auth"),
+        "{info:?}"
+    );
+    signal(&child, "-TERM");
+    assert_eq!(exit_code(&mut child).await, Some(0));
+    server.stop().await;
+}

@@ -40,13 +40,13 @@ FINAL_END_REASONS = {"drained", "disconnected"}  # an operator wants it gone
 class Control:
     """sendStatus as a control channel: each message gets one reply, in order."""
 
-    def __init__(self, stub, client_id, on_lost):
+    def __init__(self, stub, metadata, on_lost):
         self._on_lost = on_lost  # the session is useless without its control channel
         self._outbox = collections.deque()
         self._ready = threading.Condition()
         self._waiting = collections.deque()
         self._closed = False
-        self._call = stub.sendStatus(self._messages(), metadata=[("contact-client-id", client_id)])
+        self._call = stub.sendStatus(self._messages(), metadata=metadata)
         threading.Thread(target=self._read_replies, daemon=True).start()
 
     def send(self, message):
@@ -95,6 +95,9 @@ class Control:
 class Worker:
     def __init__(self, args):
         self.args = args
+        # Sent on every call: a server with authentication needs a token
+        # with the worker role.
+        self.credentials = [("authorization", f"Bearer {args.token}")] if args.token else []
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.max_in_flight)
         self.lock = threading.Condition()
         self.held = {}  # task id -> attempt
@@ -122,7 +125,7 @@ class Worker:
         """One connection's life; True when the worker must not reconnect."""
         channel = grpc.insecure_channel(self.args.server)
         stub = contact_pb2_grpc.ContactStub(channel)
-        metadata = [
+        metadata = self.credentials + [
             ("contact-client-id", self.args.id),
             ("contact-queues", self.args.queues),
             ("contact-max-in-flight", "1" if self.draining else str(self.args.max_in_flight)),
@@ -139,7 +142,8 @@ class Worker:
             log.info("registered as %s (session %s, resumed %s)", self.args.id,
                      self.session_id, headers.get("contact-resumed", "0"))
             with self.lock:
-                self.control = Control(stub, self.args.id, on_lost=stream.cancel)
+                self.control = Control(stub, self.credentials + [("contact-client-id", self.args.id)],
+                                       on_lost=stream.cancel)
                 self.lock.notify_all()
             if self.draining:
                 self.control.send(pb.ClientMsg(credit=pb.Credit(max_in_flight=0)))
@@ -280,6 +284,9 @@ def main():
     parser.add_argument("--max-in-flight", type=int, default=4)
     parser.add_argument("--work-ms", type=int, default=100)
     parser.add_argument("--status-every", type=float, default=5.0)
+    parser.add_argument("--token", default=os.environ.get("CONTACT_TOKEN"),
+                        help="bearer token, for a server with authentication "
+                             "(default: $CONTACT_TOKEN)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 

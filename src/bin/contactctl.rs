@@ -29,7 +29,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use contact_server::{
-    client::{self, ClientError, Producer, Submission},
+    client::{self, ClientError, Credentials, Producer, Submission},
     proto::v1::{self, TaskState, admin_client::AdminClient, tasks_client::TasksClient},
 };
 use serde_json::{Value, json};
@@ -53,6 +53,10 @@ struct Args {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
+    /// The bearer token, for a server with authentication (the role the
+    /// command needs: producer to submit and read, admin to manage).
+    #[arg(long, env = "CONTACT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -280,10 +284,14 @@ fn queue_json(q: &v1::QueueStats) -> Value {
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let channel = connect(&args.server).await?;
-    let mut producer = Producer::from_channel(channel.clone());
-    let mut tasks = TasksClient::new(channel.clone());
+    let credentials = match &args.token {
+        Some(token) => Credentials::bearer(token)?,
+        None => Credentials::none(),
+    };
+    let mut producer = Producer::from_channel_with(channel.clone(), credentials.clone());
+    let mut tasks = TasksClient::new(credentials.channel(channel.clone()));
     let mut health = HealthClient::new(channel.clone());
-    let mut admin = AdminClient::new(channel);
+    let mut admin = AdminClient::new(credentials.channel(channel));
     let out = Out { json: args.json };
     match args.command {
         Cmd::Submit {

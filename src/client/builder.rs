@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 
-use super::{ClientError, Worker, driver};
+use super::{ClientError, Credentials, Worker, driver};
 use crate::domain::{CLIENT_ID_KEY, KEEPALIVE_MS_KEY, QUEUES_KEY, RECEIPTS_KEY};
 
 /// The longest reconnect backoff a worker may ask for.
@@ -23,6 +23,8 @@ pub struct WorkerBuilder {
     pub(super) keepalive: Option<Duration>,
     pub(super) backoff_initial: Duration,
     pub(super) backoff_max: Duration,
+    token: Option<String>,
+    pub(super) credentials: Credentials,
 }
 
 impl WorkerBuilder {
@@ -40,6 +42,8 @@ impl WorkerBuilder {
             keepalive: None,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            token: None,
+            credentials: Credentials::none(),
         }
     }
 
@@ -93,11 +97,21 @@ impl WorkerBuilder {
         self
     }
 
+    /// The bearer token to send on every call (a server with
+    /// authentication needs one with the worker role).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     /// Connects and registers. The first connection must succeed, so a
     /// refusal (a bad option, a duplicate id) is returned here; later ones
     /// are retried in the background.
-    pub async fn connect(self) -> Result<Worker, ClientError> {
+    pub async fn connect(mut self) -> Result<Worker, ClientError> {
         let registration = self.registration()?;
+        if let Some(token) = &self.token {
+            self.credentials = Credentials::bearer(token)?;
+        }
         driver::start(self, registration).await
     }
 

@@ -45,6 +45,8 @@
 //!
 //! Both take the server's address as `host:port`, `http://host:port`,
 //! `https://host:port` or a bare host (port 50051): see [`endpoint_url`].
+//! On a server with authentication, give the token: `WorkerBuilder::token`,
+//! `Producer::connect_with(address, Credentials::bearer(token)?)`.
 
 /// The largest message the client accepts from the server: the most
 /// `server.max_message_bytes` may be, so that no task the server accepts
@@ -54,6 +56,7 @@ pub const MAX_MESSAGE_BYTES: usize = crate::config::MAX_MESSAGE_BYTES_LIMIT;
 mod address;
 mod builder;
 mod command;
+mod credentials;
 mod driver;
 mod producer;
 mod task;
@@ -61,6 +64,7 @@ mod worker;
 
 pub use address::{endpoint, endpoint_url};
 pub use builder::WorkerBuilder;
+pub use credentials::{AuthChannel, Credentials};
 pub use producer::{Producer, Submission};
 pub use task::Task;
 pub use worker::{Worker, WorkerHandle, WorkerState};

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use tonic::transport::Channel;
 
-use super::{ClientError, address::dial};
+use super::{AuthChannel, ClientError, Credentials, address::dial};
 use crate::proto::v1::{self, tasks_client::TasksClient};
 
 /// A task to submit, built up from [`Submission::to_queue`] or
@@ -93,7 +93,7 @@ fn millis(duration: Duration) -> u64 {
 /// Cloning it shares the connection.
 #[derive(Clone, Debug)]
 pub struct Producer {
-    tasks: TasksClient<Channel>,
+    tasks: TasksClient<AuthChannel>,
 }
 
 impl Producer {
@@ -101,13 +101,26 @@ impl Producer {
     /// [`endpoint_url`](super::endpoint_url) accepts (e.g. `127.0.0.1:50051`
     /// or `http://127.0.0.1:50051`).
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
-        Ok(Self::from_channel(dial(endpoint).await?))
+        Self::connect_with(endpoint, Credentials::none()).await
+    }
+
+    /// [`Producer::connect`], sending `credentials` on every call.
+    pub async fn connect_with(
+        endpoint: &str,
+        credentials: Credentials,
+    ) -> Result<Self, ClientError> {
+        Ok(Self::from_channel_with(dial(endpoint).await?, credentials))
     }
 
     /// A producer on a channel you already have.
     pub fn from_channel(channel: Channel) -> Self {
+        Self::from_channel_with(channel, Credentials::none())
+    }
+
+    /// A producer on a channel you already have, with credentials.
+    pub fn from_channel_with(channel: Channel, credentials: Credentials) -> Self {
         Self {
-            tasks: TasksClient::new(channel)
+            tasks: TasksClient::new(credentials.channel(channel))
                 .max_decoding_message_size(crate::client::MAX_MESSAGE_BYTES),
         }
     }

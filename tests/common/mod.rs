@@ -378,6 +378,22 @@ impl WorkerOptions {
     }
 }
 
+/// A principal for `[auth]`, known by the hash of `secret`.
+pub fn principal(
+    name: &str,
+    secret: &str,
+    roles: &[contact_server::auth::Role],
+) -> contact_server::config::PrincipalConfig {
+    use contact_server::auth::token;
+    contact_server::config::PrincipalConfig {
+        name: name.into(),
+        token_sha256: token::hex(&token::sha256(secret.as_bytes())),
+        roles: roles.to_vec(),
+        queues: Vec::new(),
+        client_id: None,
+    }
+}
+
 /// Adds `authorization: Bearer <token>` to a request, if there is a token.
 pub fn authorize<T>(request: &mut Request<T>, token: Option<&str>) {
     if let Some(token) = token {
