@@ -1,8 +1,8 @@
 //! What the server refuses at its limits, and how: a task too big to ever be
 //! pushed, a delay past the maximum, a keepalive the worker cannot keep,
 //! over-size and undecodable messages on the streaming calls, and inputs
-//! too long to quote. Each refusal is a clear status, and the server keeps
-//! serving (rule 3).
+//! too long to quote, unfinished tasks past the server's byte budget. Each
+//! refusal is a clear status, and the server keeps serving (rule 3).
 
 #![allow(clippy::unwrap_used)]
 
@@ -281,5 +281,55 @@ async fn errors_quote_only_a_prefix_of_bad_input() {
     let mut worker = TestWorker::connect(&server, WorkerOptions::id("after")).await;
     let id = server.submit("default", "still served").await;
     assert_eq!(worker.next_task().await.task_id, id);
+    server.stop().await;
+}
+
+/// The bytes of unfinished tasks are bounded server-wide: past
+/// `tasks.max_pending_bytes` a submit is RESOURCE_EXHAUSTED naming the key,
+/// and a task that finishes (done, or dead-lettered) makes room again.
+#[tokio::test]
+async fn unfinished_tasks_are_bounded_by_bytes() {
+    let mut config = test_config();
+    config.tasks.max_pending_bytes = 1024 * 1024;
+    config.tasks.max_attempts = 1;
+    let server = TestServer::with_config(config).await;
+    let mut tasks = server.tasks().await;
+    let quarter = |text: &str| v1::SubmitRequest {
+        text: text.into(),
+        payload: vec![0u8; 256 * 1024 - text.len()].into(),
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let reply = within("submit", tasks.submit(quarter(&format!("q{i}")))).await;
+        ids.push(reply.unwrap().into_inner().task_id);
+    }
+    let refused = within("one too many", tasks.submit(quarter("q4")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("tasks.max_pending_bytes"),
+        "{refused:?}"
+    );
+    let gauge = common::sample(&server.scrape().await, "contact_tasks_unfinished_bytes");
+    assert_eq!(gauge, Some(1024.0 * 1024.0));
+
+    // One done and one dead-lettered: room for two again.
+    let mut worker = TestWorker::connect(&server, WorkerOptions::id("w").max_in_flight(2)).await;
+    for outcome in [Outcome::Done, Outcome::Failed] {
+        let task = worker.next_task().await;
+        worker.ack(&task.task_id, outcome, "").await;
+        server.wait_finished(&task.task_id).await;
+    }
+    for text in ["q5", "q6"] {
+        within("submit after room", tasks.submit(quarter(text)))
+            .await
+            .unwrap();
+    }
+    let refused = within("full again", tasks.submit(quarter("q7")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
     server.stop().await;
 }

@@ -65,6 +65,9 @@ pub const DEFAULT_MAX_FINISHED_TASKS: usize = 100_000;
 pub const DEFAULT_MAX_QUEUE_DEPTH: usize = 1_000_000;
 /// Most pending tasks in the whole server, whatever their queue.
 pub const DEFAULT_MAX_PENDING_TASKS: usize = 2_000_000;
+/// Most bytes (text and payload) of unfinished tasks in the whole server:
+/// 1 GiB.
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 1024 * 1024 * 1024;
 /// Default execution lease of a delivery.
 pub const DEFAULT_LEASE_SECS: u64 = 60;
 /// The longest lease a task or an extension may ask for.
@@ -211,6 +214,8 @@ pub struct TasksConfig {
     pub max_queue_depth: usize,
     /// Most pending tasks in the whole server.
     pub max_pending_tasks: usize,
+    /// Bytes (text and payload) of tasks not yet finished, server-wide.
+    pub max_pending_bytes: u64,
     /// Default execution lease, in seconds.
     pub lease_secs: u64,
     /// Longest lease a task or extension may ask for, in seconds.
@@ -348,6 +353,7 @@ impl Default for TasksConfig {
             dead_letter_max_age_secs: DEFAULT_DEAD_LETTER_MAX_AGE_SECS,
             max_queue_depth: DEFAULT_MAX_QUEUE_DEPTH,
             max_pending_tasks: DEFAULT_MAX_PENDING_TASKS,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             lease_secs: DEFAULT_LEASE_SECS,
             max_lease_secs: DEFAULT_MAX_LEASE_SECS,
             target_ttl_secs: DEFAULT_TARGET_TTL_SECS,

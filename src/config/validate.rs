@@ -180,6 +180,9 @@ impl Config {
                 "is not a tracing filter such as \"warn,contact_server=info\"",
             ));
         }
+        if self.tasks.max_pending_bytes == 0 {
+            return Err(invalid("tasks.max_pending_bytes", 0, "must be at least 1"));
+        }
         self.auth.validate()?;
         super::auth::check_exposure(self)
     }

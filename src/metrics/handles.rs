@@ -12,7 +12,7 @@ use super::{
     DEAD_LETTERS_DROPPED, JOURNAL_BYTES, JOURNAL_COMPACTIONS, JOURNAL_SEGMENTS, LEASES_EXPIRED,
     RECEIPTS_MISSED, SESSIONS_EXPIRED, SESSIONS_RESUMED, STALE_ACKS_REFUSED, TASKS_ACKNOWLEDGED,
     TASKS_CANCELLED, TASKS_DEAD_LETTERED, TASKS_DISPATCHED, TASKS_IN_FLIGHT, TASKS_REDELIVERED,
-    TASKS_SUBMITTED, WORKER_CREDIT, WORKERS_CONNECTED,
+    TASKS_SUBMITTED, TASKS_UNFINISHED_BYTES, WORKER_CREDIT, WORKERS_CONNECTED,
 };
 use crate::domain::DeadLetterReason;
 
@@ -33,6 +33,7 @@ pub(crate) struct QueueMetrics {
     dead_lettered: [Counter; 4],
     pub(crate) cancelled: Counter,
     pub(crate) in_flight: Gauge,
+    pub(crate) unfinished_bytes: Gauge,
     pub(crate) compactions: Counter,
     pub(crate) dead_letters_dropped_count: Counter,
     pub(crate) dead_letters_dropped_bytes: Counter,
@@ -67,6 +68,7 @@ impl QueueMetrics {
                 .map(|reason| counter!(TASKS_DEAD_LETTERED, "reason" => reason.as_str())),
             cancelled: counter!(TASKS_CANCELLED),
             in_flight: gauge!(TASKS_IN_FLIGHT),
+            unfinished_bytes: gauge!(TASKS_UNFINISHED_BYTES),
         }
     }
 

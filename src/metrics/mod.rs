@@ -87,6 +87,8 @@ pub(crate) const QUEUE_DEPTH: &str = "contact_queue_depth";
 pub(crate) const QUEUE_OLDEST_AGE: &str = "contact_queue_oldest_task_age_seconds";
 /// Gauge: tasks pushed to a worker and not yet acknowledged.
 pub(crate) const TASKS_IN_FLIGHT: &str = "contact_tasks_in_flight";
+/// Gauge: bytes (text and payload) of tasks not yet finished.
+pub(crate) const TASKS_UNFINISHED_BYTES: &str = "contact_tasks_unfinished_bytes";
 /// Gauge: workers with a session (an open getTask stream, or one waiting
 /// to resume).
 pub(crate) const WORKERS_CONNECTED: &str = "contact_workers_connected";
@@ -241,6 +243,11 @@ fn describe_all() {
         WORKER_CREDIT,
         Unit::Count,
         "In-flight limits (credit) of workers with a session, summed."
+    );
+    describe_gauge!(
+        TASKS_UNFINISHED_BYTES,
+        Unit::Bytes,
+        "Bytes (text and payload) of tasks not yet finished, against tasks.max_pending_bytes."
     );
     describe_gauge!(
         TASKS_IN_FLIGHT,

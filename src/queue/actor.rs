@@ -71,6 +71,9 @@ pub(super) struct Queue {
     /// still delayed: forgotten once those tasks are gone.
     to_forget: HashSet<ClientId>,
     in_flight_count: usize,
+    /// Bytes (text and payload) of the tasks not yet finished: pending,
+    /// delayed or delivered. Bounded by `max_pending_bytes`.
+    pub(super) unfinished_bytes: u64,
     draining: bool,
     /// The zero of the per-task millisecond clock.
     epoch: Instant,
@@ -112,6 +115,7 @@ impl Queue {
             online: HashSet::new(),
             to_forget: HashSet::new(),
             in_flight_count: 0,
+            unfinished_bytes: 0,
             draining: false,
             epoch: Instant::now(),
             epoch_unix_ms: crate::clock::unix_ms_now(),
@@ -346,6 +350,8 @@ impl Queue {
         self.policy
             .check_depth(&target, self.backlog.depth(&target))?;
         self.policy.check_total(self.backlog.pending())?;
+        let bytes = (task.text.len() + task.payload.len()) as u64;
+        self.policy.check_bytes(self.unfinished_bytes, bytes)?;
         let id = TaskId::generate();
         match &target {
             Target::Queue(_) => self.metrics.submitted_queue.increment(1),
@@ -386,6 +392,7 @@ impl Queue {
             task.broadcast,
         );
         self.tasks.insert(id, entry);
+        self.unfinished_bytes += bytes;
         if self.journal.is_durable()
             && let Some(entry) = self.tasks.get_mut(&id)
         {
@@ -556,6 +563,9 @@ impl Queue {
         self.gauges
             .publish(self.backlog.samples(&self.tasks, now_ms));
         self.metrics.in_flight.set(self.in_flight_count as f64);
+        self.metrics
+            .unfinished_bytes
+            .set(self.unfinished_bytes as f64);
         let (bytes, segments) = self.journal.disk_usage();
         self.metrics.journal_bytes.set(bytes as f64);
         self.metrics.journal_segments.set(segments as f64);

@@ -216,6 +216,11 @@ impl TaskEntry {
 
     /// Bytes it keeps beyond the entry: text, payload and result, which the
     /// retention of finished tasks and dead letters counts.
+    /// Bytes of its text and payload: what an unfinished task holds.
+    pub(super) fn content_bytes(&self) -> u64 {
+        (self.text.as_deref().map_or(0, str::len) + self.payload.len()) as u64
+    }
+
     pub(super) fn bytes(&self) -> u64 {
         let result = self
             .result()

@@ -59,6 +59,8 @@ pub(crate) struct QueuePolicy {
     pub(crate) retention: Retention,
     /// Most pending tasks in the whole server.
     pub(crate) max_pending_tasks: usize,
+    /// Bytes (text and payload) of unfinished tasks, server-wide.
+    pub(crate) max_pending_bytes: u64,
     /// A delivery's lease when the task names none.
     pub(crate) default_lease: Duration,
     /// The longest lease a task may name.
@@ -166,6 +168,7 @@ impl QueuePolicy {
                 dead_age: Duration::from_secs(t.dead_letter_max_age_secs),
             },
             max_pending_tasks: t.max_pending_tasks,
+            max_pending_bytes: t.max_pending_bytes,
             default_lease: Duration::from_secs(t.lease_secs),
             max_lease: Duration::from_secs(t.max_lease_secs),
             target_ttl: Duration::from_secs(t.target_ttl_secs),
@@ -185,6 +188,7 @@ impl QueuePolicy {
             max_finished_tasks: 100,
             retention: Retention::unbounded(),
             max_pending_tasks: 10,
+            max_pending_bytes: 1024 * 1024,
             default_lease: Duration::from_secs(60),
             max_lease: Duration::from_secs(600),
             target_ttl: Duration::from_secs(30),
@@ -234,6 +238,18 @@ impl QueuePolicy {
             return Err(Error::ResourceExhausted(format!(
                 "the server holds its maximum of {} pending tasks",
                 self.max_pending_tasks
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a task of `bytes` when unfinished tasks hold `held` bytes.
+    pub(super) fn check_bytes(&self, held: u64, bytes: u64) -> Result<(), Error> {
+        if held.saturating_add(bytes) > self.max_pending_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "the server holds {held} bytes of unfinished tasks; this one's {bytes} would pass \
+                 its limit of {} (tasks.max_pending_bytes)",
+                self.max_pending_bytes
             )));
         }
         Ok(())

@@ -52,6 +52,7 @@ impl Queue {
         let verdict = match ack.outcome {
             Outcome::Done => {
                 self.metrics.acked_done.increment(1);
+                self.unfinished_bytes = self.unfinished_bytes.saturating_sub(entry.content_bytes());
                 entry.complete();
                 self.finish(id);
                 return;
@@ -193,6 +194,7 @@ impl Queue {
         let seq = self
             .archive
             .add_dead(id, crate::clock::unix_ms_now(), entry.bytes());
+        self.unfinished_bytes = self.unfinished_bytes.saturating_sub(entry.content_bytes());
         entry.kill(reason, seq);
         self.metrics.dead_lettered(reason).increment(1);
         self.record_finished(id);
@@ -218,6 +220,9 @@ impl Queue {
             what: "task",
             id: id.to_string(),
         })?;
+        if matches!(entry.state, TaskState::Pending | TaskState::Delivered) {
+            self.unfinished_bytes = self.unfinished_bytes.saturating_sub(entry.content_bytes());
+        }
         let holder = match entry.state {
             TaskState::Pending => {
                 self.leave_pending(id);
@@ -271,6 +276,9 @@ impl Queue {
         };
         self.policy
             .check_depth(&entry.target, self.backlog.depth(&entry.target))?;
+        let bytes = entry.content_bytes();
+        self.policy.check_bytes(self.unfinished_bytes, bytes)?;
+        self.unfinished_bytes += bytes;
         self.archive.remove_dead(seq);
         let now = Instant::now();
         if let Some(entry) = self.tasks.get_mut(&id) {

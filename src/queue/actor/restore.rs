@@ -145,6 +145,9 @@ impl Queue {
                 self.timers
                     .add(now + self.policy.target_ttl, Timer::TargetTtl(id));
             }
+            if live {
+                self.unfinished_bytes += entry.content_bytes();
+            }
             self.tasks.insert(id, entry);
             match state {
                 State::Done | State::Cancelled | State::DeadLettered => {
