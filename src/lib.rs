@@ -87,6 +87,7 @@ mod service;
 mod session;
 pub mod shutdown;
 pub mod telemetry;
+mod transport;
 
 pub use config::Config;
 pub use error::Error;

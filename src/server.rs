@@ -18,10 +18,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::{
-    server::NamedService,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
@@ -38,6 +35,7 @@ use crate::{
     service::{AdminService, ContactService, Core, TasksService},
     session::registry::{RegistryHandle, SessionIndex},
     session::{Notice, SessionTiming},
+    transport::{ConnectionLimits, calls::CallsLayer},
 };
 
 /// How long the last shutdown steps (closing calls, stopping actors) may take.
@@ -260,11 +258,23 @@ async fn run(
         secs => Some(Duration::from_secs(secs)),
     };
     let principals = Arc::new(config.auth.principals());
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let server = &config.server;
+    let incoming = crate::transport::incoming(
+        listeners.grpc,
+        ConnectionLimits {
+            max_connections: server.max_connections,
+            handshake_timeout: Duration::from_secs(server.handshake_timeout_secs),
+            idle_timeout: Duration::from_secs(server.idle_timeout_secs),
+        },
+        stopping.clone(),
+    );
     let mut grpc = tokio::spawn(
         Server::builder()
             .http2_keepalive_interval(keepalive)
             .http2_keepalive_timeout(keepalive)
+            .max_concurrent_streams(server.max_concurrent_streams)
+            .http2_max_local_error_reset_streams(Some(server.max_local_reset_streams))
+            .layer(CallsLayer)
             .layer(RpcLayer)
             .layer(AuthLayer::new(principals))
             .add_service(health_service)

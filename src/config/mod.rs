@@ -40,6 +40,18 @@ pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 pub const MAX_LEASE_SECS_LIMIT: u64 = u32::MAX as u64 / 1000;
 /// How long a stopping server waits for workers to acknowledge what they hold.
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
+/// Open connections of the gRPC listener at the most; more are closed at
+/// accept. Keep it below the process's file-descriptor limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// HTTP/2 streams (calls) open at once on one connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Streams the server may reset on one connection (for the client's
+/// errors) before it closes the connection: the "MadeYouReset" bound.
+pub const DEFAULT_MAX_LOCAL_RESET_STREAMS: usize = 128;
+/// Seconds a new connection has to send its HTTP/2 preface.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Seconds a connection may stay open with no call.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
 /// Interval of HTTP/2 keepalive pings to each connection.
 pub const DEFAULT_HTTP2_KEEPALIVE_SECS: u64 = 20;
 /// Default tracing filter when `RUST_LOG` is unset: quiet dependencies.
@@ -172,6 +184,17 @@ pub struct ServerConfig {
     pub drain_timeout_secs: u64,
     /// Seconds between HTTP/2 keepalive pings; 0 turns them off.
     pub http2_keepalive_secs: u64,
+    /// Open gRPC connections at the most.
+    pub max_connections: usize,
+    /// HTTP/2 streams open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Streams the server may reset on one connection before closing it.
+    pub max_local_reset_streams: usize,
+    /// Seconds a new connection has to send its HTTP/2 preface.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a connection may have no call open before it is closed; 0:
+    /// never.
+    pub idle_timeout_secs: u64,
 }
 
 /// `[workers]`: worker sessions.
@@ -325,6 +348,11 @@ impl Default for ServerConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
             http2_keepalive_secs: DEFAULT_HTTP2_KEEPALIVE_SECS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_local_reset_streams: DEFAULT_MAX_LOCAL_RESET_STREAMS,
+            handshake_timeout_secs: DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
         }
     }
 }

@@ -180,6 +180,34 @@ impl Config {
                 "is not a tracing filter such as \"warn,contact_server=info\"",
             ));
         }
+        if !(1..=1_000_000).contains(&s.max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                s.max_connections,
+                "must be from 1 to 1000000",
+            ));
+        }
+        if s.max_concurrent_streams < 4 {
+            return Err(invalid(
+                "server.max_concurrent_streams",
+                s.max_concurrent_streams,
+                "must be at least 4 (a worker keeps three calls open)",
+            ));
+        }
+        if s.max_local_reset_streams == 0 {
+            return Err(invalid(
+                "server.max_local_reset_streams",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if !(1..=300).contains(&s.handshake_timeout_secs) {
+            return Err(invalid(
+                "server.handshake_timeout_secs",
+                s.handshake_timeout_secs,
+                "must be from 1 to 300",
+            ));
+        }
         if self.tasks.max_pending_bytes == 0 {
             return Err(invalid("tasks.max_pending_bytes", 0, "must be at least 1"));
         }
@@ -193,6 +221,7 @@ impl Config {
         let mut all = vec![
             ("server.drain_timeout_secs", s.drain_timeout_secs, false),
             ("server.http2_keepalive_secs", s.http2_keepalive_secs, false),
+            ("server.idle_timeout_secs", s.idle_timeout_secs, false),
             ("workers.receipt_timeout_ms", w.receipt_timeout_ms, true),
             (
                 "workers.liveness_timeout_secs",

@@ -87,6 +87,12 @@ pub(crate) const QUEUE_DEPTH: &str = "contact_queue_depth";
 pub(crate) const QUEUE_OLDEST_AGE: &str = "contact_queue_oldest_task_age_seconds";
 /// Gauge: tasks pushed to a worker and not yet acknowledged.
 pub(crate) const TASKS_IN_FLIGHT: &str = "contact_tasks_in_flight";
+/// Gauge: open connections of the gRPC listener.
+pub(crate) const CONNECTIONS_OPEN: &str = "contact_connections_open";
+/// Counter: connections closed at accept because the limit was reached.
+pub(crate) const CONNECTIONS_REFUSED: &str = "contact_connections_refused_total";
+/// Counter: connections the server closed, by reason.
+pub(crate) const CONNECTIONS_CLOSED: &str = "contact_connections_closed_total";
 /// Gauge: bytes (text and payload) of tasks not yet finished.
 pub(crate) const TASKS_UNFINISHED_BYTES: &str = "contact_tasks_unfinished_bytes";
 /// Gauge: workers with a session (an open getTask stream, or one waiting
@@ -243,6 +249,21 @@ fn describe_all() {
         WORKER_CREDIT,
         Unit::Count,
         "In-flight limits (credit) of workers with a session, summed."
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        Unit::Count,
+        "Open connections of the gRPC listener, against server.max_connections."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections closed at accept: reason=limit, server.max_connections were open."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "Connections the server closed: reason=handshake_timeout (no HTTP/2 preface in time) or idle (no call open for server.idle_timeout_secs)."
     );
     describe_gauge!(
         TASKS_UNFINISHED_BYTES,

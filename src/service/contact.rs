@@ -210,7 +210,7 @@ impl Contact for ContactService {
         request: Request<Streaming<proto::ClientMsg>>,
     ) -> Result<Response<Self::sendStatusStream>, Status> {
         let named = domain::client_id_from_metadata(request.metadata())?;
-        let peer = request.remote_addr();
+        let peer = crate::transport::peer_addr(&request);
         let mut inbound = request.into_inner();
         let (replies, replies_rx) = mpsc::channel(STATUS_REPLY_BUFFER);
         let core = self.core.clone();
@@ -254,7 +254,7 @@ impl Contact for ContactService {
         &self,
         request: Request<proto::Empty>,
     ) -> Result<Response<Self::getTaskStream>, Status> {
-        let peer = request.remote_addr();
+        let peer = crate::transport::peer_addr(&request);
         let (metadata, _, body) = request.into_parts();
         let registration = Registration::from_request(&metadata, body, &self.core.workers)?;
         // Subscribe before the check, so a drain that starts after the check
@@ -290,7 +290,7 @@ impl Contact for ContactService {
         request: Request<Streaming<proto::Result>>,
     ) -> Result<Response<proto::Empty>, Status> {
         let named = domain::client_id_from_metadata(request.metadata())?;
-        let peer = request.remote_addr();
+        let peer = crate::transport::peer_addr(&request);
         let mut inbound = request.into_inner();
         // Bound to one session at the first ack: acks still in flight when
         // that session ends must not land on the worker's next session.

@@ -1,0 +1,152 @@
+//! The accept loop: each new connection takes one of
+//! `server.max_connections` slots (none free: it is closed at once, and
+//! counted), must send the HTTP/2 preface within
+//! `server.handshake_timeout_secs`, and is watched for idleness with no
+//! call open for `server.idle_timeout_secs`; the connections that pass go
+//! to tonic as a stream.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    io::AsyncReadExt as _,
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc},
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::conn::{Activity, Conn, ConnInfo, Slot};
+use crate::metrics::{CONNECTIONS_CLOSED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED};
+
+/// Every HTTP/2 connection starts with these bytes (RFC 9113, 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long the loop rests after an accept error (out of file
+/// descriptors, say), so that it does not spin while the cause lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Connections that passed their checks, waiting for tonic to take them.
+const READY_BACKLOG: usize = 64;
+
+/// The limits of the listener, from `[server]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnectionLimits {
+    /// Open connections at the most.
+    pub(crate) max_connections: usize,
+    /// Time from accept to a complete HTTP/2 preface.
+    pub(crate) handshake_timeout: Duration,
+    /// Time a connection may have no call open; zero: forever.
+    pub(crate) idle_timeout: Duration,
+}
+
+/// The accepted connections of `listener`, until `stopping`.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    stopping: CancellationToken,
+) -> ReceiverStream<std::io::Result<Conn<TcpStream>>> {
+    let (ready, ready_rx) = mpsc::channel(READY_BACKLOG);
+    tokio::spawn(accept_loop(listener, limits, stopping, ready));
+    ReceiverStream::new(ready_rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    stopping: CancellationToken,
+    ready: mpsc::Sender<std::io::Result<Conn<TcpStream>>>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let open = metrics::gauge!(CONNECTIONS_OPEN);
+    let refused = metrics::counter!(CONNECTIONS_REFUSED, "reason" => "limit");
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopping.cancelled() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refused.increment(1);
+            debug!(%remote, "connection refused: server.max_connections are open");
+            drop(stream);
+            continue;
+        };
+        open.increment(1);
+        let slot = Slot {
+            _permit: permit,
+            open: open.clone(),
+        };
+        let _ = stream.set_nodelay(true);
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let Some(conn) = greet(stream, Some(remote), slot, limits).await else {
+                return;
+            };
+            // tonic stopped taking connections: the server is stopping.
+            let _ = ready.send(Ok(conn)).await;
+        });
+    }
+}
+
+/// Waits (bounded) for the connection's preface; the connection ready for
+/// tonic, with its idle watch started, or `None` if it said nothing in
+/// time.
+async fn greet(
+    mut stream: TcpStream,
+    remote: Option<std::net::SocketAddr>,
+    slot: Slot,
+    limits: ConnectionLimits,
+) -> Option<Conn<TcpStream>> {
+    let mut preface = vec![0u8; PREFACE.len()];
+    match tokio::time::timeout(limits.handshake_timeout, stream.read_exact(&mut preface)).await {
+        Ok(Ok(_)) if preface == PREFACE => {}
+        Ok(Ok(_)) => {
+            metrics::counter!(CONNECTIONS_CLOSED, "reason" => "not_http2").increment(1);
+            debug!(?remote, "connection closed: it does not speak HTTP/2");
+            return None;
+        }
+        Ok(Err(_)) => return None,
+        Err(_) => {
+            metrics::counter!(CONNECTIONS_CLOSED, "reason" => "handshake_timeout").increment(1);
+            debug!(?remote, "connection closed: no HTTP/2 preface in time");
+            return None;
+        }
+    }
+    let activity = Activity::new();
+    if !limits.idle_timeout.is_zero() {
+        tokio::spawn(watch_idle(activity.clone(), limits.idle_timeout));
+    }
+    Some(Conn::new(
+        stream,
+        preface,
+        ConnInfo { remote, activity },
+        slot,
+    ))
+}
+
+/// Closes the connection once it has had no call open for `timeout`.
+async fn watch_idle(activity: Arc<Activity>, timeout: Duration) {
+    loop {
+        let wait = match activity.idle_for() {
+            Some(idle) if idle >= timeout => {
+                metrics::counter!(CONNECTIONS_CLOSED, "reason" => "idle").increment(1);
+                activity.close();
+                return;
+            }
+            Some(idle) => timeout - idle,
+            None => timeout,
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = activity.gone.cancelled() => return,
+        }
+    }
+}
