@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use contact_server::client::{Task, WorkerBuilder};
+use contact_server::client::{Credentials, Task, WorkerBuilder};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
@@ -49,6 +49,14 @@ struct Args {
     /// Bearer token, for a server with authentication (the worker role).
     #[arg(long, env = "CONTACT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Speak TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, env = "CONTACT_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and key (PEM) for mutual TLS.
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<std::path::PathBuf>,
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -70,6 +78,15 @@ async fn main() -> anyhow::Result<()> {
     if let Some(token) = args.token {
         builder = builder.token(token);
     }
+    let mut credentials = Credentials::none();
+    if let Some(ca_file) = &args.ca_file {
+        credentials = credentials.with_tls(std::fs::read(ca_file)?, None);
+    }
+    if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
+        credentials =
+            credentials.with_client_certificate(std::fs::read(cert)?, std::fs::read(key)?);
+    }
+    builder = builder.credentials(credentials);
     let mut worker = builder.connect().await?;
     info!(client.id = %worker.client_id(), "registered");
 

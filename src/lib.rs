@@ -65,6 +65,8 @@
 //!   of batches from a request stream.
 //! - `metrics`: metric names, the `/metrics` endpoint, per-queue gauges,
 //!   histograms, RPC error labels; `rpc_layer` counts failed calls.
+//! - `transport`: the gRPC listener's connections: the accept loop and its
+//!   limits, TLS and its reload, open calls per connection (idle close).
 //! - `alarm`: a reusable timer for the actors' loops.
 //!
 //! Dependencies run one way: facades → session (with its registry) →

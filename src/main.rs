@@ -91,6 +91,7 @@ fn print_token(
             roles,
             queues,
             client_id,
+            tls_identity: None,
         });
     config.validate()?;
     let entry = toml::to_string(&config.auth)?;
@@ -162,6 +163,7 @@ async fn main() -> ExitCode {
             eprintln!("contact-server: {error:#}");
             match error.downcast_ref::<ServerError>() {
                 Some(ServerError::Journal(_)) => ExitCode::from(EXIT_JOURNAL),
+                Some(ServerError::Tls(_)) => ExitCode::from(EXIT_CONFIG),
                 _ => ExitCode::FAILURE,
             }
         }

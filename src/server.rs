@@ -20,7 +20,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     auth::layer::AuthLayer,
@@ -35,7 +35,7 @@ use crate::{
     service::{AdminService, ContactService, Core, TasksService},
     session::registry::{RegistryHandle, SessionIndex},
     session::{Notice, SessionTiming},
-    transport::{ConnectionLimits, calls::CallsLayer},
+    transport::{ConnectionLimits, calls::CallsLayer, tls::Tls},
 };
 
 /// How long the last shutdown steps (closing calls, stopping actors) may take.
@@ -72,6 +72,9 @@ pub enum ServerError {
     /// The reflection service could not read the descriptors built in.
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error("{0}")]
+    Tls(String),
     /// The journal could not be opened or recovered.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
@@ -150,8 +153,16 @@ pub fn start(config: Config, listeners: Listeners) -> Result<RunningServer, Serv
     let metrics_addr = local(&listeners.metrics, "metrics", config.server.metrics_addr)?;
     let shutdown = CancellationToken::new();
     let fatal = CancellationToken::new();
+    let tls = Tls::load(&config.tls).map_err(|e| ServerError::Tls(e.to_string()))?;
     let storage = open_storage(&config, fatal.clone())?;
-    let join = tokio::spawn(run(config, listeners, storage, shutdown.clone(), fatal));
+    let join = tokio::spawn(run(
+        config,
+        listeners,
+        tls,
+        storage,
+        shutdown.clone(),
+        fatal,
+    ));
     info!(%grpc_addr, %metrics_addr, "contact-server listening");
     Ok(RunningServer {
         grpc_addr,
@@ -187,6 +198,7 @@ fn open_storage(
 async fn run(
     config: Config,
     listeners: Listeners,
+    tls: Option<Arc<Tls>>,
     (journal, recovered): (Journal, Option<Recovered>),
     shutdown: CancellationToken,
     fatal: CancellationToken,
@@ -266,8 +278,10 @@ async fn run(
             handshake_timeout: Duration::from_secs(server.handshake_timeout_secs),
             idle_timeout: Duration::from_secs(server.idle_timeout_secs),
         },
+        tls.clone(),
         stopping.clone(),
     );
+    tokio::spawn(reload_on_hangup(tls, stopping.clone()));
     let mut grpc = tokio::spawn(
         Server::builder()
             .http2_keepalive_interval(keepalive)
@@ -403,5 +417,33 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 async fn clear_health(health: &mut HealthReporter) {
     for service in HEALTH_SERVICES {
         health.clear_service_status(service).await;
+    }
+}
+
+/// SIGHUP reads the TLS files again: new connections get the new
+/// certificate, established ones keep theirs. A file that does not load
+/// leaves the old configuration, with an error in the log.
+async fn reload_on_hangup(tls: Option<Arc<Tls>>, stopping: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; TLS files will not be reloaded");
+        return;
+    };
+    loop {
+        tokio::select! {
+            received = hangups.recv() => {
+                if received.is_none() {
+                    return;
+                }
+            }
+            () = stopping.cancelled() => return,
+        }
+        match &tls {
+            None => info!("SIGHUP: no TLS configured, nothing to reload"),
+            Some(tls) => match tls.reload() {
+                Ok(()) => info!("SIGHUP: TLS certificate, key and client CA reloaded"),
+                Err(error) => error!(%error, "SIGHUP: TLS reload failed; keeping the old files"),
+            },
+        }
     }
 }

@@ -507,3 +507,64 @@ async fn python_worker_sends_its_token() {
     assert_eq!(exit_code(&mut child).await, Some(0));
     server.stop().await;
 }
+
+/// The Python worker speaks TLS and mutual TLS: with `--ca-file` and a
+/// client certificate a principal names, it takes and finishes a task.
+#[tokio::test]
+async fn python_worker_speaks_mutual_tls() {
+    use common::certs::Ca;
+    use contact_server::{auth::Role, client::Credentials};
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let dir = common::TempDir::new("py-tls");
+    let ca = Ca::new("test CA");
+    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]).write(&dir.0, "server");
+    let ca_file = dir.0.join("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (client_cert, client_key) = ca.leaf(&["py-1.workers.example"]).write(&dir.0, "client");
+    let mut config = test_config();
+    config.tls.cert_file = Some(cert);
+    config.tls.key_file = Some(key);
+    config.tls.client_ca_file = Some(ca_file.clone());
+    let mut worker = common::principal("py-worker", "ct_unused", &[Role::Worker]);
+    worker.token_sha256.clear();
+    worker.tls_identity = Some("py-1.workers.example".into());
+    config.auth.principals = vec![
+        worker,
+        common::principal("producer", "ct_py-tls-producer", &[Role::Producer]),
+    ];
+    let server = TestServer::with_config(config).await;
+    let credentials = Credentials::none()
+        .with_tls(ca.pem(), Some("localhost"))
+        .with_bearer("ct_py-tls-producer")
+        .unwrap();
+    let mut producer = within(
+        "producer",
+        Producer::connect_with(&server.url(), credentials),
+    )
+    .await
+    .unwrap();
+    let id = submit(&mut producer, "default", "over mutual TLS").await;
+    let mut child = spawn(
+        "python-mtls",
+        Command::new(&python)
+            .arg(python::examples().join("worker.py"))
+            .args(["--server", &server.grpc_addr.to_string(), "--id", "py-tls"])
+            .args(["--work-ms", "10", "--status-every", "0.2"])
+            .args(["--tls-domain", "localhost"])
+            .arg("--ca-file")
+            .arg(&ca_file)
+            .arg("--cert-file")
+            .arg(&client_cert)
+            .arg("--key-file")
+            .arg(&client_key),
+    );
+    let info = finished(&mut producer, &id).await;
+    assert_eq!(
+        (info.state(), info.worker_id.as_str()),
+        (TaskState::Done, "py-tls"),
+        "{info:?}"
+    );
+    signal(&child, "-TERM");
+    assert_eq!(exit_code(&mut child).await, Some(0));
+    server.stop().await;
+}

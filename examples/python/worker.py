@@ -121,9 +121,23 @@ class Worker:
             backoff = min(backoff * 2, 10.0)
         self.stop.set()
 
+    def open_channel(self):
+        """A plain channel, or TLS with --ca-file (and mutual TLS with a client certificate)."""
+        args = self.args
+        if not args.ca_file:
+            return grpc.insecure_channel(args.server)
+        read = lambda path: open(path, "rb").read() if path else None
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(args.ca_file),
+            private_key=read(args.key_file),
+            certificate_chain=read(args.cert_file),
+        )
+        options = [("grpc.ssl_target_name_override", args.tls_domain)] if args.tls_domain else []
+        return grpc.secure_channel(args.server, credentials, options=options)
+
     def run_session(self):
         """One connection's life; True when the worker must not reconnect."""
-        channel = grpc.insecure_channel(self.args.server)
+        channel = self.open_channel()
         stub = contact_pb2_grpc.ContactStub(channel)
         metadata = self.credentials + [
             ("contact-client-id", self.args.id),
@@ -265,8 +279,8 @@ class Worker:
 
 def grpc_target(address):
     """A server address as grpcio wants it (host:port), from any form the
-    project's tools take: host:port, http://host:port, localhost."""
-    bare = address.strip().removeprefix("http://").rstrip("/")
+    project's tools take: host:port, http(s)://host:port, localhost."""
+    bare = address.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
     host, _, port = bare.rpartition(":")
     if not host or not port.isdigit():  # no port given (a bare host, or [::1])
         return f"{bare}:50051"
@@ -287,6 +301,11 @@ def main():
     parser.add_argument("--token", default=os.environ.get("CONTACT_TOKEN"),
                         help="bearer token, for a server with authentication "
                              "(default: $CONTACT_TOKEN)")
+    parser.add_argument("--ca-file", default=os.environ.get("CONTACT_CA_FILE"),
+                        help="speak TLS, trusting these CA certificates (PEM)")
+    parser.add_argument("--tls-domain", help="the name the server's certificate carries")
+    parser.add_argument("--cert-file", help="client certificate (PEM), for mutual TLS")
+    parser.add_argument("--key-file", help="its key (PEM)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 

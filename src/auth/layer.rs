@@ -21,7 +21,10 @@ use super::{
     Caller, Principal, Principals, Role,
     access::{Access, access},
 };
-use crate::domain::{CLIENT_ID_KEY, QUEUES_KEY, quote};
+use crate::{
+    domain::{CLIENT_ID_KEY, QUEUES_KEY, quote},
+    transport::conn::ConnInfo,
+};
 
 /// The metadata key that carries the token: `authorization: Bearer <token>`.
 pub const AUTHORIZATION_KEY: &str = "authorization";
@@ -150,17 +153,36 @@ impl Principals {
         if access == Access::Open {
             return Ok(None);
         }
-        let Some(token) = bearer(request.headers()) else {
-            return Err(Refusal::unauthenticated(
-                Reason::MissingCredentials,
-                "this server needs credentials: send `authorization: Bearer <token>`",
-            ));
-        };
-        let Some(principal) = self.authenticate(token) else {
-            return Err(Refusal::unauthenticated(
-                Reason::BadCredentials,
-                "the token is not one this server knows",
-            ));
+        let principal = match bearer(request.headers()) {
+            Some(token) => self.authenticate(token).ok_or_else(|| {
+                Refusal::unauthenticated(
+                    Reason::BadCredentials,
+                    "the token is not one this server knows",
+                )
+            })?,
+            None => {
+                let names = request
+                    .extensions()
+                    .get::<ConnInfo>()
+                    .map(|info| info.identities.clone())
+                    .unwrap_or_default();
+                match self.by_certificate(&names) {
+                    Some(principal) => principal,
+                    None if names.is_empty() => {
+                        return Err(Refusal::unauthenticated(
+                            Reason::MissingCredentials,
+                            "this server needs credentials: send `authorization: Bearer <token>` \
+                             (or a client certificate a principal names)",
+                        ));
+                    }
+                    None => {
+                        return Err(Refusal::unauthenticated(
+                            Reason::BadCredentials,
+                            "no principal has this client certificate's names as tls_identity",
+                        ));
+                    }
+                }
+            }
         };
         if let Access::Role(role) = access {
             if !principal.roles.contains(&role) {

@@ -143,26 +143,45 @@ impl Scope {
 #[derive(Debug, Default)]
 pub(crate) struct Principals {
     by_hash: Vec<([u8; 32], Arc<Principal>)>,
+    /// By the name their TLS client certificate proves.
+    by_identity: HashMap<String, Arc<Principal>>,
+    count: usize,
     /// Worker ids pinned to a principal: no other may act as them.
     pinned: HashMap<String, String>,
 }
 
 impl Principals {
     /// From the config's `[[auth.principals]]`, already validated.
-    pub(crate) fn new(principals: impl IntoIterator<Item = ([u8; 32], Principal)>) -> Self {
+    pub(crate) fn new(
+        principals: impl IntoIterator<Item = (Option<[u8; 32]>, Option<String>, Principal)>,
+    ) -> Self {
         let mut all = Self::default();
-        for (hash, principal) in principals {
+        for (hash, identity, principal) in principals {
             if let Some(id) = &principal.client_id {
                 all.pinned.insert(id.clone(), principal.name.clone());
             }
-            all.by_hash.push((hash, Arc::new(principal)));
+            let principal = Arc::new(principal);
+            if let Some(hash) = hash {
+                all.by_hash.push((hash, principal.clone()));
+            }
+            if let Some(identity) = identity {
+                all.by_identity.insert(identity, principal);
+            }
+            all.count += 1;
         }
         all
     }
 
     /// True when there is something to authenticate against.
     pub(crate) fn enabled(&self) -> bool {
-        !self.by_hash.is_empty()
+        self.count > 0
+    }
+
+    /// The principal one of a client certificate's names belongs to.
+    pub(crate) fn by_certificate(&self, names: &[String]) -> Option<Arc<Principal>> {
+        names
+            .iter()
+            .find_map(|name| self.by_identity.get(name).cloned())
     }
 
     /// The principal whose token this is. Every configured hash is

@@ -57,6 +57,18 @@ struct Args {
     /// command needs: producer to submit and read, admin to manage).
     #[arg(long, env = "CONTACT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Speak TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, env = "CONTACT_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host).
+    #[arg(long)]
+    tls_domain: Option<String>,
+    /// A client certificate (PEM) for mutual TLS, with --key-file.
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -174,9 +186,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn connect(server: &str) -> anyhow::Result<Channel> {
-    client::endpoint(server)?
-        .connect()
+async fn connect(server: &str, credentials: &Credentials) -> anyhow::Result<Channel> {
+    client::dial(server, credentials)
         .await
         .with_context(|| format!("cannot connect to {server}"))
 }
@@ -283,11 +294,22 @@ fn queue_json(q: &v1::QueueStats) -> Value {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let channel = connect(&args.server).await?;
-    let credentials = match &args.token {
-        Some(token) => Credentials::bearer(token)?,
-        None => Credentials::none(),
-    };
+    let mut credentials = Credentials::none();
+    if let Some(ca_file) = &args.ca_file {
+        let pem =
+            std::fs::read(ca_file).with_context(|| format!("cannot read {}", ca_file.display()))?;
+        credentials = credentials.with_tls(pem, args.tls_domain.as_deref());
+    }
+    if let (Some(cert_file), Some(key_file)) = (&args.cert_file, &args.key_file) {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        credentials = credentials.with_client_certificate(read(cert_file)?, read(key_file)?);
+    }
+    if let Some(token) = &args.token {
+        credentials = credentials.with_bearer(token)?;
+    }
+    let channel = connect(&args.server, &credentials).await?;
     let mut producer = Producer::from_channel_with(channel.clone(), credentials.clone());
     let mut tasks = TasksClient::new(credentials.channel(channel.clone()));
     let mut health = HealthClient::new(channel.clone());

@@ -78,9 +78,20 @@ pub fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
     Ok(endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
 }
 
-/// Dials the server at `address`.
-pub(super) async fn dial(address: &str) -> Result<Channel, ClientError> {
-    Ok(endpoint(address)?.connect().await?)
+/// Dials the server at `address`, over TLS when `credentials` say so: a
+/// channel for clients of your own (admin, health). Calls on it carry no
+/// token; wrap it with [`Credentials::channel`](super::Credentials::channel).
+pub async fn dial(address: &str, credentials: &super::Credentials) -> Result<Channel, ClientError> {
+    let Some(tls) = credentials.tls() else {
+        return Ok(endpoint(address)?.connect().await?);
+    };
+    // TLS settings mean TLS, whatever scheme the address was written with.
+    let url = endpoint_url(address)?;
+    let url = match url.strip_prefix("http://") {
+        Some(rest) => format!("https://{rest}"),
+        None => url,
+    };
+    Ok(endpoint(&url)?.tls_config(tls)?.connect().await?)
 }
 
 /// An authority's host and the port it names, if it names one. A bracketed

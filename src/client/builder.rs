@@ -104,13 +104,20 @@ impl WorkerBuilder {
         self
     }
 
+    /// Speaks TLS and/or presents a client certificate, as `credentials`
+    /// say (a token given with [`WorkerBuilder::token`] is added to them).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
     /// Connects and registers. The first connection must succeed, so a
     /// refusal (a bad option, a duplicate id) is returned here; later ones
     /// are retried in the background.
     pub async fn connect(mut self) -> Result<Worker, ClientError> {
         let registration = self.registration()?;
         if let Some(token) = &self.token {
-            self.credentials = Credentials::bearer(token)?;
+            self.credentials = self.credentials.clone().with_bearer(token)?;
         }
         driver::start(self, registration).await
     }

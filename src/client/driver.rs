@@ -168,7 +168,7 @@ impl Driver {
     /// Registers on a new connection (resuming when it can) and opens the
     /// control channel.
     async fn open(&mut self) -> Result<Connection, ClientError> {
-        let channel = dial(&self.settings.endpoint).await?;
+        let channel = dial(&self.settings.endpoint, &self.settings.credentials).await?;
         let mut client = ContactClient::new(self.settings.credentials.channel(channel))
             .max_decoding_message_size(crate::client::MAX_MESSAGE_BYTES);
         let resume = self.session_id.clone().filter(|_| self.own_id);

@@ -62,7 +62,7 @@ mod producer;
 mod task;
 mod worker;
 
-pub use address::{endpoint, endpoint_url};
+pub use address::{dial, endpoint, endpoint_url};
 pub use builder::WorkerBuilder;
 pub use credentials::{AuthChannel, Credentials};
 pub use producer::{Producer, Submission};

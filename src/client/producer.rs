@@ -109,7 +109,10 @@ impl Producer {
         endpoint: &str,
         credentials: Credentials,
     ) -> Result<Self, ClientError> {
-        Ok(Self::from_channel_with(dial(endpoint).await?, credentials))
+        Ok(Self::from_channel_with(
+            dial(endpoint, &credentials).await?,
+            credentials,
+        ))
     }
 
     /// A producer on a channel you already have.

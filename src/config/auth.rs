@@ -26,7 +26,12 @@ pub struct PrincipalConfig {
     /// Its name, for logs and messages.
     pub name: String,
     /// The SHA-256 of its token, in hex (`contact-server token` prints it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token_sha256: String,
+    /// A name its TLS client certificate proves (a DNS or URI subject
+    /// alternative name), with `[tls] client_ca_file` set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_identity: Option<String>,
     /// What it may do: `worker`, `producer`, `admin`.
     pub roles: Vec<Role>,
     /// The queues it may submit to or take tasks from; empty: every queue.
@@ -52,6 +57,7 @@ impl AuthConfig {
         let mut names = std::collections::HashSet::new();
         let mut hashes = std::collections::HashSet::new();
         let mut pinned = std::collections::HashSet::new();
+        let mut identities = std::collections::HashSet::new();
         for p in &self.principals {
             if p.name.trim().is_empty() || p.name.len() > 128 {
                 return Err(invalid(
@@ -63,18 +69,36 @@ impl AuthConfig {
             if !names.insert(&p.name) {
                 return Err(invalid("auth.principals.name", &p.name, "is used twice"));
             }
-            let Some(hash) = token::parse_hex_hash(&p.token_sha256) else {
+            if p.token_sha256.is_empty() && p.tls_identity.is_none() {
                 return Err(invalid(
                     "auth.principals.token_sha256",
                     &p.name,
-                    "must be the 64 hex digits of a SHA-256 (contact-server token prints one)",
+                    "or tls_identity is needed: how else would it prove who it is",
                 ));
-            };
-            if !hashes.insert(hash) {
+            }
+            if !p.token_sha256.is_empty() {
+                let Some(hash) = token::parse_hex_hash(&p.token_sha256) else {
+                    return Err(invalid(
+                        "auth.principals.token_sha256",
+                        &p.name,
+                        "must be the 64 hex digits of a SHA-256 (contact-server token prints one)",
+                    ));
+                };
+                if !hashes.insert(hash) {
+                    return Err(invalid(
+                        "auth.principals.token_sha256",
+                        &p.name,
+                        "is another principal's token too",
+                    ));
+                }
+            }
+            if let Some(identity) = &p.tls_identity
+                && !identities.insert(identity)
+            {
                 return Err(invalid(
-                    "auth.principals.token_sha256",
-                    &p.name,
-                    "is another principal's token too",
+                    "auth.principals.tls_identity",
+                    identity,
+                    "names two principals",
                 ));
             }
             if p.roles.is_empty() {
@@ -119,19 +143,19 @@ impl AuthConfig {
     }
 
     /// The principals, for the server's auth layer. Validated configs
-    /// only: an entry whose hash does not parse is left out.
+    /// only: a hash that does not parse authenticates no token.
     pub(crate) fn principals(&self) -> Principals {
-        Principals::new(self.principals.iter().filter_map(|p| {
-            let hash = token::parse_hex_hash(&p.token_sha256)?;
-            Some((
-                hash,
+        Principals::new(self.principals.iter().map(|p| {
+            (
+                token::parse_hex_hash(&p.token_sha256),
+                p.tls_identity.clone(),
                 Principal {
                     name: p.name.clone(),
                     roles: p.roles.clone(),
                     queues: (!p.queues.is_empty()).then(|| p.queues.clone()),
                     client_id: p.client_id.clone(),
                 },
-            ))
+            )
         }))
     }
 }

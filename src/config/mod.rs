@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod listen_addr;
+mod tls;
 mod validate;
 
 pub use auth::{AuthConfig, PrincipalConfig};
+pub use tls::TlsConfig;
 
 pub use listen_addr::parse_listen_addr;
 
@@ -159,6 +161,8 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     /// Where accepted tasks are kept.
     pub storage: StorageConfig,
+    /// TLS for the gRPC listener.
+    pub tls: TlsConfig,
     /// Who may call what.
     pub auth: AuthConfig,
     /// Logging.

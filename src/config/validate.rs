@@ -211,6 +211,7 @@ impl Config {
         if self.tasks.max_pending_bytes == 0 {
             return Err(invalid("tasks.max_pending_bytes", 0, "must be at least 1"));
         }
+        self.tls.validate()?;
         self.auth.validate()?;
         super::auth::check_exposure(self)
     }

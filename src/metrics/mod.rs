@@ -263,7 +263,7 @@ fn describe_all() {
     describe_counter!(
         CONNECTIONS_CLOSED,
         Unit::Count,
-        "Connections the server closed: reason=handshake_timeout (no HTTP/2 preface in time) or idle (no call open for server.idle_timeout_secs)."
+        "Connections the server closed: reason=handshake_timeout (no TLS handshake and HTTP/2 preface in time), tls_handshake (it failed), not_http2, or idle (no call open for server.idle_timeout_secs)."
     );
     describe_gauge!(
         TASKS_UNFINISHED_BYTES,

@@ -1,9 +1,9 @@
 //! The accept loop: each new connection takes one of
 //! `server.max_connections` slots (none free: it is closed at once, and
-//! counted), must send the HTTP/2 preface within
-//! `server.handshake_timeout_secs`, and is watched for idleness with no
-//! call open for `server.idle_timeout_secs`; the connections that pass go
-//! to tonic as a stream.
+//! counted), must complete its TLS handshake (with TLS on) and send the
+//! HTTP/2 preface within `server.handshake_timeout_secs`, and is watched
+//! for idleness with no call open for `server.idle_timeout_secs`; the
+//! connections that pass go to tonic as a stream.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +16,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::conn::{Activity, Conn, ConnInfo, Slot};
+use super::{
+    conn::{Activity, Conn, ConnInfo, Slot, Stream},
+    tls::{Tls, identities},
+};
 use crate::metrics::{CONNECTIONS_CLOSED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED};
 
 /// Every HTTP/2 connection starts with these bytes (RFC 9113, 3.4).
@@ -44,18 +47,20 @@ pub(crate) struct ConnectionLimits {
 pub(crate) fn incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<Arc<Tls>>,
     stopping: CancellationToken,
-) -> ReceiverStream<std::io::Result<Conn<TcpStream>>> {
+) -> ReceiverStream<std::io::Result<Conn<Stream>>> {
     let (ready, ready_rx) = mpsc::channel(READY_BACKLOG);
-    tokio::spawn(accept_loop(listener, limits, stopping, ready));
+    tokio::spawn(accept_loop(listener, limits, tls, stopping, ready));
     ReceiverStream::new(ready_rx)
 }
 
 async fn accept_loop(
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<Arc<Tls>>,
     stopping: CancellationToken,
-    ready: mpsc::Sender<std::io::Result<Conn<TcpStream>>>,
+    ready: mpsc::Sender<std::io::Result<Conn<Stream>>>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics::gauge!(CONNECTIONS_OPEN);
@@ -86,8 +91,9 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let ready = ready.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let Some(conn) = greet(stream, Some(remote), slot, limits).await else {
+            let Some(conn) = greet(stream, Some(remote), slot, limits, tls).await else {
                 return;
             };
             // tonic stopped taking connections: the server is stopping.
@@ -96,40 +102,74 @@ async fn accept_loop(
     }
 }
 
-/// Waits (bounded) for the connection's preface; the connection ready for
-/// tonic, with its idle watch started, or `None` if it said nothing in
-/// time.
+/// How a new connection failed to start.
+enum Refused {
+    Timeout,
+    Tls,
+    NotHttp2,
+    Gone,
+}
+
+/// The TLS handshake (with TLS on) and the HTTP/2 preface.
+async fn handshake(
+    stream: TcpStream,
+    tls: Option<&Tls>,
+) -> Result<(Stream, Vec<u8>, Vec<String>), Refused> {
+    let (mut io, names) = match tls.and_then(Tls::acceptor) {
+        Some(acceptor) => {
+            let tls = acceptor.accept(stream).await.map_err(|_| Refused::Tls)?;
+            let names = identities(tls.get_ref().1.peer_certificates());
+            (Stream::Tls(Box::new(tls)), names)
+        }
+        None => (Stream::Plain(stream), Vec::new()),
+    };
+    let mut preface = vec![0u8; PREFACE.len()];
+    io.read_exact(&mut preface)
+        .await
+        .map_err(|_| Refused::Gone)?;
+    if preface != PREFACE {
+        return Err(Refused::NotHttp2);
+    }
+    Ok((io, preface, names))
+}
+
+/// Waits (bounded) for the connection's handshake; the connection ready
+/// for tonic, with its idle watch started, or `None` if it did not start
+/// in time or right.
 async fn greet(
-    mut stream: TcpStream,
+    stream: TcpStream,
     remote: Option<std::net::SocketAddr>,
     slot: Slot,
     limits: ConnectionLimits,
-) -> Option<Conn<TcpStream>> {
-    let mut preface = vec![0u8; PREFACE.len()];
-    match tokio::time::timeout(limits.handshake_timeout, stream.read_exact(&mut preface)).await {
-        Ok(Ok(_)) if preface == PREFACE => {}
-        Ok(Ok(_)) => {
-            metrics::counter!(CONNECTIONS_CLOSED, "reason" => "not_http2").increment(1);
-            debug!(?remote, "connection closed: it does not speak HTTP/2");
+    tls: Option<Arc<Tls>>,
+) -> Option<Conn<Stream>> {
+    let started = tokio::time::timeout(limits.handshake_timeout, handshake(stream, tls.as_deref()))
+        .await
+        .unwrap_or(Err(Refused::Timeout));
+    let (io, preface, names) = match started {
+        Ok(started) => started,
+        Err(refused) => {
+            let reason = match refused {
+                Refused::Timeout => "handshake_timeout",
+                Refused::Tls => "tls_handshake",
+                Refused::NotHttp2 => "not_http2",
+                Refused::Gone => return None,
+            };
+            metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+            debug!(?remote, reason, "connection closed before its first call");
             return None;
         }
-        Ok(Err(_)) => return None,
-        Err(_) => {
-            metrics::counter!(CONNECTIONS_CLOSED, "reason" => "handshake_timeout").increment(1);
-            debug!(?remote, "connection closed: no HTTP/2 preface in time");
-            return None;
-        }
-    }
+    };
     let activity = Activity::new();
     if !limits.idle_timeout.is_zero() {
         tokio::spawn(watch_idle(activity.clone(), limits.idle_timeout));
     }
-    Some(Conn::new(
-        stream,
-        preface,
-        ConnInfo { remote, activity },
-        slot,
-    ))
+    let info = ConnInfo {
+        remote,
+        identities: names.into(),
+        activity,
+    };
+    Some(Conn::new(io, preface, info, slot))
 }
 
 /// Closes the connection once it has had no call open for `timeout`.

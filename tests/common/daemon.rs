@@ -125,6 +125,11 @@ impl Daemon {
         assert!(sent.success(), "kill {signal} failed");
     }
 
+    /// SIGHUP: reload the TLS files.
+    pub fn hangup(&self) {
+        self.signal("-HUP");
+    }
+
     /// SIGKILL: the crash the journal is for. Waits for the process to go.
     pub async fn kill9(mut self) {
         self.signal("-KILL");

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
+pub mod certs;
 pub mod daemon;
 pub mod promtool;
 pub mod proxy;
@@ -391,6 +392,7 @@ pub fn principal(
         roles: roles.to_vec(),
         queues: Vec::new(),
         client_id: None,
+        tls_identity: None,
     }
 }
 

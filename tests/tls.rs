@@ -1,0 +1,285 @@
+//! TLS on the gRPC listener: clients that trust the server's CA get in
+//! (with their token), plain-text clients do not; with a client CA,
+//! mutual TLS, where a certificate's name maps to a principal; and on
+//! SIGHUP the daemon serves a renewed certificate to new connections
+//! without dropping the established ones.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{
+    TempDir, TestServer, certs::Ca, daemon::Daemon, principal, sample, test_config, within,
+};
+use contact_server::{
+    auth::Role,
+    client::{ClientError, Credentials, Producer, Submission, WorkerBuilder},
+};
+use tonic::Code;
+
+const PRODUCER: &str = "ct_tls-producer";
+
+/// A server with TLS from a fresh CA, a producer principal, and (with
+/// `mutual`) the same CA for client certificates and a worker principal
+/// known by its certificate's name.
+async fn tls_server(dir: &TempDir, ca: &Ca, mutual: Option<bool>) -> TestServer {
+    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]).write(&dir.0, "server");
+    let mut config = test_config();
+    config.tls.cert_file = Some(cert);
+    config.tls.key_file = Some(key);
+    let mut principals = vec![principal("producer", PRODUCER, &[Role::Producer])];
+    if let Some(required) = mutual {
+        let ca_file = dir.0.join("ca.crt");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        config.tls.client_ca_file = Some(ca_file);
+        config.tls.require_client_certificate = required;
+        let mut worker = principal("cert-worker", "ct_unused-token", &[Role::Worker]);
+        worker.token_sha256.clear();
+        worker.tls_identity = Some("worker-1.example".into());
+        worker.client_id = Some("worker-1".into());
+        principals.push(worker);
+    }
+    config.auth.principals = principals;
+    TestServer::with_config(config).await
+}
+
+fn trusting(ca: &Ca) -> Credentials {
+    Credentials::none().with_tls(ca.pem(), Some("localhost"))
+}
+
+/// A client that trusts the CA and sends its token submits; a plain-text
+/// client, or one that trusts another CA, does not get a connection.
+#[tokio::test]
+async fn tls_clients_get_in_and_plain_ones_do_not() {
+    let dir = TempDir::new("tls");
+    let ca = Ca::new("test CA");
+    let server = tls_server(&dir, &ca, None).await;
+    let credentials = trusting(&ca).with_bearer(PRODUCER).unwrap();
+    let mut producer = within(
+        "connect over TLS",
+        Producer::connect_with(&server.url(), credentials),
+    )
+    .await
+    .unwrap();
+    within(
+        "submit over TLS",
+        producer.submit(Submission::to_queue("q").text("secure")),
+    )
+    .await
+    .unwrap();
+
+    let plain = Producer::connect_with(&server.url(), Credentials::bearer(PRODUCER).unwrap()).await;
+    let refused = match plain {
+        Err(error) => error.to_string(),
+        Ok(mut producer) => producer
+            .submit(Submission::to_queue("q"))
+            .await
+            .unwrap_err()
+            .to_string(),
+    };
+    assert!(!refused.is_empty());
+    let other = Ca::new("another CA");
+    let wrong = Producer::connect_with(&server.url(), trusting(&other)).await;
+    assert!(
+        wrong.is_err(),
+        "a server certificate from another CA is refused"
+    );
+    let closed = sample(
+        &server.scrape().await,
+        r#"contact_connections_closed_total{reason="tls_handshake"}"#,
+    );
+    assert!(
+        closed.unwrap_or(0.0) >= 1.0,
+        "plain text on a TLS port: {closed:?}"
+    );
+    server.stop().await;
+}
+
+/// Mutual TLS: a worker whose certificate names `worker-1.example` is the
+/// principal of that `tls_identity`, with no token, while a producer beside
+/// it uses its token; a certificate no principal names, or neither a
+/// certificate nor a token, is UNAUTHENTICATED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_a_principal() {
+    let dir = TempDir::new("mtls");
+    let ca = Ca::new("test CA");
+    let server = tls_server(&dir, &ca, Some(false)).await;
+    let client = ca.leaf(&["worker-1.example"]);
+    let credentials = trusting(&ca).with_client_certificate(&client.cert, &client.key);
+    let mut worker = within(
+        "a worker with a certificate",
+        WorkerBuilder::new(server.url())
+            .credentials(credentials)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(worker.client_id(), "worker-1", "its pinned id");
+    let producer_credentials = trusting(&ca).with_bearer(PRODUCER).unwrap();
+    let mut producer = Producer::connect_with(&server.url(), producer_credentials)
+        .await
+        .unwrap();
+    let id = producer
+        .submit(Submission::to_queue("default").text("for a certificate"))
+        .await
+        .unwrap();
+    let task = within("the task", worker.next_task()).await.unwrap();
+    assert_eq!(task.id, id);
+    task.done("ok").await.unwrap();
+
+    // A certificate whose name no principal has is UNAUTHENTICATED.
+    let stranger = ca.leaf(&["stranger.example"]);
+    let credentials = trusting(&ca).with_client_certificate(&stranger.cert, &stranger.key);
+    let refused = WorkerBuilder::new(server.url())
+        .credentials(credentials)
+        .connect()
+        .await;
+    assert!(
+        matches!(&refused, Err(ClientError::Status(s)) if s.code() == Code::Unauthenticated),
+        "{refused:?}"
+    );
+    let without = WorkerBuilder::new(server.url())
+        .credentials(trusting(&ca))
+        .connect()
+        .await;
+    assert!(
+        matches!(&without, Err(ClientError::Status(s)) if s.code() == Code::Unauthenticated),
+        "{without:?}"
+    );
+    drop(worker);
+    server.stop().await;
+}
+
+/// With `require_client_certificate`, a client without a certificate does
+/// not complete the handshake (counted); one with a certificate does.
+#[tokio::test]
+async fn a_required_client_certificate_is_required() {
+    let dir = TempDir::new("mtls-required");
+    let ca = Ca::new("test CA");
+    let server = tls_server(&dir, &ca, Some(true)).await;
+    let without = Producer::connect_with(&server.url(), trusting(&ca)).await;
+    let failed = match without {
+        Err(_) => true,
+        Ok(mut producer) => producer.submit(Submission::to_queue("q")).await.is_err(),
+    };
+    assert!(failed);
+    common::eventually("the failed handshake counted", || async {
+        let failed = sample(
+            &server.scrape().await,
+            r#"contact_connections_closed_total{reason="tls_handshake"}"#,
+        );
+        (failed.unwrap_or(0.0) >= 1.0).then_some(())
+    })
+    .await;
+    let client = ca.leaf(&["worker-1.example"]);
+    let credentials = trusting(&ca).with_client_certificate(&client.cert, &client.key);
+    within(
+        "a worker with a certificate",
+        WorkerBuilder::new(server.url())
+            .credentials(credentials)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+/// SIGHUP: the daemon reads its certificate files again. New connections
+/// get the new certificate (signed by a new CA); a worker connected before
+/// keeps its connection and still takes tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let dir = TempDir::new("reload");
+    let old_ca = Ca::new("old CA");
+    let (cert, key) = old_ca.leaf(&["localhost"]).write(&dir.0, "server");
+    let config = dir.0.join("tls.toml");
+    let hash =
+        contact_server::auth::token::hex(&contact_server::auth::token::sha256(PRODUCER.as_bytes()));
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n\n[[auth.principals]]\nname = \"all\"\n\
+             token_sha256 = \"{hash}\"\nroles = [\"worker\", \"producer\"]\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let data = dir.0.join("journal");
+    let daemon = Daemon::start(&data, &["--config", &config]).await;
+    let url = daemon.url();
+    let old = trusting(&old_ca).with_bearer(PRODUCER).unwrap();
+    let mut worker = within(
+        "a worker before the reload",
+        WorkerBuilder::new(url.clone())
+            .client_id("steady")
+            .credentials(old.clone())
+            .connect(),
+    )
+    .await
+    .unwrap();
+
+    let new_ca = Ca::new("new CA");
+    new_ca.leaf(&["localhost"]).write(&dir.0, "server");
+    daemon.hangup();
+    let new = trusting(&new_ca).with_bearer(PRODUCER).unwrap();
+    let mut producer = common::eventually("a client trusting the new CA", || {
+        let (url, new) = (url.clone(), new.clone());
+        async move { Producer::connect_with(&url, new).await.ok() }
+    })
+    .await;
+    assert!(
+        Producer::connect_with(&url, old).await.is_err(),
+        "the old certificate is no longer served"
+    );
+    let id = producer
+        .submit(Submission::to_queue("default").text("after the reload"))
+        .await
+        .unwrap();
+    let task = within("the task on the old connection", worker.next_task())
+        .await
+        .unwrap();
+    assert_eq!(task.id, id);
+    task.done("still here").await.unwrap();
+    drop(worker);
+    assert_eq!(daemon.terminate().await, Some(0));
+}
+
+/// A certificate file that cannot be read stops the start with a message
+/// naming it (the daemon exits 64: restarting would not help).
+#[tokio::test]
+async fn a_missing_certificate_stops_the_start() {
+    let mut config = test_config();
+    config.storage.mode = contact_server::config::StorageMode::Memory;
+    config.tls.cert_file = Some("/nonexistent/server.crt".into());
+    config.tls.key_file = Some("/nonexistent/server.key".into());
+    let listeners = contact_server::Listeners::bind(&config).await.unwrap();
+    let error = contact_server::start(config, listeners).unwrap_err();
+    assert!(
+        error.to_string().contains("/nonexistent/server.crt"),
+        "{error}"
+    );
+}
+
+/// contactctl speaks TLS with `--ca-file` (and its token).
+#[tokio::test]
+async fn contactctl_speaks_tls() {
+    let dir = TempDir::new("ctl-tls");
+    let ca = Ca::new("test CA");
+    let server = tls_server(&dir, &ca, None).await;
+    let ca_file = dir.0.join("trusted.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let output = within(
+        "contactctl over TLS",
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_contactctl"))
+            .args(["--server", &server.url(), "--tls-domain", "localhost"])
+            .arg("--ca-file")
+            .arg(&ca_file)
+            .args(["submit", "over TLS", "--queue", "q"])
+            .env("CONTACT_TOKEN", PRODUCER)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    server.stop().await;
+}
