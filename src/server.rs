@@ -281,7 +281,7 @@ async fn run(
         tls.clone(),
         stopping.clone(),
     );
-    tokio::spawn(reload_on_hangup(tls, stopping.clone()));
+    tokio::spawn(reload_on_hangup(tls.clone(), stopping.clone()));
     let mut grpc = tokio::spawn(
         Server::builder()
             .http2_keepalive_interval(keepalive)
@@ -307,10 +307,20 @@ async fn run(
             let _ = tokio::time::timeout(GAUGE_REFRESH_TIMEOUT, queue.publish_gauges()).await;
         }
     };
+    let http_access = crate::metrics::HttpAccess {
+        token_sha256: config.auth.metrics_token(),
+        tls: tls.clone().filter(|tls| tls.covers_http()).map(|tls| {
+            (
+                tls,
+                Duration::from_secs(config.server.handshake_timeout_secs),
+            )
+        }),
+    };
     let mut metrics = tokio::spawn(crate::metrics::serve(
         listeners.metrics,
         prometheus,
         refresh,
+        http_access,
         stopping.clone(),
     ));
 

@@ -283,3 +283,74 @@ async fn contactctl_speaks_tls() {
     assert!(output.status.success(), "{output:?}");
     server.stop().await;
 }
+
+/// With `[tls] http_listener`, `/metrics` is served over TLS with the same
+/// certificate; with `[auth] metrics_token_sha256`, a scrape needs the
+/// token (401 without it).
+#[tokio::test]
+async fn the_metrics_listener_speaks_tls_and_asks_for_a_token() {
+    use contact_server::auth::token;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::{
+        TlsConnector,
+        rustls::{ClientConfig, RootCertStore, pki_types::ServerName},
+    };
+    let dir = TempDir::new("metrics-tls");
+    let ca = Ca::new("test CA");
+    let (cert, key) = ca.leaf(&["localhost"]).write(&dir.0, "server");
+    let mut config = test_config();
+    config.tls.cert_file = Some(cert);
+    config.tls.key_file = Some(key);
+    config.tls.http_listener = true;
+    config.auth.metrics_token_sha256 = token::hex(&token::sha256(b"ct_scraper"));
+    config.auth.principals = vec![principal("producer", PRODUCER, &[Role::Producer])];
+    let server = TestServer::with_config(config).await;
+
+    let mut roots = RootCertStore::empty();
+    let ca_der = rustls_pem(&ca.pem());
+    roots.add(ca_der).unwrap();
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = TlsConnector::from(std::sync::Arc::new(client));
+    let scrape = |headers: &'static [&'static str]| {
+        let connector = connector.clone();
+        let addr = server.metrics_addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut tls = within("TLS to /metrics", connector.connect(name, tcp))
+                .await
+                .unwrap();
+            tls.write_all(common::http_get_metrics(headers).as_bytes())
+                .await
+                .unwrap();
+            let mut response = String::new();
+            within("the response", tls.read_to_string(&mut response))
+                .await
+                .ok();
+            response
+        }
+    };
+    let without = scrape(&[]).await;
+    assert!(without.starts_with("HTTP/1.1 401"), "{without}");
+    let wrong = scrape(&["Authorization: Bearer ct_guess"]).await;
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let with = scrape(&["Authorization: Bearer ct_scraper"]).await;
+    assert!(with.starts_with("HTTP/1.1 200"), "{with}");
+    assert!(with.contains("contact_tasks_submitted_total"), "{with}");
+    // Plain HTTP on the TLS port gets no metrics.
+    let plain = server
+        .get_metrics(&["Authorization: Bearer ct_scraper"])
+        .await;
+    assert!(!plain.contains("contact_tasks_submitted_total"));
+    server.stop().await;
+}
+
+fn rustls_pem(pem: &str) -> tokio_rustls::rustls::pki_types::CertificateDer<'static> {
+    use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}

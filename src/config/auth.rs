@@ -15,6 +15,10 @@ pub struct AuthConfig {
     /// Listen on addresses other than loopback with no principal
     /// configured: anyone who reaches the port may do anything.
     pub allow_unauthenticated: bool,
+    /// The SHA-256 (hex) of the token `GET /metrics` asks for; empty:
+    /// none (the HTTP listener is on loopback by default).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub metrics_token_sha256: String,
     /// The principals; none turns authentication off.
     pub principals: Vec<PrincipalConfig>,
 }
@@ -29,7 +33,8 @@ pub struct PrincipalConfig {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token_sha256: String,
     /// A name its TLS client certificate proves (a DNS or URI subject
-    /// alternative name), with `[tls] client_ca_file` set.
+    /// alternative name, or the subject's common name), with `[tls]
+    /// client_ca_file` set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_identity: Option<String>,
     /// What it may do: `worker`, `producer`, `admin`.
@@ -54,6 +59,15 @@ fn invalid(key: &'static str, value: impl ToString, reason: &str) -> ConfigError
 impl AuthConfig {
     /// Checks every principal.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !self.metrics_token_sha256.is_empty()
+            && token::parse_hex_hash(&self.metrics_token_sha256).is_none()
+        {
+            return Err(invalid(
+                "auth.metrics_token_sha256",
+                crate::domain::quote(&self.metrics_token_sha256),
+                "must be the 64 hex digits of a SHA-256 (contact-server token prints one)",
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         let mut hashes = std::collections::HashSet::new();
         let mut pinned = std::collections::HashSet::new();
@@ -135,6 +149,11 @@ impl AuthConfig {
             }
         }
         Ok(())
+    }
+
+    /// The hash of the metrics token, if one is set.
+    pub(crate) fn metrics_token(&self) -> Option<[u8; 32]> {
+        token::parse_hex_hash(&self.metrics_token_sha256)
     }
 
     /// True when calls are authenticated.

@@ -26,6 +26,9 @@ pub struct TlsConfig {
     /// With a client CA: every client must present a certificate (else a
     /// client may present a token instead).
     pub require_client_certificate: bool,
+    /// Serve the HTTP listener (`/metrics`) over TLS too, with the same
+    /// certificate and client CA.
+    pub http_listener: bool,
 }
 
 impl TlsConfig {
@@ -44,6 +47,13 @@ impl TlsConfig {
             (Some(_), None) => return Err(invalid("tls.key_file", "is needed with tls.cert_file")),
             (None, Some(_)) => return Err(invalid("tls.cert_file", "is needed with tls.key_file")),
             _ => {}
+        }
+        if self.http_listener && self.cert_file.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "tls.http_listener",
+                value: "true".into(),
+                reason: "needs tls.cert_file and tls.key_file".into(),
+            });
         }
         if self.client_ca_file.is_some() && self.cert_file.is_none() {
             return Err(ConfigError::Invalid {

@@ -1,17 +1,46 @@
-//! The `GET /metrics` HTTP endpoint, on a listener the server binds itself.
+//! The `GET /metrics` HTTP endpoint, on a listener the server binds itself,
+//! over TLS when `[tls] http_listener` says so, asking for a bearer token
+//! when `[auth] metrics_token_sha256` is set.
 //!
 //! The exporter's own listener is not used: it binds inside its builder and
 //! cannot report the port it got, and tests bind `127.0.0.1:0`. The server
 //! spawns [`serve`] and cancels it when it stops.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc, time::Duration};
 
-use axum::{Router, routing::get};
+use axum::{
+    Router,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse as _, Response},
+    routing::get,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::HISTOGRAMS;
+use crate::{auth::token, transport::http_tls::TlsListener, transport::tls::Tls};
+
+/// How the HTTP listener guards itself.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HttpAccess {
+    /// The SHA-256 of the token scrapes must send.
+    pub(crate) token_sha256: Option<[u8; 32]>,
+    /// TLS, and the handshake deadline.
+    pub(crate) tls: Option<(Arc<Tls>, Duration)>,
+}
+
+/// Whether a scrape's `Authorization` header carries the token.
+fn authorized(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, presented)| {
+            token::equal(&token::sha256(presented.trim().as_bytes()), expected)
+        })
+}
 
 /// Serves `GET /metrics` on `listener` until `stop` is cancelled. Each
 /// scrape first awaits `refresh`, which publishes the state gauges.
@@ -19,6 +48,7 @@ pub(crate) async fn serve<F, Fut>(
     listener: TcpListener,
     handle: PrometheusHandle,
     refresh: F,
+    access: HttpAccess,
     stop: CancellationToken,
 ) -> std::io::Result<()>
 where
@@ -27,20 +57,46 @@ where
 {
     let app = Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let handle = handle.clone();
             let refresh = refresh.clone();
+            let token = access.token_sha256;
             async move {
+                if let Some(expected) = &token
+                    && !authorized(&headers, expected)
+                {
+                    return unauthorized();
+                }
                 refresh().await;
                 let mut text = handle.render();
                 for histogram in HISTOGRAMS {
                     histogram.render(&mut text);
                 }
-                text
+                text.into_response()
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    let stopped = async move { stop.cancelled().await };
+    match access.tls.clone() {
+        Some((tls, handshake_timeout)) => {
+            let listener = TlsListener::new(listener, tls, handshake_timeout);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+    }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "this endpoint needs `Authorization: Bearer <token>`\n",
+    )
+        .into_response()
 }

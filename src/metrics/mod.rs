@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use metrics::{Unit, describe_counter, describe_gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-pub(crate) use endpoint::serve;
+pub(crate) use endpoint::{HttpAccess, serve};
 pub(crate) use handles::{QueueMetrics, SessionMetrics, workers_connected};
 pub(crate) use histogram::LatencyBatch;
 use histogram::{COARSE_BOUNDS_US, FINE_BOUNDS_US, LatencyHistogram};

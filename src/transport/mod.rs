@@ -9,6 +9,7 @@
 pub(crate) mod accept;
 pub(crate) mod calls;
 pub(crate) mod conn;
+pub(crate) mod http_tls;
 pub(crate) mod tls;
 
 use std::net::SocketAddr;

@@ -2,8 +2,8 @@
 //! TLS) client CA read from PEM files; read again on SIGHUP, so that a
 //! renewed certificate is served to new connections while established ones
 //! keep theirs; and the identity a client's certificate proves: its
-//! subject alternative names (DNS names and URIs), which principals name
-//! as `tls_identity`.
+//! subject alternative names (DNS names and URIs) and its subject's common
+//! name, which principals name as `tls_identity`.
 
 use std::{
     path::{Path, PathBuf},
@@ -44,7 +44,10 @@ pub(crate) enum TlsError {
 #[derive(Debug)]
 pub(crate) struct Tls {
     files: TlsConfig,
+    /// For the gRPC listener (ALPN h2).
     current: RwLock<Arc<ServerConfig>>,
+    /// For the HTTP listener (ALPN http/1.1).
+    http: RwLock<Arc<ServerConfig>>,
 }
 
 impl Tls {
@@ -53,26 +56,41 @@ impl Tls {
         if !files.enabled() {
             return Ok(None);
         }
-        let config = server_config(files)?;
+        let (grpc, http) = server_configs(files)?;
         Ok(Some(Arc::new(Self {
             files: files.clone(),
-            current: RwLock::new(Arc::new(config)),
+            current: RwLock::new(Arc::new(grpc)),
+            http: RwLock::new(Arc::new(http)),
         })))
     }
 
     /// Reads the files again; on an error the old configuration stays.
     pub(crate) fn reload(&self) -> Result<(), TlsError> {
-        let config = Arc::new(server_config(&self.files)?);
+        let (grpc, http) = server_configs(&self.files)?;
         if let Ok(mut current) = self.current.write() {
-            *current = config;
+            *current = Arc::new(grpc);
+        }
+        if let Ok(mut current) = self.http.write() {
+            *current = Arc::new(http);
         }
         Ok(())
     }
 
-    /// An acceptor with the configuration of the moment.
+    /// An acceptor for the gRPC listener, as configured at the moment.
     pub(crate) fn acceptor(&self) -> Option<TlsAcceptor> {
         let config = self.current.read().ok()?.clone();
         Some(TlsAcceptor::from(config))
+    }
+
+    /// An acceptor for the HTTP listener, as configured at the moment.
+    pub(crate) fn http_acceptor(&self) -> Option<TlsAcceptor> {
+        let config = self.http.read().ok()?.clone();
+        Some(TlsAcceptor::from(config))
+    }
+
+    /// Whether the HTTP listener speaks TLS too.
+    pub(crate) fn covers_http(&self) -> bool {
+        self.files.http_listener
     }
 }
 
@@ -95,7 +113,15 @@ fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
     Ok(certs)
 }
 
-fn server_config(files: &TlsConfig) -> Result<ServerConfig, TlsError> {
+/// The gRPC listener's configuration and the HTTP listener's, which
+/// differ only in the application protocol they offer.
+fn server_configs(files: &TlsConfig) -> Result<(ServerConfig, ServerConfig), TlsError> {
+    let grpc = server_config(files, b"h2")?;
+    let http = server_config(files, b"http/1.1")?;
+    Ok((grpc, http))
+}
+
+fn server_config(files: &TlsConfig, alpn: &[u8]) -> Result<ServerConfig, TlsError> {
     let (Some(cert_file), Some(key_file)) = (&files.cert_file, &files.key_file) else {
         return Err(TlsError::Setup(
             "tls.cert_file and tls.key_file are needed".into(),
@@ -133,12 +159,12 @@ fn server_config(files: &TlsConfig) -> Result<ServerConfig, TlsError> {
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Setup(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
 }
 
 /// The names a verified client certificate proves: its DNS and URI
-/// subject alternative names.
+/// subject alternative names, then its subject's common names.
 pub(crate) fn identities(peer: Option<&[CertificateDer<'_>]>) -> Vec<String> {
     let Some(leaf) = peer.and_then(|chain| chain.first()) else {
         return Vec::new();
@@ -146,8 +172,111 @@ pub(crate) fn identities(peer: Option<&[CertificateDer<'_>]>) -> Vec<String> {
     let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
         return Vec::new();
     };
-    cert.valid_dns_names()
+    let mut names: Vec<String> = cert
+        .valid_dns_names()
         .chain(cert.valid_uri_names())
         .map(str::to_owned)
-        .collect()
+        .collect();
+    names.extend(common_names(cert.subject()));
+    names
+}
+
+/// One DER element: its tag, its contents, and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81..=0x83 => {
+            let n = usize::from(first & 0x7f);
+            let (bytes, rest) = (rest.get(..n)?, rest.get(n..)?);
+            let len = bytes
+                .iter()
+                .fold(0usize, |len, b| (len << 8) | usize::from(*b));
+            (len, rest)
+        }
+        _ => return None,
+    };
+    Some((tag, rest.get(..len)?, rest.get(len..)?))
+}
+
+/// The common names (OID 2.5.4.3) of a certificate subject: the contents
+/// of its Name, a sequence of sets of (OID, string) sequences. Anything it
+/// does not understand is skipped, never a panic.
+fn common_names(mut subject: &[u8]) -> Vec<String> {
+    const SET: u8 = 0x31;
+    const SEQUENCE: u8 = 0x30;
+    const OID: u8 = 0x06;
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    // UTF8String, PrintableString, IA5String: text as UTF-8.
+    const TEXT: [u8; 3] = [0x0c, 0x13, 0x16];
+    let mut names = Vec::new();
+    while let Some((tag, mut set, rest)) = der_element(subject) {
+        subject = rest;
+        if tag != SET {
+            continue;
+        }
+        while let Some((tag, attribute, rest)) = der_element(set) {
+            set = rest;
+            if tag != SEQUENCE {
+                continue;
+            }
+            let Some((OID, oid, value)) = der_element(attribute) else {
+                continue;
+            };
+            if oid != COMMON_NAME {
+                continue;
+            }
+            if let Some((kind, text, _)) = der_element(value)
+                && TEXT.contains(&kind)
+                && let Ok(text) = std::str::from_utf8(text)
+            {
+                names.push(text.to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A certificate proves its SAN names and its common name.
+    #[test]
+    fn identities_are_the_sans_then_the_common_name() {
+        let mut params = rcgen::CertificateParams::new(vec!["san.example".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Contact");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cn-worker");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = cert.der().clone();
+        assert_eq!(
+            identities(Some(&[der])),
+            vec!["san.example".to_owned(), "cn-worker".to_owned()]
+        );
+        assert!(identities(None).is_empty());
+    }
+
+    /// Random bytes as a subject never panic the reader.
+    #[test]
+    fn random_subjects_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..5000 {
+            let len = rng.usize(0..48);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            if len > 2 && rng.bool() {
+                bytes[0] = 0x31;
+            }
+            let _ = common_names(&bytes);
+        }
+        let long_form = [0x31, 0x82, 0xff, 0xff, 0x30];
+        assert!(common_names(&long_form).is_empty());
+    }
 }

@@ -294,6 +294,17 @@ impl TestServer {
 
     /// Scrapes `/metrics` with a minimal HTTP/1.1 GET; the body.
     pub async fn scrape(&self) -> String {
+        let response = self.get_metrics(&[]).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        match response.split_once("\r\n\r\n") {
+            Some((_, body)) => body.to_owned(),
+            None => panic!("no body in {response}"),
+        }
+    }
+
+    /// `GET /metrics` in plain HTTP with extra header lines; the whole
+    /// response, status line first.
+    pub async fn get_metrics(&self, headers: &[&str]) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = within(
             "metrics connect",
@@ -302,19 +313,26 @@ impl TestServer {
         .await
         .unwrap();
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .write_all(http_get_metrics(headers).as_bytes())
             .await
             .unwrap();
         let mut response = String::new();
         within("metrics read", stream.read_to_string(&mut response))
             .await
             .unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        match response.split_once("\r\n\r\n") {
-            Some((_, body)) => body.to_owned(),
-            None => panic!("no body in {response}"),
-        }
+        response
     }
+}
+
+/// The request text of `GET /metrics` with extra header lines.
+pub fn http_get_metrics(headers: &[&str]) -> String {
+    let mut request = String::from("GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request
 }
 
 impl Drop for TestServer {
