@@ -473,3 +473,83 @@ async fn contactctl_sends_its_token() {
     assert!(!as_producer.status.success());
     server.stop().await;
 }
+
+/// Every RPC against every role, with this test's own table of who may
+/// call what: allowed calls are not refused by authentication (they may
+/// still fail on the empty request), a caller without a token is
+/// UNAUTHENTICATED, a principal without the role PERMISSION_DENIED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_against_every_role() {
+    use common::raw::call_code;
+    const W: u8 = 1;
+    const P: u8 = 2;
+    const A: u8 = 4;
+    const ANY: u8 = W | P | A;
+    const OPEN: u8 = 8;
+    let table: [(&str, u8); 21] = [
+        ("/Contact/sendStatus", W),
+        ("/Contact/getTask", W),
+        ("/Contact/tellResult", W),
+        ("/contact.v1.Tasks/Submit", P),
+        ("/contact.v1.Tasks/SubmitStream", P),
+        ("/contact.v1.Tasks/Get", P),
+        ("/contact.v1.Tasks/Wait", P),
+        ("/contact.v1.Tasks/Cancel", P),
+        ("/contact.v1.Tasks/ListDeadLetters", A),
+        ("/contact.v1.Tasks/Requeue", A),
+        ("/contact.v1.Tasks/Broadcast", P),
+        ("/contact.v1.Tasks/GetBroadcast", P),
+        ("/contact.v1.Admin/ListWorkers", A),
+        ("/contact.v1.Admin/ListQueues", A),
+        ("/contact.v1.Admin/DrainWorker", A),
+        ("/contact.v1.Admin/DisconnectWorker", A),
+        ("/contact.v1.Admin/PurgeDeadLetters", A),
+        ("/grpc.health.v1.Health/Check", OPEN),
+        ("/grpc.health.v1.Health/Watch", OPEN),
+        (
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            ANY,
+        ),
+        (
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            ANY,
+        ),
+    ];
+    let mut config = test_config();
+    config.auth.principals = vec![
+        principal("w", "ct_matrix-worker", &[Role::Worker]),
+        principal("p", "ct_matrix-producer", &[Role::Producer]),
+        principal("a", "ct_matrix-admin", &[Role::Admin]),
+    ];
+    let server = TestServer::with_config(config).await;
+    let callers: [(Option<&str>, u8); 4] = [
+        (None, 0),
+        (Some("ct_matrix-worker"), W),
+        (Some("ct_matrix-producer"), P),
+        (Some("ct_matrix-admin"), A),
+    ];
+    let mut failures = Vec::new();
+    for (path, allowed) in table {
+        for (token, role) in callers {
+            let code = call_code(server.channel().await, path, token, Vec::new()).await;
+            let expected = if allowed & (OPEN | role) != 0 {
+                None
+            } else if token.is_none() {
+                Some(Code::Unauthenticated)
+            } else {
+                Some(Code::PermissionDenied)
+            };
+            let ok = match expected {
+                None => !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
+                Some(expected) => code == expected,
+            };
+            if !ok {
+                failures.push(format!(
+                    "{path} as {token:?}: {code:?}, expected {expected:?}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    server.stop().await;
+}

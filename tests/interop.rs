@@ -508,8 +508,9 @@ async fn python_worker_sends_its_token() {
     server.stop().await;
 }
 
-/// The Python worker speaks TLS and mutual TLS: with `--ca-file` and a
-/// client certificate a principal names, it takes and finishes a task.
+/// The Python worker speaks TLS, mutual TLS and its token at once: with
+/// `--ca-file`, a client certificate (which this server requires) and
+/// `--token`, it takes and finishes a task.
 #[tokio::test]
 async fn python_worker_speaks_mutual_tls() {
     use common::certs::Ca;
@@ -525,16 +526,21 @@ async fn python_worker_speaks_mutual_tls() {
     config.tls.cert_file = Some(cert);
     config.tls.key_file = Some(key);
     config.tls.client_ca_file = Some(ca_file.clone());
-    let mut worker = common::principal("py-worker", "ct_unused", &[Role::Worker]);
-    worker.token_sha256.clear();
+    config.tls.require_client_certificate = true;
+    let mut worker = common::principal("py-worker", "ct_py-tls-worker", &[Role::Worker]);
     worker.tls_identity = Some("py-1.workers.example".into());
     config.auth.principals = vec![
         worker,
         common::principal("producer", "ct_py-tls-producer", &[Role::Producer]),
     ];
     let server = TestServer::with_config(config).await;
+    let (producer_cert, producer_key) = ca.leaf(&["producer.example"]).write(&dir.0, "producer");
     let credentials = Credentials::none()
         .with_tls(ca.pem(), Some("localhost"))
+        .with_client_certificate(
+            std::fs::read(&producer_cert).unwrap(),
+            std::fs::read(&producer_key).unwrap(),
+        )
         .with_bearer("ct_py-tls-producer")
         .unwrap();
     let mut producer = within(
@@ -551,6 +557,7 @@ async fn python_worker_speaks_mutual_tls() {
             .args(["--server", &server.grpc_addr.to_string(), "--id", "py-tls"])
             .args(["--work-ms", "10", "--status-every", "0.2"])
             .args(["--tls-domain", "localhost"])
+            .env("CONTACT_TOKEN", "ct_py-tls-worker")
             .arg("--ca-file")
             .arg(&ca_file)
             .arg("--cert-file")
@@ -566,5 +573,55 @@ async fn python_worker_speaks_mutual_tls() {
     );
     signal(&child, "-TERM");
     assert_eq!(exit_code(&mut child).await, Some(0));
+    server.stop().await;
+}
+
+/// The Rust worker example speaks TLS and its token: `--ca-file` and
+/// `CONTACT_TOKEN` against a server that requires both.
+#[tokio::test]
+async fn the_rust_worker_example_speaks_tls_with_a_token() {
+    use common::certs::Ca;
+    use contact_server::{auth::Role, client::Credentials};
+    let example = example("worker_client");
+    let dir = common::TempDir::new("example-tls");
+    let ca = Ca::new("test CA");
+    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]).write(&dir.0, "server");
+    let ca_file = dir.0.join("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let mut config = test_config();
+    config.tls.cert_file = Some(cert);
+    config.tls.key_file = Some(key);
+    config.auth.principals = vec![
+        common::principal("example", "ct_example-worker", &[Role::Worker]),
+        common::principal("producer", "ct_example-producer", &[Role::Producer]),
+    ];
+    let server = TestServer::with_config(config).await;
+    let credentials = Credentials::none()
+        .with_tls(ca.pem(), Some("localhost"))
+        .with_bearer("ct_example-producer")
+        .unwrap();
+    let mut producer = within(
+        "producer",
+        Producer::connect_with(&server.url(), credentials),
+    )
+    .await
+    .unwrap();
+    let mut worker = spawn(
+        "rust-example-tls",
+        Command::new(example)
+            .args(["--server", &format!("https://{}", server.grpc_addr)])
+            .args(["--id", "rust-tls", "--work-ms", "10"])
+            .arg("--ca-file")
+            .arg(&ca_file)
+            .env("CONTACT_TOKEN", "ct_example-worker"),
+    );
+    let id = submit(&mut producer, "default", "over TLS").await;
+    let info = finished(&mut producer, &id).await;
+    assert_eq!(
+        (info.state(), info.worker_id.as_str()),
+        (TaskState::Done, "rust-tls")
+    );
+    signal(&worker, "-INT");
+    assert_eq!(exit_code(&mut worker).await, Some(0));
     server.stop().await;
 }

@@ -354,3 +354,33 @@ fn rustls_pem(pem: &str) -> tokio_rustls::rustls::pki_types::CertificateDer<'sta
     use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject as _};
     CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
 }
+
+/// An expired certificate is refused both ways: a client will not talk to
+/// a server whose certificate has expired, and a server requiring client
+/// certificates refuses an expired one at the handshake.
+#[tokio::test]
+async fn expired_certificates_are_refused() {
+    let dir = TempDir::new("expired");
+    let ca = Ca::new("test CA");
+    let (cert, key) = ca
+        .expired_leaf(&["localhost", "127.0.0.1"])
+        .write(&dir.0, "server");
+    let mut config = test_config();
+    config.tls.cert_file = Some(cert);
+    config.tls.key_file = Some(key);
+    config.auth.principals = vec![principal("producer", PRODUCER, &[Role::Producer])];
+    let server = TestServer::with_config(config).await;
+    let refused = Producer::connect_with(&server.url(), trusting(&ca)).await;
+    assert!(refused.is_err(), "an expired server certificate is refused");
+    server.stop().await;
+
+    let server = tls_server(&dir, &ca, Some(true)).await;
+    let client = ca.expired_leaf(&["worker-1.example"]);
+    let credentials = trusting(&ca).with_client_certificate(&client.cert, &client.key);
+    let refused = WorkerBuilder::new(server.url())
+        .credentials(credentials)
+        .connect()
+        .await;
+    assert!(refused.is_err(), "an expired client certificate is refused");
+    server.stop().await;
+}

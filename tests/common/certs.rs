@@ -41,8 +41,21 @@ impl Ca {
     /// A certificate for `names` (DNS names or IP addresses), good for a
     /// server and a client.
     pub fn leaf(&self, names: &[&str]) -> Leaf {
+        self.make_leaf(names, false)
+    }
+
+    /// [`Ca::leaf`], but valid only in 2020: long expired.
+    pub fn expired_leaf(&self, names: &[&str]) -> Leaf {
+        self.make_leaf(names, true)
+    }
+
+    fn make_leaf(&self, names: &[&str], expired: bool) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names).unwrap();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        }
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,

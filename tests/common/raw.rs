@@ -68,6 +68,32 @@ pub async fn streaming_call(
     Ok(response.into_inner())
 }
 
+/// Calls `path` with one (raw) message and `authorization: Bearer token`
+/// if given; the status the call got at its start (`Ok` when the server
+/// answered with headers, as an open stream or a reply does).
+pub async fn call_code(
+    channel: Channel,
+    path: &'static str,
+    token: Option<&str>,
+    message: Vec<u8>,
+) -> tonic::Code {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if grpc.ready().await.is_err() {
+        return tonic::Code::Unavailable;
+    }
+    let mut request = tonic::Request::new(tokio_stream::iter(vec![message]));
+    super::authorize(&mut request, token);
+    let call = grpc.streaming(
+        request,
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    );
+    match super::within(path, call).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
 /// Reads a response stream to its end: how many messages came, and the
 /// status it ended with.
 pub async fn read_to_end(mut stream: Streaming<Vec<u8>>) -> (usize, Result<(), Status>) {
