@@ -553,3 +553,25 @@ async fn every_rpc_against_every_role() {
     assert!(failures.is_empty(), "{failures:#?}");
     server.stop().await;
 }
+
+/// The README's worked set-up is a config the daemon takes (with real
+/// hashes where it shows "…").
+#[test]
+fn the_readmes_worked_set_up_is_a_valid_config() {
+    use contact_server::auth::token;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("**A worked set-up**").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let mut text = String::new();
+    for (i, piece) in block.split('…').enumerate() {
+        if i > 0 {
+            text.push_str(&token::hex(&token::sha256(format!("token {i}").as_bytes())));
+        }
+        text.push_str(piece);
+    }
+    let config = contact_server::Config::from_toml(&text, "README.md").unwrap();
+    assert!(config.auth.enabled() && config.tls.enabled());
+    assert_eq!(config.auth.principals.len(), 3);
+}
