@@ -5,9 +5,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
+use contact_server::client::{AuthChannel, Credentials};
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+/// What the load generator's connections present: none, or TLS and a
+/// token (the security scenario sets them for its run).
+static CREDENTIALS: std::sync::RwLock<Option<Credentials>> = std::sync::RwLock::new(None);
+
+/// The credentials every later connection uses; `None`: plain, no token.
+pub(crate) fn use_credentials(credentials: Option<Credentials>) {
+    if let Ok(mut current) = CREDENTIALS.write() {
+        *current = credentials;
+    }
+}
 
 /// Wall-clock nanoseconds: comparable across the processes of one machine.
 pub(crate) fn now_nanos() -> u64 {
@@ -77,10 +89,24 @@ pub(crate) fn schedule<T: Send + 'static>(
     rx
 }
 
-pub(crate) async fn connect(url: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(url.to_owned())?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {url}"))
+/// A connection to `url`, with the credentials of the moment (checked by
+/// the server once per call, and the token added once per call here).
+pub(crate) async fn connect(url: &str) -> anyhow::Result<AuthChannel> {
+    let credentials = CREDENTIALS.read().ok().and_then(|c| c.clone());
+    match credentials {
+        Some(credentials) => {
+            let channel = contact_server::client::dial(url, &credentials)
+                .await
+                .with_context(|| format!("cannot connect to {url} over TLS"))?;
+            Ok(credentials.channel(channel))
+        }
+        None => {
+            let channel = Endpoint::from_shared(url.to_owned())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {url}"))?;
+            Ok(Credentials::none().channel(channel))
+        }
+    }
 }

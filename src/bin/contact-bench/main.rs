@@ -21,6 +21,7 @@ mod ceiling;
 mod load;
 mod procs;
 mod scenarios;
+mod security;
 
 use std::{
     path::PathBuf,
@@ -106,6 +107,7 @@ enum Scenario {
     Deep,
     Churn,
     Journal,
+    Security,
 }
 
 impl Args {
@@ -612,6 +614,51 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.deep_tasks
         );
         server.stop(Duration::from_secs(10))?;
+    }
+
+    if args.runs(Scenario::Security) {
+        println!("security");
+        let plain = Proc::contact_server(&server_bin, SERVER_CONFIG, dir)?;
+        let plain_rate = scenarios::saturation(
+            &plain.url(),
+            args.tasks,
+            args.producers,
+            args.workers,
+            args.credit,
+            args.size,
+        )
+        .await?;
+        plain.stop(Duration::from_secs(10))?;
+        let secured = security::secure(SERVER_CONFIG, dir)?;
+        let server = Proc::contact_server(&server_bin, &secured.config, dir)?;
+        let url = server.url().replacen("http://", "https://", 1);
+        load::use_credentials(Some(secured.credentials));
+        let secure_rate = scenarios::saturation(
+            &url,
+            args.tasks,
+            args.producers,
+            args.workers,
+            args.credit,
+            args.size,
+        )
+        .await;
+        load::use_credentials(None);
+        let secure_rate = secure_rate?;
+        server.stop(Duration::from_secs(10))?;
+        println!("  plain text: {plain_rate:.0} tasks/s; TLS and tokens: {secure_rate:.0} tasks/s");
+        report.add(
+            "saturation, plain text, no authentication",
+            format!("{plain_rate:.0} tasks/s"),
+            String::new(),
+            String::new(),
+        );
+        let ratio = secure_rate / plain_rate;
+        report.add(
+            "saturation, TLS and token authentication",
+            format!("{secure_rate:.0} tasks/s"),
+            format!("{ratio:.2} of plain text"),
+            format!(">= 0.7 of plain text: {}", verdict(ratio >= 0.7)),
+        );
     }
 
     report.print();

@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
+use contact_server::client::AuthChannel as Channel;
 use contact_server::{
     domain::{CLIENT_ID_KEY, MAX_IN_FLIGHT_KEY},
     proto::{
@@ -28,7 +29,7 @@ use tokio::{
 };
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Streaming, transport::Channel};
+use tonic::{Request, Streaming};
 
 use crate::{load, procs::Proc};
 
