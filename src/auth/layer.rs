@@ -3,7 +3,9 @@
 //! keeps worker ids pinned to their principal, and hands the caller on to
 //! the handlers. A refused call is answered here, UNAUTHENTICATED or
 //! PERMISSION_DENIED, counted in `contact_auth_refusals_total{reason}` and
-//! logged with the principal's name, never the token.
+//! logged with the principal's name, never the token: at most one line a
+//! second, with how many were not logged, so a stranger's flood of calls
+//! cannot flood the log.
 
 use std::{
     future::Future,
@@ -33,11 +35,57 @@ pub const AUTHORIZATION_KEY: &str = "authorization";
 #[derive(Clone, Debug)]
 pub(crate) struct AuthLayer {
     principals: Arc<Principals>,
+    log: Arc<LogThrottle>,
 }
 
 impl AuthLayer {
     pub(crate) fn new(principals: Arc<Principals>) -> Self {
-        Self { principals }
+        Self {
+            principals,
+            log: Arc::new(LogThrottle::default()),
+        }
+    }
+}
+
+/// How often a refusal is logged at the most.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Lets one refusal line a second through; counts the rest.
+#[derive(Debug)]
+struct LogThrottle {
+    epoch: tokio::time::Instant,
+    /// Milliseconds from `epoch` of the last line, plus one (0: never).
+    last_ms: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl Default for LogThrottle {
+    fn default() -> Self {
+        Self {
+            epoch: tokio::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl LogThrottle {
+    /// `Some(lines not logged since the last one)` when this one may be.
+    fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
     }
 }
 
@@ -48,6 +96,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             principals: self.principals.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -57,6 +106,7 @@ impl<S> Layer<S> for AuthLayer {
 pub(crate) struct AuthService<S> {
     inner: S,
     principals: Arc<Principals>,
+    log: Arc<LogThrottle>,
 }
 
 /// Why a call was refused: the metric's `reason` label.
@@ -291,15 +341,35 @@ where
                     "reason" => refusal.reason.label()
                 )
                 .increment(1);
-                warn!(
-                    rpc.method = crate::metrics::rpc_errors::method_label(request.uri().path()),
-                    reason = refusal.reason.label(),
-                    principal = refusal.principal.as_deref().unwrap_or("(none)"),
-                    "call refused"
-                );
+                if let Some(not_logged) = self.log.admit() {
+                    warn!(
+                        rpc.method = crate::metrics::rpc_errors::method_label(request.uri().path()),
+                        reason = refusal.reason.label(),
+                        principal = refusal.principal.as_deref().unwrap_or("(none)"),
+                        refusals_not_logged = not_logged,
+                        "call refused"
+                    );
+                }
                 let response = refusal.status().into_http();
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One line a second; the next one says how many were not logged.
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_logged_at_most_once_a_second() {
+        let throttle = LogThrottle::default();
+        assert_eq!(throttle.admit(), Some(0));
+        assert_eq!(throttle.admit(), None);
+        assert_eq!(throttle.admit(), None);
+        tokio::time::advance(LOG_EVERY).await;
+        assert_eq!(throttle.admit(), Some(2));
+        assert_eq!(throttle.admit(), None);
     }
 }

@@ -89,6 +89,8 @@ pub(crate) const QUEUE_OLDEST_AGE: &str = "contact_queue_oldest_task_age_seconds
 pub(crate) const TASKS_IN_FLIGHT: &str = "contact_tasks_in_flight";
 /// Gauge: open connections of the gRPC listener.
 pub(crate) const CONNECTIONS_OPEN: &str = "contact_connections_open";
+/// Gauge: calls (HTTP/2 streams) open over all gRPC connections.
+pub(crate) const CALLS_OPEN: &str = "contact_calls_open";
 /// Counter: connections closed at accept because the limit was reached.
 pub(crate) const CONNECTIONS_REFUSED: &str = "contact_connections_refused_total";
 /// Counter: connections the server closed, by reason.
@@ -254,6 +256,11 @@ fn describe_all() {
         CONNECTIONS_OPEN,
         Unit::Count,
         "Open connections of the gRPC listener, against server.max_connections."
+    );
+    describe_gauge!(
+        CALLS_OPEN,
+        Unit::Count,
+        "Calls (HTTP/2 streams) open over all gRPC connections; each connection has at most server.max_concurrent_streams."
     );
     describe_counter!(
         CONNECTIONS_REFUSED,

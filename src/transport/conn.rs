@@ -46,6 +46,8 @@ pub(crate) struct Activity {
     idle_since_ms: AtomicU64,
     closing: AtomicBool,
     reader: AtomicWaker,
+    /// Open calls over all connections.
+    calls_gauge: metrics::Gauge,
     /// Cancelled when the connection is dropped.
     pub(crate) gone: CancellationToken,
 }
@@ -58,6 +60,7 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             reader: AtomicWaker::new(),
+            calls_gauge: metrics::gauge!(crate::metrics::CALLS_OPEN),
             gone: CancellationToken::new(),
         })
     }
@@ -70,6 +73,7 @@ impl Activity {
     /// response has been sent to the end, or abandoned).
     pub(crate) fn call_started(self: &Arc<Self>) -> CallGuard {
         self.open_calls.fetch_add(1, Ordering::AcqRel);
+        self.calls_gauge.increment(1);
         CallGuard(self.clone())
     }
 
@@ -97,6 +101,7 @@ pub(crate) struct CallGuard(Arc<Activity>);
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
+        self.0.calls_gauge.decrement(1);
         if self.0.open_calls.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0
                 .idle_since_ms
