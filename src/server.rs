@@ -288,9 +288,9 @@ async fn run(
             .http2_keepalive_timeout(keepalive)
             .max_concurrent_streams(server.max_concurrent_streams)
             .http2_max_local_error_reset_streams(Some(server.max_local_reset_streams))
-            .layer(CallsLayer)
             .layer(RpcLayer)
-            .layer(AuthLayer::new(principals))
+            .layer(AuthLayer::new(principals.clone()))
+            .layer(CallsLayer::new(principals.enabled()))
             .add_service(health_service)
             .add_service(contact)
             .add_service(tasks)
@@ -309,12 +309,8 @@ async fn run(
     };
     let http_access = crate::metrics::HttpAccess {
         token_sha256: config.auth.metrics_token(),
-        tls: tls.clone().filter(|tls| tls.covers_http()).map(|tls| {
-            (
-                tls,
-                Duration::from_secs(config.server.handshake_timeout_secs),
-            )
-        }),
+        tls: tls.clone().filter(|tls| tls.covers_http()),
+        timeout: Duration::from_secs(config.server.handshake_timeout_secs),
     };
     let mut metrics = tokio::spawn(crate::metrics::serve(
         listeners.metrics,

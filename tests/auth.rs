@@ -19,6 +19,7 @@ use tonic::{Code, Request};
 
 const WORKER: &str = "ct_worker-token";
 const ANY_WORKER: &str = "ct_any-worker-token";
+const OTHER_WORKER: &str = "ct_other-worker-token";
 const PRODUCER: &str = "ct_producer-token";
 const SCOPED: &str = "ct_scoped-producer-token";
 const ADMIN: &str = "ct_admin-token";
@@ -33,6 +34,7 @@ async fn secured() -> TestServer {
     config.auth.principals = vec![
         worker,
         principal("any-worker", ANY_WORKER, &[Role::Worker]),
+        principal("other-worker", OTHER_WORKER, &[Role::Worker]),
         principal("producer", PRODUCER, &[Role::Producer]),
         scoped,
         principal("ops", ADMIN, &[Role::Admin, Role::Producer]),
@@ -574,4 +576,40 @@ fn the_readmes_worked_set_up_is_a_valid_config() {
     let config = contact_server::Config::from_toml(&text, "README.md").unwrap();
     assert!(config.auth.enabled() && config.tls.enabled());
     assert_eq!(config.auth.principals.len(), 3);
+}
+
+/// A worker session belongs to the principal that registered it: another
+/// principal's calls on the same connection (a shared proxy, one process
+/// with two tokens) without a worker id do not reach it, and another
+/// principal cannot register an unpinned id that is in use.
+#[tokio::test]
+async fn a_session_belongs_to_its_principal_even_on_a_shared_connection() {
+    let server = secured().await;
+    let mut worker = TestWorker::connect(
+        &server,
+        WorkerOptions::default().queues("images").token(WORKER),
+    )
+    .await;
+    let id = submit(&server, "images", Some(PRODUCER)).await.unwrap();
+    assert_eq!(worker.next_task().await.task_id, id);
+    // Same connection (the worker's own client), another token, no id.
+    let mut forged = Request::new(tokio_stream::iter(vec![v1_ack(&id)]));
+    authorize(&mut forged, Some(ANY_WORKER));
+    let refused = within(
+        "an id-less ack from another principal",
+        worker.client.clone().tell_result(forged),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    worker.ack(&id, Outcome::Done, "mine").await;
+    assert_eq!(server_get(&server, &id).await.ret, "mine");
+
+    let _free = TestWorker::connect(&server, WorkerOptions::id("free-1").token(ANY_WORKER)).await;
+    let taken = TestWorker::try_connect(&server, WorkerOptions::id("free-1").token(OTHER_WORKER))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(taken.code(), Code::PermissionDenied, "{taken:?}");
+    server.stop().await;
 }

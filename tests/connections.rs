@@ -153,3 +153,44 @@ fn the_defaults_are_bounded() {
     assert!(config.server.idle_timeout_secs > 0);
     assert!(config.server.max_concurrent_streams < u32::MAX);
 }
+
+/// With authentication on, a stranger's open health watch does not keep
+/// its connection busy: it is closed as idle like a silent one.
+#[tokio::test]
+async fn an_anonymous_health_watch_does_not_hold_a_connection() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut config = test_config();
+    config.server.idle_timeout_secs = 1;
+    config.auth.principals = vec![common::principal(
+        "p",
+        "ct_p",
+        &[contact_server::auth::Role::Producer],
+    )];
+    let server = TestServer::with_config(config).await;
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = within(
+        "a health watch",
+        health.watch(HealthCheckRequest::default()),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    // The first answer, then the stream ends when the server closes the
+    // idle connection.
+    within("the first status", watch.message()).await.unwrap();
+    while let Ok(Some(_)) = within("the watch to end", watch.message()).await {}
+    server.stop().await;
+}
+
+/// The HTTP listener closes a connection that sends nothing within
+/// `server.handshake_timeout_secs`, and keeps serving scrapes.
+#[tokio::test]
+async fn a_silent_http_connection_is_closed() {
+    let mut config = test_config();
+    config.server.handshake_timeout_secs = 1;
+    let server = TestServer::with_config(config).await;
+    let mut silent = TcpStream::connect(server.metrics_addr).await.unwrap();
+    closed_by_server(&mut silent).await;
+    assert!(server.scrape().await.contains("contact_connections_open"));
+    server.stop().await;
+}

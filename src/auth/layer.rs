@@ -165,7 +165,7 @@ impl Refusal {
     fn denied(reason: Reason, principal: &Principal, message: String) -> Self {
         Self {
             reason,
-            principal: Some(principal.name.clone()),
+            principal: Some(principal.name.to_string()),
             message,
         }
     }

@@ -52,7 +52,7 @@ impl Role {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Principal {
     /// Its configured name: what logs show instead of the token.
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) roles: Vec<Role>,
     /// The queues it may submit to or take tasks from; `None`: every queue.
     pub(crate) queues: Option<Vec<String>>,
@@ -74,6 +74,14 @@ impl Principal {
 #[derive(Clone, Debug)]
 pub(crate) struct Caller(pub(crate) Arc<Principal>);
 
+/// The name of the principal a call comes from; `None` with
+/// authentication off. Worker sessions belong to it.
+pub(crate) fn owner_of(extensions: &http::Extensions) -> Option<Arc<str>> {
+    extensions
+        .get::<Caller>()
+        .map(|caller| caller.0.name.clone())
+}
+
 /// What a producer's call may touch: everything, or its principal's
 /// queues.
 #[derive(Clone, Debug, Default)]
@@ -91,17 +99,21 @@ impl Scope {
         let Some(principal) = self.scoped() else {
             return Ok(());
         };
+        let refused = |message: String| {
+            count_scope_refusal();
+            Err(Error::PermissionDenied(message))
+        };
         match target {
             Target::Queue(queue) if principal.may_use_queue(queue.as_str()) => Ok(()),
-            Target::Queue(queue) => Err(Error::PermissionDenied(format!(
+            Target::Queue(queue) => refused(format!(
                 "principal {:?} may not submit to queue {}",
                 principal.name,
                 quote(queue.as_str())
-            ))),
-            Target::Client(_) => Err(Error::PermissionDenied(format!(
+            )),
+            Target::Client(_) => refused(format!(
                 "principal {:?} is scoped to queues and may not submit to a worker by id",
                 principal.name
-            ))),
+            )),
         }
     }
 
@@ -121,10 +133,13 @@ impl Scope {
     pub(crate) fn check_broadcast(&self) -> Result<(), Error> {
         match self.scoped() {
             None => Ok(()),
-            Some(principal) => Err(Error::PermissionDenied(format!(
-                "principal {:?} is scoped to queues and may not broadcast",
-                principal.name
-            ))),
+            Some(principal) => {
+                count_scope_refusal();
+                Err(Error::PermissionDenied(format!(
+                    "principal {:?} is scoped to queues and may not broadcast",
+                    principal.name
+                )))
+            }
         }
     }
 
@@ -137,6 +152,12 @@ impl Scope {
     fn scoped(&self) -> Option<&Principal> {
         self.0.as_deref().filter(|p| p.queues.is_some())
     }
+}
+
+/// A call refused for its queue scope, in the handler: counted with the
+/// layer's refusals.
+fn count_scope_refusal() {
+    metrics::counter!(crate::metrics::AUTH_REFUSALS, "reason" => "queue").increment(1);
 }
 
 /// The configured principals, found by token.
@@ -158,7 +179,7 @@ impl Principals {
         let mut all = Self::default();
         for (hash, identity, principal) in principals {
             if let Some(id) = &principal.client_id {
-                all.pinned.insert(id.clone(), principal.name.clone());
+                all.pinned.insert(id.clone(), principal.name.to_string());
             }
             let principal = Arc::new(principal);
             if let Some(hash) = hash {

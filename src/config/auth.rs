@@ -169,7 +169,7 @@ impl AuthConfig {
                 token::parse_hex_hash(&p.token_sha256),
                 p.tls_identity.clone(),
                 Principal {
-                    name: p.name.clone(),
+                    name: p.name.as_str().into(),
                     roles: p.roles.clone(),
                     queues: (!p.queues.is_empty()).then(|| p.queues.clone()),
                     client_id: p.client_id.clone(),

@@ -175,3 +175,25 @@ fn bad_principals_are_named() {
         assert!(err.contains(says), "{text}\n{err}");
     }
 }
+
+/// TLS settings that would silently do less than they say are refused: a
+/// required client certificate, or a principal's tls_identity, with no
+/// client CA to check certificates against.
+#[test]
+fn mutual_tls_without_a_client_ca_is_refused() {
+    let tls = "[tls]\ncert_file = \"s.crt\"\nkey_file = \"s.key\"\n";
+    let err = Config::from_toml(&format!("{tls}require_client_certificate = true\n"), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tls.client_ca_file"), "{err}");
+    let identity = format!(
+        "{tls}[[auth.principals]]\nname = \"w\"\ntls_identity = \"w.example\"\nroles = [\"worker\"]\n"
+    );
+    let err = Config::from_toml(&identity, "t").unwrap_err().to_string();
+    assert!(err.contains("tls_identity"), "{err}");
+    let with_ca = identity.replace(
+        "key_file = \"s.key\"\n",
+        "key_file = \"s.key\"\nclient_ca_file = \"ca.crt\"\n",
+    );
+    Config::from_toml(&with_ca, "t").unwrap();
+}

@@ -55,6 +55,13 @@ impl TlsConfig {
                 reason: "needs tls.cert_file and tls.key_file".into(),
             });
         }
+        if self.require_client_certificate && self.client_ca_file.is_none() {
+            return Err(invalid(
+                "tls.client_ca_file",
+                "is needed with tls.require_client_certificate: without it no client \
+                 certificate could be checked",
+            ));
+        }
         if self.client_ca_file.is_some() && self.cert_file.is_none() {
             return Err(ConfigError::Invalid {
                 key: "tls.client_ca_file",

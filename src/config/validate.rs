@@ -213,6 +213,19 @@ impl Config {
         }
         self.tls.validate()?;
         self.auth.validate()?;
+        if self.tls.client_ca_file.is_none()
+            && let Some(p) = self
+                .auth
+                .principals
+                .iter()
+                .find(|p| p.tls_identity.is_some())
+        {
+            return Err(invalid(
+                "auth.principals.tls_identity",
+                &p.name,
+                "needs tls.client_ca_file: without it no client certificate is checked",
+            ));
+        }
         super::auth::check_exposure(self)
     }
 

@@ -19,15 +19,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::HISTOGRAMS;
-use crate::{auth::token, transport::http_tls::TlsListener, transport::tls::Tls};
+use crate::{auth::token, transport::http_listener::HttpListener, transport::tls::Tls};
 
 /// How the HTTP listener guards itself.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct HttpAccess {
     /// The SHA-256 of the token scrapes must send.
     pub(crate) token_sha256: Option<[u8; 32]>,
-    /// TLS, and the handshake deadline.
-    pub(crate) tls: Option<(Arc<Tls>, Duration)>,
+    /// TLS, if the listener speaks it.
+    pub(crate) tls: Option<Arc<Tls>>,
+    /// How long a connection may make no progress.
+    pub(crate) timeout: Duration,
 }
 
 /// Whether a scrape's `Authorization` header carries the token.
@@ -76,20 +78,10 @@ where
             }
         }),
     );
-    let stopped = async move { stop.cancelled().await };
-    match access.tls.clone() {
-        Some((tls, handshake_timeout)) => {
-            let listener = TlsListener::new(listener, tls, handshake_timeout);
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-    }
+    let listener = HttpListener::new(listener, access.tls.clone(), access.timeout);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
 }
 
 fn unauthorized() -> Response {

@@ -324,8 +324,10 @@ impl Queue {
             if fingerprint == task.key_fingerprint() {
                 return Ok(id);
             }
+            // The other task's id is not named: it may be in a queue the
+            // caller may not see.
             return Err(Error::AlreadyExists(format!(
-                "idempotency_key {} was already used for a different task ({id}) within \
+                "idempotency_key {} was already used for a different task within \
                  tasks.idempotency_window_secs",
                 crate::domain::quote(key)
             )));

@@ -66,9 +66,10 @@ async fn answer_status(
     core: &Core,
     named: Option<&ClientId>,
     peer: Option<std::net::SocketAddr>,
+    owner: Option<&str>,
     message: proto::ClientMsg,
 ) -> proto::Result {
-    let session = core.index.resolve(named, peer);
+    let session = core.index.resolve_for(named, peer, owner);
     let op = match WorkerOp::from_message(message.op, core.workers.max_in_flight_cap) {
         Ok(op) => op,
         Err(error) => return refused(String::new(), error),
@@ -77,8 +78,8 @@ async fn answer_status(
         return refused(
             op.as_ref().map(op_task).unwrap_or_default(),
             Error::FailedPrecondition(
-                "no worker is registered for this call (open getTask first, on the same \
-                 channel or with contact-client-id); status not recorded"
+                "no worker of this caller is registered for this call (open getTask first, on \
+                 the same channel or with contact-client-id); status not recorded"
                     .into(),
             ),
         );
@@ -120,12 +121,13 @@ async fn answer_ops(
     core: &Core,
     named: Option<&ClientId>,
     peer: Option<std::net::SocketAddr>,
+    owner: Option<&str>,
     batch: Vec<proto::ClientMsg>,
 ) -> Vec<proto::Result> {
-    let Some(session) = core.index.resolve(named, peer) else {
+    let Some(session) = core.index.resolve_for(named, peer, owner) else {
         let mut answers = Vec::with_capacity(batch.len());
         for message in batch {
-            answers.push(answer_status(core, named, peer, message).await);
+            answers.push(answer_status(core, named, peer, owner, message).await);
         }
         return answers;
     };
@@ -211,6 +213,7 @@ impl Contact for ContactService {
     ) -> Result<Response<Self::sendStatusStream>, Status> {
         let named = domain::client_id_from_metadata(request.metadata())?;
         let peer = crate::transport::peer_addr(&request);
+        let owner = crate::auth::owner_of(request.extensions());
         let mut inbound = request.into_inner();
         let (replies, replies_rx) = mpsc::channel(STATUS_REPLY_BUFFER);
         let core = self.core.clone();
@@ -223,11 +226,14 @@ impl Contact for ContactService {
                         .iter()
                         .all(|m| m.msg.is_empty() && m.op.is_some())
                 {
-                    answer_ops(&core, named.as_ref(), peer, batch.items).await
+                    answer_ops(&core, named.as_ref(), peer, owner.as_deref(), batch.items).await
                 } else {
                     let mut answers = Vec::with_capacity(batch.items.len());
                     for message in batch.items {
-                        answers.push(answer_status(&core, named.as_ref(), peer, message).await);
+                        answers.push(
+                            answer_status(&core, named.as_ref(), peer, owner.as_deref(), message)
+                                .await,
+                        );
                     }
                     answers
                 };
@@ -255,6 +261,7 @@ impl Contact for ContactService {
         request: Request<proto::Empty>,
     ) -> Result<Response<Self::getTaskStream>, Status> {
         let peer = crate::transport::peer_addr(&request);
+        let owner = crate::auth::owner_of(request.extensions());
         let (metadata, _, body) = request.into_parts();
         let registration = Registration::from_request(&metadata, body, &self.core.workers)?;
         // Subscribe before the check, so a drain that starts after the check
@@ -270,6 +277,7 @@ impl Contact for ContactService {
         let started = SessionHandle::start(
             registration,
             peer,
+            owner,
             stream_tx,
             notices,
             &self.core.session_deps(),
@@ -291,6 +299,7 @@ impl Contact for ContactService {
     ) -> Result<Response<proto::Empty>, Status> {
         let named = domain::client_id_from_metadata(request.metadata())?;
         let peer = crate::transport::peer_addr(&request);
+        let owner = crate::auth::owner_of(request.extensions());
         let mut inbound = request.into_inner();
         // Bound to one session at the first ack: acks still in flight when
         // that session ends must not land on the worker's next session.
@@ -313,13 +322,14 @@ impl Contact for ContactService {
                 let session = match &session {
                     Some(session) => session,
                     None => session.insert(
-                        self.core.index.resolve(named.as_ref(), peer).ok_or(
-                            Error::FailedPrecondition(
+                        self.core
+                            .index
+                            .resolve_for(named.as_ref(), peer, owner.as_deref())
+                            .ok_or(Error::FailedPrecondition(
                                 "no worker is registered for this call: open getTask first, \
                              on the same channel or with contact-client-id"
                                     .into(),
-                            ),
-                        )?,
+                            ))?,
                     ),
                 };
                 let attempts: Vec<Option<u32>> = ops.iter().map(op_attempt).collect();

@@ -135,6 +135,9 @@ pub(crate) struct SessionHandle {
     tx: mpsc::Sender<SessionMsg>,
     id: SessionId,
     client: ClientId,
+    /// The principal that registered it, when authentication is on: only
+    /// that principal's calls reach the session.
+    owner: Option<Arc<str>>,
 }
 
 impl SessionHandle {
@@ -145,6 +148,7 @@ impl SessionHandle {
     pub(crate) async fn start(
         registration: Registration,
         peer: Option<SocketAddr>,
+        owner: Option<Arc<str>>,
         stream_tx: mpsc::Sender<StreamItem>,
         notices: async_broadcast::Receiver<Notice>,
         deps: &SessionDeps,
@@ -154,6 +158,7 @@ impl SessionHandle {
             tx,
             id: SessionId::generate(),
             client: registration.client_id.clone(),
+            owner,
         };
         let stats = Arc::new(WorkerStats {
             max_in_flight: registration.max_in_flight.into(),
@@ -228,6 +233,11 @@ impl SessionHandle {
     /// The worker this session serves.
     pub(crate) fn client(&self) -> &ClientId {
         &self.client
+    }
+
+    /// The principal that registered the session, if authentication is on.
+    pub(crate) fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     /// Applies operations in order, answering each. With `stop_at_error`

@@ -81,6 +81,20 @@ impl SessionIndex {
         self.by_client.get(&client).map(|s| s.value().clone())
     }
 
+    /// [`SessionIndex::resolve`] for a call by `owner` (the caller's
+    /// principal, with authentication on): a session another principal
+    /// registered is not the caller's to act on, even on a shared
+    /// connection.
+    pub(crate) fn resolve_for(
+        &self,
+        client: Option<&ClientId>,
+        peer: Option<SocketAddr>,
+        owner: Option<&str>,
+    ) -> Option<SessionHandle> {
+        self.resolve(client, peer)
+            .filter(|session| session.owner() == owner)
+    }
+
     /// Every session, as a copy: no map reference outlives the call, so a
     /// caller may await on them.
     pub(crate) fn sessions(&self) -> Vec<SessionHandle> {
@@ -261,6 +275,15 @@ impl Registry {
         record: WorkerRecord,
         resume: Option<SessionId>,
     ) -> Result<Option<SessionHandle>, Error> {
+        if let Some(existing) = self.workers.get(&record.client)
+            && existing.record.session.owner() != record.session.owner()
+        {
+            // Another principal's worker, connected or in its resume grace.
+            return Err(Error::PermissionDenied(format!(
+                "worker id {} is registered by another principal",
+                record.client
+            )));
+        }
         let previous = match self.workers.get(&record.client) {
             // A detached session waits for its worker; a worker that names
             // its session proves it owns it, even if the old stream has not

@@ -65,6 +65,9 @@ async fn accept_loop(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics::gauge!(CONNECTIONS_OPEN);
     let refused = metrics::counter!(CONNECTIONS_REFUSED, "reason" => "limit");
+    // Accept errors (out of file descriptors) repeat while their cause
+    // lasts: one line a second says so.
+    let mut last_warned: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -73,7 +76,10 @@ async fn accept_loop(
         let (stream, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                warn!(%error, "accepting a connection failed");
+                if last_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    warn!(%error, "accepting a connection failed");
+                    last_warned = Some(tokio::time::Instant::now());
+                }
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
@@ -115,7 +121,7 @@ async fn handshake(
     stream: TcpStream,
     tls: Option<&Tls>,
 ) -> Result<(Stream, Vec<u8>, Vec<String>), Refused> {
-    let (mut io, names) = match tls.and_then(Tls::acceptor) {
+    let (mut io, names) = match tls.map(Tls::acceptor) {
         Some(acceptor) => {
             let tls = acceptor.accept(stream).await.map_err(|_| Refused::Tls)?;
             let names = identities(tls.get_ref().1.peer_certificates());

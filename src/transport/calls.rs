@@ -1,6 +1,8 @@
 //! Counts the calls open on each connection, for the idle timeout: a call
 //! is open from its request until its response body has ended (a stream's
-//! trailers) or been dropped.
+//! trailers) or been dropped. With authentication on, only authenticated
+//! calls count: a stranger's health watch does not keep a connection (and
+//! its slot) busy. The layer sits inside the auth layer to see the caller.
 
 use std::{
     pin::Pin,
@@ -15,13 +17,25 @@ use super::conn::{CallGuard, ConnInfo};
 
 /// Adds [`CallsService`] around the server's routes.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct CallsLayer;
+pub(crate) struct CallsLayer {
+    /// Calls count only with a caller (authentication is on).
+    authenticated_only: bool,
+}
+
+impl CallsLayer {
+    pub(crate) fn new(authenticated_only: bool) -> Self {
+        Self { authenticated_only }
+    }
+}
 
 impl<S> Layer<S> for CallsLayer {
     type Service = CallsService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CallsService { inner }
+        CallsService {
+            inner,
+            authenticated_only: self.authenticated_only,
+        }
     }
 }
 
@@ -29,6 +43,7 @@ impl<S> Layer<S> for CallsLayer {
 #[derive(Clone, Debug)]
 pub(crate) struct CallsService<S> {
     inner: S,
+    authenticated_only: bool,
 }
 
 impl<S, B, R> Service<Request<B>> for CallsService<S>
@@ -46,9 +61,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let guard = request
-            .extensions()
+        let extensions = request.extensions();
+        let counts = !self.authenticated_only || extensions.get::<crate::auth::Caller>().is_some();
+        let guard = extensions
             .get::<ConnInfo>()
+            .filter(|_| counts)
             .map(|info| info.activity.call_started());
         let call = self.inner.call(request);
         Box::pin(async move {
@@ -66,6 +83,17 @@ where
 pub(crate) struct Tracked<B> {
     body: B,
     _guard: Option<CallGuard>,
+}
+
+/// An empty body holding no call open: what a refusal in front of the
+/// layer answers with.
+impl<B: Default> Default for Tracked<B> {
+    fn default() -> Self {
+        Self {
+            body: B::default(),
+            _guard: None,
+        }
+    }
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {

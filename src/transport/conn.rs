@@ -102,11 +102,12 @@ pub(crate) struct CallGuard(Arc<Activity>);
 impl Drop for CallGuard {
     fn drop(&mut self) {
         self.0.calls_gauge.decrement(1);
-        if self.0.open_calls.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0
-                .idle_since_ms
-                .store(self.0.now_ms(), Ordering::Release);
-        }
+        // The time first: a watcher that sees no call open must never read
+        // an idle-since time from before this call ended.
+        self.0
+            .idle_since_ms
+            .store(self.0.now_ms(), Ordering::Release);
+        self.0.open_calls.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -9,7 +9,7 @@
 pub(crate) mod accept;
 pub(crate) mod calls;
 pub(crate) mod conn;
-pub(crate) mod http_tls;
+pub(crate) mod http_listener;
 pub(crate) mod tls;
 
 use std::net::SocketAddr;

@@ -67,25 +67,37 @@ impl Tls {
     /// Reads the files again; on an error the old configuration stays.
     pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let (grpc, http) = server_configs(&self.files)?;
-        if let Ok(mut current) = self.current.write() {
-            *current = Arc::new(grpc);
-        }
-        if let Ok(mut current) = self.http.write() {
-            *current = Arc::new(http);
-        }
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(grpc);
+        *self
+            .http
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(http);
         Ok(())
     }
 
     /// An acceptor for the gRPC listener, as configured at the moment.
-    pub(crate) fn acceptor(&self) -> Option<TlsAcceptor> {
-        let config = self.current.read().ok()?.clone();
-        Some(TlsAcceptor::from(config))
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        // A poisoned lock still holds a whole configuration: use it, never
+        // fall back to plain text.
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        TlsAcceptor::from(config)
     }
 
     /// An acceptor for the HTTP listener, as configured at the moment.
-    pub(crate) fn http_acceptor(&self) -> Option<TlsAcceptor> {
-        let config = self.http.read().ok()?.clone();
-        Some(TlsAcceptor::from(config))
+    pub(crate) fn http_acceptor(&self) -> TlsAcceptor {
+        let config = self
+            .http
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        TlsAcceptor::from(config)
     }
 
     /// Whether the HTTP listener speaks TLS too.
