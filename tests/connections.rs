@@ -194,3 +194,18 @@ async fn a_silent_http_connection_is_closed() {
     assert!(server.scrape().await.contains("contact_connections_open"));
     server.stop().await;
 }
+
+/// A call whose stream is reset before its end is counted: here a
+/// worker's getTask and tellResult, dropped by the worker.
+#[tokio::test]
+async fn reset_calls_are_counted() {
+    let server = TestServer::start().await;
+    let before = counter(&server, "contact_calls_reset_total").await;
+    let worker = TestWorker::connect(&server, WorkerOptions::id("leaves")).await;
+    drop(worker);
+    common::eventually("the reset calls counted", || async {
+        (counter(&server, "contact_calls_reset_total").await >= before + 2.0).then_some(())
+    })
+    .await;
+    server.stop().await;
+}

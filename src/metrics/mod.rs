@@ -91,6 +91,8 @@ pub(crate) const TASKS_IN_FLIGHT: &str = "contact_tasks_in_flight";
 pub(crate) const CONNECTIONS_OPEN: &str = "contact_connections_open";
 /// Gauge: calls (HTTP/2 streams) open over all gRPC connections.
 pub(crate) const CALLS_OPEN: &str = "contact_calls_open";
+/// Counter: calls whose response stream ended before its end (reset).
+pub(crate) const CALLS_RESET: &str = "contact_calls_reset_total";
 /// Counter: connections closed at accept because the limit was reached.
 pub(crate) const CONNECTIONS_REFUSED: &str = "contact_connections_refused_total";
 /// Counter: connections the server closed, by reason.
@@ -261,6 +263,11 @@ fn describe_all() {
         CALLS_OPEN,
         Unit::Count,
         "Calls (HTTP/2 streams) open over all gRPC connections; each connection has at most server.max_concurrent_streams."
+    );
+    describe_counter!(
+        CALLS_RESET,
+        Unit::Count,
+        "Calls whose response was dropped before its end: the stream reset by either side (a connection resetting more than server.max_local_reset_streams is closed), or the connection gone."
     );
     describe_counter!(
         CONNECTIONS_REFUSED,

@@ -85,6 +85,17 @@ pub(crate) struct Tracked<B> {
     _guard: Option<CallGuard>,
 }
 
+/// A call's response dropped before its end: its stream was reset, by the
+/// client or by the server (as the "MadeYouReset" attack provokes), or
+/// its connection went.
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if self._guard.is_some() {
+            metrics::counter!(crate::metrics::CALLS_RESET).increment(1);
+        }
+    }
+}
+
 /// An empty body holding no call open: what a refusal in front of the
 /// layer answers with.
 impl<B: Default> Default for Tracked<B> {
