@@ -1,6 +1,8 @@
 //! A Python with grpcio for the interop tests: a virtualenv under the target
-//! directory, made once from `examples/python/requirements.txt` (PyPI) and
-//! reused while that file is unchanged.
+//! directory, made once from `examples/python/requirements.txt` (PyPI) with
+//! the `contact-client` package of `clients/python` installed editable (so
+//! its sources are used as they are), and reused while the requirements
+//! and the package's pyproject.toml are unchanged.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,6 +20,11 @@ pub fn examples() -> PathBuf {
     root().join("examples/python")
 }
 
+/// The Python package's folder.
+pub fn package() -> PathBuf {
+    root().join("clients/python")
+}
+
 /// The virtualenv's python, made (or remade) if needed.
 pub fn python() -> PathBuf {
     // One test at a time makes the environment; the rest wait and reuse it.
@@ -27,7 +34,8 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-venv");
     let python = venv.join("bin/python");
-    let requirements = std::fs::read_to_string(examples().join("requirements.txt")).unwrap();
+    let requirements = std::fs::read_to_string(examples().join("requirements.txt")).unwrap()
+        + &std::fs::read_to_string(package().join("pyproject.toml")).unwrap();
     let marker = venv.join("requirements.installed");
     if std::fs::read_to_string(&marker).is_ok_and(|installed| installed == requirements)
         && python.exists()
@@ -55,6 +63,24 @@ pub fn python() -> PathBuf {
         installed.status.success(),
         "pip install failed: {}",
         text(&installed)
+    );
+    // The venv has setuptools (grpcio-tools needs it): no build isolation,
+    // so nothing more is fetched.
+    let package_installed = run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-build-isolation",
+            "-e",
+        ])
+        .arg(package()));
+    assert!(
+        package_installed.status.success(),
+        "pip install -e clients/python failed: {}",
+        text(&package_installed)
     );
     std::fs::write(&marker, requirements).unwrap();
     python

@@ -1,0 +1,60 @@
+"""Where the server is and how to reach it: an address in any form the
+project's tools take, TLS (a CA, a client certificate) and a bearer token,
+turned into a grpcio channel and the metadata every call carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import grpc
+
+Metadata = List[Tuple[str, str]]
+
+
+def target(address: str) -> Tuple[str, bool]:
+    """host:port for grpcio, and whether the address asked for TLS."""
+    bare = address.strip().rstrip("/")
+    tls = bare.startswith("https://")
+    bare = bare.removeprefix("http://").removeprefix("https://")
+    host, _, port = bare.rpartition(":")
+    if not host or not port.isdigit():  # no port given (a bare host, or [::1])
+        bare = f"{bare}:50051"
+    return bare, tls
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to dial: see `Producer` and `Worker` for the options."""
+
+    address: str
+    token: Optional[str] = None
+    ca_file: Optional[str] = None
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    tls_domain: Optional[str] = None
+
+    def channel(self) -> grpc.Channel:
+        where, asked_tls = target(self.address)
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        if not (asked_tls or self.ca_file or self.cert_file):
+            return grpc.insecure_channel(where, options=options)
+
+        def read(path: Optional[str]) -> Optional[bytes]:
+            if not path:
+                return None
+            with open(path, "rb") as file:
+                return file.read()
+
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file),
+            private_key=read(self.key_file),
+            certificate_chain=read(self.cert_file),
+        )
+        if self.tls_domain:
+            options.append(("grpc.ssl_target_name_override", self.tls_domain))
+        return grpc.secure_channel(where, credentials, options=options)
+
+    def metadata(self) -> Metadata:
+        """What every call sends: the token, if there is one."""
+        return [("authorization", f"Bearer {self.token}")] if self.token else []

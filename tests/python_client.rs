@@ -1,0 +1,165 @@
+//! The `contact-client` Python package (clients/python) against the real
+//! server: its committed stubs are what its generator makes; a producer's
+//! calls round-trip; a worker runs tasks through a handler, retries and
+//! dead-letters by the handler's exceptions, and drains on `stop()`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{TestServer, python, test_config, within};
+use contact_server::proto::v1::TaskState;
+
+/// Runs `script` with the virtualenv's Python (the package installed),
+/// with `CONTACT_SERVER` set; its stdout, or a panic with its output.
+async fn run_python(server: &TestServer, script: &str) -> String {
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let output = within(
+        "the Python script",
+        tokio::process::Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .env("CONTACT_SERVER", server.url())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    let text = python::text(&output);
+    assert!(output.status.success(), "the script failed:\n{text}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The committed stubs are what gen_stubs.py makes from the protos.
+#[tokio::test]
+async fn the_packages_stubs_match_the_protos() {
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("package-stubs-check");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let output = std::process::Command::new(&python)
+        .arg(python::package().join("gen_stubs.py"))
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", python::text(&output));
+    let committed = python::package().join("src/contact_client/_proto");
+    let fresh = scratch.join("contact_client/_proto");
+    for entry in walk(&fresh) {
+        let relative = entry.strip_prefix(&fresh).unwrap();
+        let want = std::fs::read(&entry).unwrap();
+        let have = std::fs::read(committed.join(relative))
+            .unwrap_or_else(|_| panic!("{} is not committed", relative.display()));
+        assert!(
+            want == have,
+            "{} differs from what gen_stubs.py makes: run `python clients/python/gen_stubs.py`",
+            relative.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "__pycache__") {
+                files.extend(walk(&path));
+            }
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Every Producer call round-trips: submit (with options), submit_many,
+/// get, wait (and its timeout), cancel, and a refusal as ContactError.
+#[tokio::test]
+async fn the_producer_round_trips() {
+    let server = TestServer::start().await;
+    let out = run_python(
+        &server,
+        r#"
+import os, grpc
+from contact_client import Producer, ContactError
+p = Producer(os.environ["CONTACT_SERVER"])
+one = p.submit("hello", queue="py", priority=3, payload=b"\x00\x01", idempotency_key="k1")
+assert p.submit("hello", queue="py", priority=3, payload=b"\x00\x01", idempotency_key="k1") == one
+info = p.get(one)
+assert (info.state, info.queue, info.attempts) == ("pending", "py", 0), info
+ids = p.submit_many(["a", {"text": "b", "priority": 1}, {"text": "c", "delay": 60}], queue="py")
+assert len(ids) == 3 and all(isinstance(i, str) for i in ids), ids
+try:
+    p.wait(ids[2], timeout=0.2)
+    raise SystemExit("wait did not time out")
+except ContactError as e:
+    assert e.code == grpc.StatusCode.DEADLINE_EXCEEDED, e
+cancelled = p.cancel(ids[2])
+assert cancelled.state == "cancelled", cancelled
+try:
+    p.get("not-a-task-id")
+    raise SystemExit("a bad id was accepted")
+except ContactError as e:
+    assert e.code == grpc.StatusCode.INVALID_ARGUMENT, e
+bad = p.submit_many([{"text": "x", "target": "nobody-ever"}])
+assert isinstance(bad[0], ContactError) and bad[0].code == grpc.StatusCode.NOT_FOUND, bad
+print(one)
+"#,
+    )
+    .await;
+    let id = out.trim();
+    assert_eq!(server.get(id).await.state(), TaskState::Pending);
+    server.stop().await;
+}
+
+/// A package worker runs tasks through its handler: a returned value is
+/// the result; Retry retries; PermanentFailure, and any exception on the
+/// last attempt, dead-letter with the error; `stop()` drains and `run`
+/// returns; the producer's wait sees each outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_runs_handlers_and_drains() {
+    let mut config = test_config();
+    config.tasks.max_attempts = 2;
+    config.tasks.retry_initial_delay_ms = 10;
+    let server = TestServer::with_config(config).await;
+    let out = run_python(
+        &server,
+        r#"
+import os, threading
+from contact_client import Producer, Worker, Retry, PermanentFailure
+address = os.environ["CONTACT_SERVER"]
+seen = {}
+def handler(task):
+    seen.setdefault(task.text, []).append(task.attempt)
+    if task.text == "retry once" and task.attempt == 1:
+        raise Retry(after=0.01)
+    if task.text == "never":
+        raise PermanentFailure("cannot be done")
+    if task.text == "crash":
+        raise ValueError("boom")
+    return task.text.upper()
+worker = Worker(address, client_id="py-pkg", queues=["jobs"], credit=4)
+thread = threading.Thread(target=worker.run, args=(handler,), daemon=True)
+thread.start()
+p = Producer(address)
+ids = {t: p.submit(t, queue="jobs") for t in ["hello", "retry once", "never", "crash"]}
+infos = {t: p.wait(i, timeout=20) for t, i in ids.items()}
+assert (infos["hello"].state, infos["hello"].ret, infos["hello"].worker) == ("done", "HELLO", "py-pkg"), infos["hello"]
+assert (infos["retry once"].state, infos["retry once"].attempts) == ("done", 2), infos["retry once"]
+assert infos["never"].state == "dead_lettered" and "cannot be done" in infos["never"].error, infos["never"]
+assert infos["crash"].state == "dead_lettered" and infos["crash"].attempts == 2, infos["crash"]
+assert "ValueError: boom" in infos["crash"].error, infos["crash"]
+worker.stop()
+thread.join(timeout=20)
+assert not thread.is_alive(), "run did not return after stop()"
+print("ok")
+"#,
+    )
+    .await;
+    assert_eq!(out.trim(), "ok");
+    // The server saw the worker leave.
+    common::until_disconnected(&server, "py-pkg").await;
+    server.stop().await;
+}
