@@ -163,3 +163,32 @@ print("ok")
     common::until_disconnected(&server, "py-pkg").await;
     server.stop().await;
 }
+
+/// The package's own unit tests pass under pytest, and mypy --strict finds
+/// its types sound (py.typed promises them).
+#[tokio::test]
+async fn the_package_passes_pytest_and_mypy() {
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    for (what, args) in [
+        (
+            "pytest",
+            vec!["-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        ),
+        ("mypy", vec!["-m", "mypy", "--no-incremental"]),
+    ] {
+        let output = within(
+            what,
+            tokio::process::Command::new(&python)
+                .args(&args)
+                .current_dir(python::package())
+                .output(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{what} failed:\n{}",
+            python::text(&output)
+        );
+    }
+}

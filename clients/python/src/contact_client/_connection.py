@@ -5,7 +5,7 @@ turned into a grpcio channel and the metadata every call carries."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import grpc
 
@@ -36,7 +36,7 @@ class Connection:
 
     def channel(self) -> grpc.Channel:
         where, asked_tls = target(self.address)
-        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        options: List[Tuple[str, Any]] = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         if not (asked_tls or self.ca_file or self.cert_file):
             return grpc.insecure_channel(where, options=options)
 

@@ -256,10 +256,10 @@ class Worker:
             self._send(pb.ClientMsg(running=len(self._held)))
         elif message.kind == pb.KIND_CANCEL:
             with self._lock:
-                task = self._held.get(message.task_id)
-                if task is not None and task.attempt == message.attempt:
-                    log.info("task %s taken back by the server", task.id)
-                    task.cancelled.set()
+                held = self._held.get(message.task_id)
+                if held is not None and held.attempt == message.attempt:
+                    log.info("task %s taken back by the server", held.id)
+                    held.cancelled.set()
 
     def _send(self, message: Any) -> "Optional[concurrent.futures.Future[Any]]":
         with self._lock:
