@@ -192,3 +192,162 @@ async fn the_package_passes_pytest_and_mypy() {
         );
     }
 }
+
+/// Starts `script` with the virtualenv's Python in the background (its
+/// output in the test's log folder).
+async fn spawn_python(name: &str, script: &str, server_url: &str) -> tokio::process::Child {
+    let python = tokio::task::spawn_blocking(python::python).await.unwrap();
+    let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-client-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = std::fs::File::create(logs.join(format!("{name}.log"))).unwrap();
+    eprintln!(
+        "{name}: output in {}",
+        logs.join(format!("{name}.log")).display()
+    );
+    tokio::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .env("CONTACT_SERVER", server_url)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// A worker that runs its handler slowly, in the main thread so that
+/// SIGTERM drains it.
+const SLOW_WORKER: &str = r#"
+import logging, os, time
+from contact_client import Worker
+logging.basicConfig(level=logging.INFO)
+def handler(task):
+    time.sleep(float(os.environ.get("WORK_SECS", "1")))
+    return "finished " + task.text
+Worker(os.environ["CONTACT_SERVER"], client_id=os.environ["WORKER_ID"], credit=2).run(handler)
+"#;
+
+/// SIGTERM drains a package worker run from the main thread: the task it
+/// holds is finished and acknowledged, then it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_worker() {
+    let server = TestServer::start().await;
+    let id = server.submit("default", "held at SIGTERM").await;
+    let script = format!("import os\nos.environ['WORKER_ID'] = 'py-term'\n{SLOW_WORKER}");
+    let mut child = spawn_python("sigterm", &script, &server.url()).await;
+    common::eventually("the task to be delivered", || async {
+        (server.get(&id).await.state() == TaskState::Delivered).then_some(())
+    })
+    .await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = within("the worker to exit", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let info = server.get(&id).await;
+    assert_eq!(
+        (info.state(), info.ret.as_str()),
+        (TaskState::Done, "finished held at SIGTERM")
+    );
+    server.stop().await;
+}
+
+/// The connection drops while the package worker runs a task: it redials,
+/// resumes its session with the task, and its result lands at attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_resumes_after_a_cut_connection() {
+    let mut config = test_config();
+    config.workers.resume_grace_secs = 30;
+    let server = TestServer::with_config(config).await;
+    let proxy = common::proxy::Proxy::start(server.grpc_addr).await;
+    let id = server.submit("default", "outlive the cut").await;
+    let script = format!(
+        "import os\nos.environ['WORKER_ID'] = 'py-resume'\nos.environ['WORK_SECS'] = '2'\n{SLOW_WORKER}"
+    );
+    let _child = spawn_python("resume", &script, &proxy.url()).await;
+    common::eventually("the task to be delivered", || async {
+        (server.get(&id).await.state() == TaskState::Delivered).then_some(())
+    })
+    .await;
+    proxy.cut();
+    let info = server.wait_finished(&id).await;
+    assert_eq!(
+        (info.state(), info.attempts, info.ret.as_str()),
+        (TaskState::Done, 1, "finished outlive the cut"),
+        "{info:?}"
+    );
+    server.stop().await;
+}
+
+/// 10,000 submits on one pipelined stream, each answered with its id.
+#[tokio::test]
+async fn ten_thousand_pipelined_submits() {
+    let server = TestServer::start().await;
+    let out = run_python(
+        &server,
+        r#"
+import os
+from contact_client import Producer
+p = Producer(os.environ["CONTACT_SERVER"])
+ids = p.submit_many((f"task {i}" for i in range(10000)), queue="bulk")
+assert len(ids) == 10000 and len(set(ids)) == 10000, len(ids)
+assert all(isinstance(i, str) for i in ids)
+print(ids[-1])
+"#,
+    )
+    .await;
+    assert_eq!(server.get(out.trim()).await.queue, "bulk");
+    server.stop().await;
+}
+
+/// The package over TLS with tokens: a producer and a worker with
+/// `ca_file` and `token` against a server that requires both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_and_worker_speak_tls_with_tokens() {
+    use contact_server::auth::Role;
+    let dir = common::TempDir::new("py-package-tls");
+    let ca = common::certs::Ca::new("test CA");
+    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]).write(&dir.0, "server");
+    let ca_file = dir.0.join("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let mut config = test_config();
+    config.tls.cert_file = Some(cert);
+    config.tls.key_file = Some(key);
+    config.auth.principals = vec![
+        common::principal("worker", "ct_pkg-worker", &[Role::Worker]),
+        common::principal("producer", "ct_pkg-producer", &[Role::Producer]),
+    ];
+    let server = TestServer::with_config(config).await;
+    let script = format!(
+        r#"
+import threading
+from contact_client import Producer, Worker, ContactError
+address = "https://{addr}"
+ca = {ca:?}
+worker = Worker(address, client_id="py-tls-pkg", token="ct_pkg-worker", ca_file=ca)
+thread = threading.Thread(target=worker.run, args=(lambda t: "secure " + t.text,), daemon=True)
+thread.start()
+p = Producer(address, token="ct_pkg-producer", ca_file=ca)
+info = p.wait(p.submit("hello"), timeout=20)
+assert (info.state, info.ret) == ("done", "secure hello"), info
+try:
+    Producer(address, ca_file=ca).submit("no token")
+    raise SystemExit("a submit without a token was accepted")
+except ContactError as e:
+    assert e.code.name == "UNAUTHENTICATED", e
+worker.stop()
+thread.join(timeout=20)
+print("ok")
+"#,
+        addr = server.grpc_addr,
+        ca = ca_file.display().to_string(),
+    );
+    assert_eq!(run_python(&server, &script).await.trim(), "ok");
+    server.stop().await;
+}
