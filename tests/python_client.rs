@@ -351,3 +351,37 @@ print("ok")
     assert_eq!(run_python(&server, &script).await.trim(), "ok");
     server.stop().await;
 }
+
+/// A handler that runs longer than its task's lease keeps the task: the
+/// worker extends the lease in the background, so it is not redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_extended_while_the_handler_runs() {
+    let server = TestServer::start().await;
+    let out = run_python(
+        &server,
+        r#"
+import os, threading, time
+from contact_client import Producer, Worker
+address = os.environ["CONTACT_SERVER"]
+runs = []
+def handler(task):
+    runs.append(task.attempt)
+    assert 0 < task.lease <= 1, task.lease
+    time.sleep(2.5)
+    return "outlived its lease"
+worker = Worker(address, client_id="py-lease")
+thread = threading.Thread(target=worker.run, args=(handler,), daemon=True)
+thread.start()
+p = Producer(address)
+info = p.wait(p.submit("slow", lease=1), timeout=20)
+assert (info.state, info.attempts, info.ret) == ("done", 1, "outlived its lease"), info
+assert runs == [1], runs
+worker.stop()
+thread.join(timeout=20)
+print("ok")
+"#,
+    )
+    .await;
+    assert_eq!(out.trim(), "ok");
+    server.stop().await;
+}

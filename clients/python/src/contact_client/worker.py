@@ -40,6 +40,11 @@ class Task:
     text: str
     payload: bytes
     attempt: int
+    #: The queue it came from ("" when sent to this worker by id).
+    queue: str = ""
+    #: The execution lease, in seconds (0: none); the worker extends it in
+    #: the background while the handler runs.
+    lease: float = 0.0
     #: Set when the server takes the task back (cancelled, lease lost):
     #: the handler's result will not count.
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -241,7 +246,8 @@ class Worker:
 
     def _on_message(self, message: Any) -> None:
         if message.kind == pb.KIND_TASK:
-            task = Task(message.task_id, message.task, bytes(message.payload), message.attempt)
+            task = Task(message.task_id, message.task, bytes(message.payload), message.attempt,
+                        queue=message.queue, lease=message.lease_ms / 1000)
             with self._lock:
                 self._held[task.id] = task
             if message.receipt_required:
@@ -268,9 +274,18 @@ class Worker:
 
     # --- work ---
 
+    def _keep_leased(self, task: Task, finished: threading.Event) -> None:
+        """Extends the task's lease at half its length until the handler
+        returns or the server takes the task back."""
+        while not finished.wait(task.lease / 2) and not task.cancelled.is_set():
+            self._send(pb.ClientMsg(extend=pb.Extend(task_id=task.id, attempt=task.attempt)))
+
     def _work(self, task: Task) -> None:
         assert self._handler is not None
         result = pb.Result(task_id=task.id, attempt=task.attempt)
+        finished = threading.Event()
+        if task.lease > 0:
+            threading.Thread(target=self._keep_leased, args=(task, finished), daemon=True).start()
         try:
             value = self._handler(task)
             result.outcome = pb.OUTCOME_DONE
@@ -289,6 +304,8 @@ class Worker:
         except Exception as error:  # noqa: BLE001 - any other exception fails the attempt
             result.outcome = pb.OUTCOME_FAILED
             result.error = f"{type(error).__name__}: {error}"
+        finally:
+            finished.set()
         if task.cancelled.is_set():
             self._forget(task)
             return
