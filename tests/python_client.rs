@@ -385,3 +385,62 @@ print("ok")
     assert_eq!(out.trim(), "ok");
     server.stop().await;
 }
+
+/// The asyncio API: an async producer, and an async worker run with an
+/// async handler (results, a retry, a dead letter) and then iterated
+/// (`async for task in worker`), draining on `await stop()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_asyncio_worker_and_producer() {
+    let mut config = test_config();
+    config.tasks.max_attempts = 2;
+    config.tasks.retry_initial_delay_ms = 10;
+    let server = TestServer::with_config(config).await;
+    let out = run_python(
+        &server,
+        r#"
+import asyncio, os
+from contact_client import Retry, PermanentFailure
+from contact_client.aio import Producer, Worker
+address = os.environ["CONTACT_SERVER"]
+
+async def handler(task):
+    await asyncio.sleep(0.01)
+    if task.text == "retry once" and task.attempt == 1:
+        raise Retry(after=0.01)
+    if task.text == "never":
+        raise PermanentFailure("cannot be done")
+    return task.text.upper()
+
+async def main():
+    producer = Producer(address)
+    worker = Worker(address, client_id="py-aio", queues=["jobs"], credit=4)
+    running = asyncio.ensure_future(worker.run(handler))
+    ids = {t: await producer.submit(t, queue="jobs") for t in ["hello", "retry once", "never"]}
+    infos = {t: await producer.wait(i, timeout=20) for t, i in ids.items()}
+    assert (infos["hello"].state, infos["hello"].ret) == ("done", "HELLO"), infos["hello"]
+    assert (infos["retry once"].state, infos["retry once"].attempts) == ("done", 2), infos
+    assert infos["never"].state == "dead_lettered", infos["never"]
+    await worker.stop()
+    await asyncio.wait_for(running, 20)
+
+    iterated = Worker(address, client_id="py-aio-iter", queues=["iter"])
+    many = await producer.submit_many(["x", "y"], queue="iter")
+    seen = []
+    async for task in iterated:
+        seen.append(task.text)
+        await task.done(ret="got " + task.text)
+        if len(seen) == 2:
+            await iterated.stop()
+    assert sorted(seen) == ["x", "y"], seen
+    for i in many:
+        assert (await producer.get(i)).ret.startswith("got "), i
+    await producer.close()
+    print("ok")
+
+asyncio.run(main())
+"#,
+    )
+    .await;
+    assert_eq!(out.trim(), "ok");
+    server.stop().await;
+}

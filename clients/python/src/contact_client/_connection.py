@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
 import grpc
+import grpc.aio
 
 Metadata = List[Tuple[str, str]]
 
@@ -21,6 +22,13 @@ def target(address: str) -> Tuple[str, bool]:
     if not host or not port.isdigit():  # no port given (a bare host, or [::1])
         bare = f"{bare}:50051"
     return bare, tls
+
+
+def _read(path: Optional[str]) -> Optional[bytes]:
+    if not path:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
 
 
 @dataclass(frozen=True)
@@ -40,20 +48,29 @@ class Connection:
         if not (asked_tls or self.ca_file or self.cert_file):
             return grpc.insecure_channel(where, options=options)
 
-        def read(path: Optional[str]) -> Optional[bytes]:
-            if not path:
-                return None
-            with open(path, "rb") as file:
-                return file.read()
-
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca_file),
-            private_key=read(self.key_file),
-            certificate_chain=read(self.cert_file),
+            root_certificates=_read(self.ca_file),
+            private_key=_read(self.key_file),
+            certificate_chain=_read(self.cert_file),
         )
         if self.tls_domain:
             options.append(("grpc.ssl_target_name_override", self.tls_domain))
         return grpc.secure_channel(where, credentials, options=options)
+
+    def aio_channel(self) -> "grpc.aio.Channel":
+        """The same, for asyncio."""
+        where, asked_tls = target(self.address)
+        options: List[Tuple[str, Any]] = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        if not (asked_tls or self.ca_file or self.cert_file):
+            return grpc.aio.insecure_channel(where, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca_file),
+            private_key=_read(self.key_file),
+            certificate_chain=_read(self.cert_file),
+        )
+        if self.tls_domain:
+            options.append(("grpc.ssl_target_name_override", self.tls_domain))
+        return grpc.aio.secure_channel(where, credentials, options=options)
 
     def metadata(self) -> Metadata:
         """What every call sends: the token, if there is one."""
