@@ -1,11 +1,12 @@
-"""Regenerates the Python stubs of the examples with grpcio-tools.
+"""Regenerates the seed tutorial client's stubs with grpcio-tools (the
+other examples use the contact-client package, whose stubs
+clients/python/gen_stubs.py makes).
 
     python gen_stubs.py [OUT_DIR]
 
-- stubs/contact_pb2*.py from proto/contact.proto (the worker's contract);
-- seed/contact/contact_pb2*.py from the seed's unchanged contact.proto
-  (tests/proto/contact.seed.proto, a copy of shared/contact.seed.proto), laid
-  out as the tutorial has it: a `contact` package beside contact_client.py.
+seed/contact/contact_pb2*.py come from the seed's unchanged contact.proto
+(tests/proto/contact.seed.proto, a copy of shared/contact.seed.proto), laid
+out as the tutorial has it: a `contact` package beside contact_client.py.
 
 OUT_DIR defaults to this folder; the interop tests generate into a scratch
 folder and compare, so the committed stubs never drift from the protos.
@@ -39,7 +40,6 @@ def generate(include: pathlib.Path, proto: str, out: pathlib.Path) -> None:
 
 def main() -> None:
     out = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
-    generate(ROOT / "proto", "contact.proto", out / "stubs")
     # The seed's file, under the name and folder the tutorial gives it, so
     # the generated code imports itself as `contact.contact_pb2`.
     with tempfile.TemporaryDirectory() as scratch:

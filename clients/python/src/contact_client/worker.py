@@ -183,6 +183,17 @@ class Worker:
         """Changes how many tasks may be in flight (0 pauses)."""
         self._send(pb.ClientMsg(credit=pb.Credit(max_in_flight=credit)))
 
+    @property
+    def running(self) -> int:
+        """Tasks held now."""
+        with self._lock:
+            return len(self._held)
+
+    def report_status(self, text: str) -> None:
+        """Tells operators what the worker is doing (ListWorkers shows it),
+        with how many tasks it runs."""
+        self._send(pb.ClientMsg(msg=text, running=self.running))
+
     # --- one connection ---
 
     def _session(self) -> bool:
