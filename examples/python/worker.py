@@ -54,6 +54,7 @@ def main():
         client_id=args.id,
         queues=args.queues.split(","),
         credit=args.max_in_flight,
+        receipts=True,
         token=args.token,
         ca_file=args.ca_file,
         cert_file=args.cert_file,

@@ -217,6 +217,7 @@ class Worker:
         queues: Iterable[str] = ("default",),
         credit: int = 4,
         keepalive: float = 5.0,
+        receipts: bool = False,
         token: Optional[str] = None,
         ca_file: Optional[str] = None,
         cert_file: Optional[str] = None,
@@ -229,6 +230,7 @@ class Worker:
         self.queues = list(queues)
         self.credit = credit
         self.keepalive = keepalive
+        self.receipts = receipts
         self._connection = Connection(address, token, ca_file, cert_file, key_file, tls_domain)
         self._held: Dict[str, Task] = {}
         self._changed = asyncio.Condition()
@@ -314,9 +316,10 @@ class Worker:
         metadata = self._connection.metadata() + [
             ("contact-queues", ",".join(self.queues)),
             ("contact-max-in-flight", "1" if self._draining else str(self.credit)),
-            ("contact-receipts", "true"),
             ("contact-keepalive-ms", str(int(self.keepalive * 1000))),
         ]
+        if self.receipts:
+            metadata.append(("contact-receipts", "true"))
         if self.client_id:
             metadata.append(("contact-client-id", self.client_id))
         resuming = bool(self._session_id and self.client_id)

@@ -48,6 +48,8 @@ class Task:
     #: Set when the server takes the task back (cancelled, lease lost):
     #: the handler's result will not count.
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: When its lease is next extended (time.monotonic), while it runs.
+    _extend_at: Optional[float] = field(default=None, repr=False)
 
 
 Handler = Callable[[Task], Any]
@@ -112,8 +114,11 @@ class Worker:
     """A worker of `queues` with `credit` tasks in flight at most.
 
     `client_id` is needed to resume after a dropped connection (without
-    one the server names the worker). `token`, `ca_file`, `cert_file`,
-    `key_file` and `tls_domain` are as for `Producer`.
+    one the server names the worker). With `receipts`, each task's
+    arrival is confirmed at once (the server then redelivers a task whose
+    receipt does not come within its receipt timeout), at the cost of a
+    message per task. `token`, `ca_file`, `cert_file`, `key_file` and
+    `tls_domain` are as for `Producer`.
     """
 
     def __init__(
@@ -124,6 +129,7 @@ class Worker:
         queues: Iterable[str] = ("default",),
         credit: int = 4,
         keepalive: float = 5.0,
+        receipts: bool = False,
         token: Optional[str] = None,
         ca_file: Optional[str] = None,
         cert_file: Optional[str] = None,
@@ -136,6 +142,7 @@ class Worker:
         self.queues = list(queues)
         self.credit = credit
         self.keepalive = keepalive
+        self.receipts = receipts
         self._connection = Connection(address, token, ca_file, cert_file, key_file, tls_domain)
         self._lock = threading.Condition()
         self._held: Dict[str, Task] = {}
@@ -153,6 +160,7 @@ class Worker:
         the main thread, drains; an operator's drain or disconnect ends it."""
         self._handler = handler
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.credit)
+        threading.Thread(target=self._keep_leases, daemon=True).start()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop())
@@ -203,9 +211,10 @@ class Worker:
         metadata = self._connection.metadata() + [
             ("contact-queues", ",".join(self.queues)),
             ("contact-max-in-flight", "1" if self._draining else str(self.credit)),
-            ("contact-receipts", "true"),
             ("contact-keepalive-ms", str(int(self.keepalive * 1000))),
         ]
+        if self.receipts:
+            metadata.append(("contact-receipts", "true"))
         if self.client_id:
             metadata.append(("contact-client-id", self.client_id))
         with self._lock:
@@ -285,18 +294,26 @@ class Worker:
 
     # --- work ---
 
-    def _keep_leased(self, task: Task, finished: threading.Event) -> None:
-        """Extends the task's lease at half its length until the handler
-        returns or the server takes the task back."""
-        while not finished.wait(task.lease / 2) and not task.cancelled.is_set():
-            self._send(pb.ClientMsg(extend=pb.Extend(task_id=task.id, attempt=task.attempt)))
+    def _keep_leases(self) -> None:
+        """One thread for every lease: a task whose handler runs past half
+        its lease gets it extended, again each half lease."""
+        while not self._stopped.wait(0.2):
+            now = time.monotonic()
+            with self._lock:
+                due = [t for t in self._held.values()
+                       if t._extend_at is not None and t._extend_at <= now
+                       and not t.cancelled.is_set()]
+                for task in due:
+                    task._extend_at = now + task.lease / 2
+            for task in due:
+                self._send(pb.ClientMsg(extend=pb.Extend(task_id=task.id, attempt=task.attempt)))
 
     def _work(self, task: Task) -> None:
         assert self._handler is not None
         result = pb.Result(task_id=task.id, attempt=task.attempt)
-        finished = threading.Event()
         if task.lease > 0:
-            threading.Thread(target=self._keep_leased, args=(task, finished), daemon=True).start()
+            with self._lock:
+                task._extend_at = time.monotonic() + task.lease / 2
         try:
             value = self._handler(task)
             result.outcome = pb.OUTCOME_DONE
@@ -316,14 +333,37 @@ class Worker:
             result.outcome = pb.OUTCOME_FAILED
             result.error = f"{type(error).__name__}: {error}"
         finally:
-            finished.set()
+            with self._lock:
+                task._extend_at = None
         if task.cancelled.is_set():
             self._forget(task)
             return
         self._acknowledge(task, result)
 
     def _acknowledge(self, task: Task, result: Any) -> None:
-        """Acks on the control channel, again after a reconnect if the line drops."""
+        """Acks on the control channel without waiting for the reply (the
+        handler's thread is free for the next task); the reply is checked
+        when it comes, and an ack the line dropped is sent again."""
+        reply = self._send(pb.ClientMsg(ack=result))
+        if reply is None:
+            self._acknowledge_again(task, result)
+            return
+
+        def answered(future: "concurrent.futures.Future[Any]") -> None:
+            if future.exception() is not None:
+                threading.Thread(
+                    target=self._acknowledge_again, args=(task, result), daemon=True
+                ).start()
+                return
+            answer = future.result()
+            if answer.code != 0:
+                log.warning("ack of %s refused: %s", task.id, answer.error)
+            self._forget(task)
+
+        reply.add_done_callback(answered)
+
+    def _acknowledge_again(self, task: Task, result: Any) -> None:
+        """Acks, waiting for a connection if there is none, for a minute."""
         give_up = time.monotonic() + 60
         while True:
             reply = self._send(pb.ClientMsg(ack=result))
