@@ -151,6 +151,14 @@ assert (infos["retry once"].state, infos["retry once"].attempts) == ("done", 2),
 assert infos["never"].state == "dead_lettered" and "cannot be done" in infos["never"].error, infos["never"]
 assert infos["crash"].state == "dead_lettered" and infos["crash"].attempts == 2, infos["crash"]
 assert "ValueError: boom" in infos["crash"].error, infos["crash"]
+dead = {d.id for d in p.dead_letters(queue="jobs")}
+assert {ids["never"], ids["crash"]} <= dead, dead
+copies = p.broadcast("to everyone", queue="jobs")
+assert list(copies) == ["py-pkg"], copies
+assert p.wait(copies["py-pkg"], timeout=20).ret == "TO EVERYONE"
+worker.set_credit(0)
+requeued = p.requeue(ids["never"])
+assert (requeued.state, requeued.attempts) == ("pending", 0), requeued
 worker.stop()
 thread.join(timeout=20)
 assert not thread.is_alive(), "run did not return after stop()"
