@@ -17,13 +17,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Deque, Dict, Iterabl
 import grpc
 import grpc.aio
 
-from ._connection import Connection
+from ._connection import Connection, WorkerSettings
 from ._proto import contact_pb2 as pb
 from ._proto import contact_pb2_grpc
 from ._proto.contact.v1 import tasks_pb2 as tpb
 from ._proto.contact.v1 import tasks_pb2_grpc
 from .errors import ContactError, PermanentFailure, Refused, Retry
-from .producer import Submission, TaskInfo, _request, status_code
+from .producer import Submission, TaskInfo, _request, _requests, status_code
 
 log = logging.getLogger("contact_client.aio")
 
@@ -70,17 +70,10 @@ class Producer:
     async def submit_many(
         self, tasks: Iterable[Submission], **defaults: Any
     ) -> List[Union[str, ContactError]]:
-        def requests() -> Iterable[Any]:
-            for task in tasks:
-                if isinstance(task, str):
-                    yield _request(task, **defaults)
-                else:
-                    fields: Dict[str, Any] = {**defaults, **task}
-                    yield _request(fields.pop("text", ""), **fields)
-
         answers: List[Union[str, ContactError]] = []
+        requests = _requests(tasks, defaults)
         try:
-            async for reply in self._stub.SubmitStream(iter(requests()), metadata=self._metadata):
+            async for reply in self._stub.SubmitStream(requests, metadata=self._metadata):
                 if reply.HasField("error"):
                     answers.append(ContactError(status_code(reply.error.code), reply.error.message))
                 else:
@@ -224,13 +217,7 @@ class Worker:
         key_file: Optional[str] = None,
         tls_domain: Optional[str] = None,
     ) -> None:
-        if credit < 1:
-            raise ValueError("credit must be at least 1")
-        self.client_id = client_id
-        self.queues = list(queues)
-        self.credit = credit
-        self.keepalive = keepalive
-        self.receipts = receipts
+        self.settings = WorkerSettings(client_id, list(queues), credit, keepalive, receipts)
         self._connection = Connection(address, token, ca_file, cert_file, key_file, tls_domain)
         self._held: Dict[str, Task] = {}
         self._changed = asyncio.Condition()
@@ -242,6 +229,15 @@ class Worker:
         self._arrived: "asyncio.Queue[Optional[Task]]" = asyncio.Queue()
         self._connecting: Optional["asyncio.Task[None]"] = None
         self._background: "set[asyncio.Task[Any]]" = set()
+
+    @property
+    def client_id(self) -> Optional[str]:
+        """The worker's id: as given, or as the server named it."""
+        return self.settings.client_id
+
+    @client_id.setter
+    def client_id(self, value: Optional[str]) -> None:
+        self.settings.client_id = value
 
     # --- the two ways to run ---
 
@@ -313,15 +309,7 @@ class Worker:
     async def _session(self) -> bool:
         channel = self._connection.aio_channel()
         stub = contact_pb2_grpc.ContactStub(channel)
-        metadata = self._connection.metadata() + [
-            ("contact-queues", ",".join(self.queues)),
-            ("contact-max-in-flight", "1" if self._draining else str(self.credit)),
-            ("contact-keepalive-ms", str(int(self.keepalive * 1000))),
-        ]
-        if self.receipts:
-            metadata.append(("contact-receipts", "true"))
-        if self.client_id:
-            metadata.append(("contact-client-id", self.client_id))
+        metadata = self.settings.registration(self._connection, self._draining)
         resuming = bool(self._session_id and self.client_id)
         held = [pb.HeldTask(task_id=t.id, attempt=t.attempt) for t in self._held.values()]
         request = pb.Empty(resume_session_id=self._session_id if resuming else "",
@@ -341,9 +329,7 @@ class Worker:
                         task.cancelled.set()
                     self._held.clear()
                     self._changed.notify_all()
-            control_metadata = self._connection.metadata()
-            if self.client_id:
-                control_metadata.append(("contact-client-id", self.client_id))
+            control_metadata = self._connection.worker_metadata(self.client_id)
             self._control = _Control(stub, control_metadata)
             async with self._changed:
                 self._changed.notify_all()

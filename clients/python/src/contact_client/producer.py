@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
 import grpc
 
@@ -86,6 +86,17 @@ def _request(
 Submission = Union[str, Mapping[str, Any]]
 
 
+def _requests(tasks: Iterable[Submission], defaults: Mapping[str, Any]) -> Iterator[Any]:
+    """SubmitRequests for `submit_many`: each task its text, or a dict of
+    `submit`'s options with "text", over `defaults`."""
+    for task in tasks:
+        if isinstance(task, str):
+            yield _request(task, **defaults)
+        else:
+            fields: Dict[str, Any] = {**defaults, **task}
+            yield _request(fields.pop("text", ""), **fields)
+
+
 class Producer:
     """A client of the Tasks service.
 
@@ -136,17 +147,9 @@ class Producer:
         the ContactError that refused it (a refusal does not stop the rest).
         Each task is its text, or a dict of `submit`'s options with "text"."""
 
-        def requests() -> Iterable[Any]:
-            for task in tasks:
-                if isinstance(task, str):
-                    yield _request(task, **defaults)
-                else:
-                    fields: Dict[str, Any] = {**defaults, **task}
-                    yield _request(fields.pop("text", ""), **fields)
-
         answers: List[Union[str, ContactError]] = []
         try:
-            for reply in self._stub.SubmitStream(requests(), metadata=self._metadata):
+            for reply in self._stub.SubmitStream(_requests(tasks, defaults), metadata=self._metadata):
                 if reply.HasField("error"):
                     answers.append(ContactError(status_code(reply.error.code), reply.error.message))
                 else:

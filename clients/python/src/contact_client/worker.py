@@ -21,7 +21,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, Set
 
 import grpc
 
-from ._connection import Connection, Metadata
+from ._connection import Connection, WorkerSettings, Metadata
 from ._proto import contact_pb2 as pb
 from ._proto import contact_pb2_grpc
 from .errors import PermanentFailure, Retry
@@ -136,13 +136,7 @@ class Worker:
         key_file: Optional[str] = None,
         tls_domain: Optional[str] = None,
     ) -> None:
-        if credit < 1:
-            raise ValueError("credit must be at least 1")
-        self.client_id = client_id
-        self.queues = list(queues)
-        self.credit = credit
-        self.keepalive = keepalive
-        self.receipts = receipts
+        self.settings = WorkerSettings(client_id, list(queues), credit, keepalive, receipts)
         self._connection = Connection(address, token, ca_file, cert_file, key_file, tls_domain)
         self._lock = threading.Condition()
         self._held: Dict[str, Task] = {}
@@ -153,13 +147,22 @@ class Worker:
         self._handler: Optional[Handler] = None
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
+    @property
+    def client_id(self) -> Optional[str]:
+        """The worker's id: as given, or as the server named it."""
+        return self.settings.client_id
+
+    @client_id.setter
+    def client_id(self, value: Optional[str]) -> None:
+        self.settings.client_id = value
+
     # --- running ---
 
     def run(self, handler: Handler) -> None:
         """Runs until stopped: `stop()`, or SIGINT/SIGTERM when called from
         the main thread, drains; an operator's drain or disconnect ends it."""
         self._handler = handler
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.credit)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.settings.credit)
         threading.Thread(target=self._keep_leases, daemon=True).start()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -208,15 +211,7 @@ class Worker:
         """One connection's life; True when the worker must not reconnect."""
         channel = self._connection.channel()
         stub = contact_pb2_grpc.ContactStub(channel)
-        metadata = self._connection.metadata() + [
-            ("contact-queues", ",".join(self.queues)),
-            ("contact-max-in-flight", "1" if self._draining else str(self.credit)),
-            ("contact-keepalive-ms", str(int(self.keepalive * 1000))),
-        ]
-        if self.receipts:
-            metadata.append(("contact-receipts", "true"))
-        if self.client_id:
-            metadata.append(("contact-client-id", self.client_id))
+        metadata = self.settings.registration(self._connection, self._draining)
         with self._lock:
             held = [pb.HeldTask(task_id=t.id, attempt=t.attempt) for t in self._held.values()]
         resuming = bool(self._session_id and self.client_id)
@@ -237,9 +232,7 @@ class Worker:
                         task.cancelled.set()
                     self._held.clear()
                     self._lock.notify_all()
-            control_metadata = self._connection.metadata()
-            if self.client_id:
-                control_metadata.append(("contact-client-id", self.client_id))
+            control_metadata = self._connection.worker_metadata(self.client_id)
             with self._lock:
                 self._control = _Control(stub, control_metadata, on_lost=stream.cancel)
                 self._lock.notify_all()
