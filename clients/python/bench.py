@@ -1,8 +1,8 @@
 """Throughput of one Python worker process: the contact-client package's
-Worker (credit 64) beside a seed-style grpcio worker
-(`stub.tellResult(acks(stub.getTask(...)))`), on the same server in the
-same run. Each run queues N tasks first, then times one worker draining
-them, from its start to the last result.
+Worker (credit 64) beside the seed tutorial's grpcio worker
+(`stub.tellResult(get_task(stub))`, no metadata), on the same server in
+the same run. Each run queues N tasks on the default queue first, then
+times one worker draining them, from its start to the last result.
 
     python clients/python/bench.py --server 127.0.0.1:50051 --tasks 20000
 
@@ -27,31 +27,30 @@ def queue_tasks(producer, queue, n):
     return ids
 
 
-def seed_style(address, queue, ids):
-    """The tutorial's loop: one getTask stream, acks on one tellResult."""
+def seed_style(address, ids):
+    """The seed tutorial's worker, as it wrote it: `stub.tellResult(get_task(stub))`
+    with no metadata (so the default queue and credit), each result acking
+    the oldest task held."""
     channel = grpc.insecure_channel(target(address)[0])
     stub = contact_pb2_grpc.ContactStub(channel)
-    metadata = [("contact-client-id", f"seed-{queue}"), ("contact-queues", queue),
-                ("contact-max-in-flight", "64")]
-    stream = stub.getTask(pb.Empty(), metadata=metadata)
+    stream = stub.getTask(pb.Empty())
     started = time.monotonic()
 
-    def acks():
+    def get_task():
         for n, task in enumerate(stream, 1):
-            yield pb.Result(task_id=task.task_id, attempt=task.attempt,
-                            outcome=pb.OUTCOME_DONE, ret=task.task)
+            yield pb.Result(ret=f"received {task.task}")
             if n == len(ids):
                 return
 
-    stub.tellResult(acks(), metadata=metadata)
+    stub.tellResult(get_task())
     elapsed = time.monotonic() - started
     stream.cancel()
     channel.close()
     return elapsed
 
 
-def package(address, queue, ids, producer):
-    worker = Worker(address, client_id=f"pkg-{queue}", queues=[queue], credit=64)
+def package(address, ids, producer):
+    worker = Worker(address, client_id="pkg-bench", credit=64)
     started = time.monotonic()
     thread = threading.Thread(target=worker.run, args=(lambda task: task.text,), daemon=True)
     thread.start()
@@ -70,12 +69,13 @@ def main():
     producer = Producer(args.server)
     runs = {}
     for label, run in [("seed-style grpcio worker", "seed"), ("contact-client Worker, credit 64", "pkg")]:
-        queue = f"bench-{run}-{time.time_ns()}"
-        ids = queue_tasks(producer, queue, args.tasks)
+        # Both on the default queue (the seed worker names none), one after
+        # the other, each on tasks queued before it starts.
+        ids = queue_tasks(producer, "default", args.tasks)
         if run == "seed":
-            elapsed = seed_style(args.server, queue, ids)
+            elapsed = seed_style(args.server, ids)
         else:
-            elapsed = package(args.server, queue, ids, producer)
+            elapsed = package(args.server, ids, producer)
         # Every task finished: nothing was lost on the way.
         assert producer.wait(ids[-1], timeout=60).state == "done"
         runs[label] = args.tasks / elapsed
