@@ -520,13 +520,9 @@ async fn python_worker_speaks_mutual_tls() {
     let python = tokio::task::spawn_blocking(python::python).await.unwrap();
     let dir = common::TempDir::new("py-tls");
     let ca = Ca::new("test CA");
-    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]).write(&dir.0, "server");
-    let ca_file = dir.0.join("ca.crt");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
     let (client_cert, client_key) = ca.leaf(&["py-1.workers.example"]).write(&dir.0, "client");
     let mut config = test_config();
-    config.tls.cert_file = Some(cert);
-    config.tls.key_file = Some(key);
+    let ca_file = ca.serve_tls(&dir.0, &mut config);
     config.tls.client_ca_file = Some(ca_file.clone());
     config.tls.require_client_certificate = true;
     let mut worker = common::principal("py-worker", "ct_py-tls-worker", &[Role::Worker]);
@@ -587,12 +583,8 @@ async fn the_rust_worker_example_speaks_tls_with_a_token() {
     let example = example("worker_client");
     let dir = common::TempDir::new("example-tls");
     let ca = Ca::new("test CA");
-    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]).write(&dir.0, "server");
-    let ca_file = dir.0.join("ca.crt");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
     let mut config = test_config();
-    config.tls.cert_file = Some(cert);
-    config.tls.key_file = Some(key);
+    let ca_file = ca.serve_tls(&dir.0, &mut config);
     config.auth.principals = vec![
         common::principal("example", "ct_example-worker", &[Role::Worker]),
         common::principal("producer", "ct_example-producer", &[Role::Producer]),

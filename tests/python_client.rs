@@ -335,12 +335,8 @@ async fn producer_and_worker_speak_tls_with_tokens() {
     use contact_server::auth::Role;
     let dir = common::TempDir::new("py-package-tls");
     let ca = common::certs::Ca::new("test CA");
-    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]).write(&dir.0, "server");
-    let ca_file = dir.0.join("ca.crt");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
     let mut config = test_config();
-    config.tls.cert_file = Some(cert);
-    config.tls.key_file = Some(key);
+    let ca_file = ca.serve_tls(&dir.0, &mut config);
     config.auth.principals = vec![
         common::principal("worker", "ct_pkg-worker", &[Role::Worker]),
         common::principal("producer", "ct_pkg-producer", &[Role::Producer]),

@@ -38,6 +38,18 @@ impl Ca {
         self.issuer.pem()
     }
 
+    /// Sets `config` up for TLS with a server certificate from this CA (for
+    /// `localhost` and `127.0.0.1`, written into `dir`); the CA's own
+    /// certificate file, for clients to trust.
+    pub fn serve_tls(&self, dir: &Path, config: &mut contact_server::Config) -> PathBuf {
+        let (cert, key) = self.leaf(&["localhost", "127.0.0.1"]).write(dir, "server");
+        config.tls.cert_file = Some(cert);
+        config.tls.key_file = Some(key);
+        let ca_file = dir.join("ca.crt");
+        std::fs::write(&ca_file, self.pem()).unwrap();
+        ca_file
+    }
+
     /// A certificate for `names` (DNS names or IP addresses), good for a
     /// server and a client.
     pub fn leaf(&self, names: &[&str]) -> Leaf {
