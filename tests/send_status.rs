@@ -1,11 +1,11 @@
-//! sendStatus: one Result per ClientMsg, in order and as they come, and the
-//! registry records the worker's status.
+//! sendStatus: one Result per ClientMsg, in order and as they come (quiet
+//! ones confirmed by a count), and the registry records the worker's status.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{TestServer, TestWorker, WorkerOptions, within};
+use common::{TestServer, TestWorker, WorkerOptions, ack_op, within};
 use contact_server::{
     domain::CLIENT_ID_KEY,
     proto::{self, contact_client::ContactClient, v1},
@@ -35,7 +35,7 @@ async fn answers_each_status_as_it_arrives() {
         tx.send(proto::ClientMsg {
             msg: format!("busy {i}"),
             running: i,
-            op: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -118,4 +118,81 @@ async fn unregistered_callers_are_answered_not_recorded() {
     // And the server still serves.
     assert!(!server.submit("default", "still up").await.is_empty());
     server.stop().await;
+}
+
+/// Quiet messages are answered only when refused. The applied ones are
+/// confirmed by count, before any later answer and once the call falls
+/// silent, so every answer still comes in the order of what it answers.
+#[tokio::test]
+async fn quiet_messages_are_confirmed_by_count() {
+    let server = TestServer::start().await;
+    let mut worker =
+        TestWorker::connect(&server, WorkerOptions::id("quiet").max_in_flight(3)).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(server.submit("default", &format!("t{i}")).await);
+    }
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let task = worker.next_task().await;
+        held.push((task.task_id, task.attempt));
+    }
+    let quiet = |op| proto::ClientMsg {
+        op: Some(op),
+        quiet: true,
+        ..Default::default()
+    };
+    let mut control = worker.control().await;
+    control.queue(quiet(ack_op(&held[0].0, held[0].1))).await;
+    control.queue(quiet(ack_op(&held[1].0, held[1].1))).await;
+    // A second ack of the first task: refused, so answered in its place.
+    control.queue(quiet(ack_op(&held[0].0, held[0].1))).await;
+    control.queue(proto::ClientMsg::default()).await;
+
+    let mut confirmed = 0;
+    let refusal = loop {
+        let reply = control.reply().await;
+        if reply.quiet_applied == 0 {
+            break reply;
+        }
+        assert_eq!(reply.code, 0, "{reply:?}");
+        confirmed += reply.quiet_applied;
+    };
+    assert_eq!(confirmed, 2, "both acks confirmed before the refusal");
+    assert_ne!(refusal.code, 0, "{refusal:?}");
+    assert_eq!(refusal.task_id, held[0].0);
+    let heartbeat = control.reply().await;
+    assert_eq!(heartbeat.ret, "status recorded for worker quiet");
+    assert_eq!(heartbeat.quiet_applied, 0);
+
+    // The last ack, with nothing after it, is confirmed once the call is silent.
+    control.queue(quiet(ack_op(&held[2].0, held[2].1))).await;
+    assert_eq!(control.reply().await.quiet_applied, 1);
+    for id in &ids {
+        assert_eq!(server.get(id).await.state, v1::TaskState::Done as i32);
+    }
+
+    // One confirmation covers at most 256 messages.
+    for _ in 0..600 {
+        control.queue(quiet_heartbeat()).await;
+    }
+    let mut confirmed = 0;
+    while confirmed < 600 {
+        let reply = control.reply().await;
+        assert!(
+            (1..=256).contains(&reply.quiet_applied),
+            "{}",
+            reply.quiet_applied
+        );
+        confirmed += reply.quiet_applied;
+    }
+    assert_eq!(confirmed, 600);
+    server.stop().await;
+}
+
+fn quiet_heartbeat() -> proto::ClientMsg {
+    proto::ClientMsg {
+        quiet: true,
+        ..Default::default()
+    }
 }

@@ -86,7 +86,7 @@ impl WorkerHandle {
         let message = proto::ClientMsg {
             msg: text.into(),
             running,
-            op: None,
+            ..Default::default()
         };
         request(&self.commands, message, None).await
     }

@@ -32,6 +32,16 @@ const LAST_ACKS_GRACE: std::time::Duration = std::time::Duration::from_millis(30
 /// worker to read them.
 const STATUS_REPLY_BUFFER: usize = 64;
 
+/// How long a sendStatus call stays silent before the server confirms the
+/// quiet messages it applied: long enough that a worker acking steadily
+/// gets no confirmation between its acks, short enough that one finishing
+/// its last task hears of it at once.
+const QUIET_CONFIRM_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The most quiet messages one confirmation covers, which bounds what a
+/// worker keeps until it is sure they were applied.
+const QUIET_CONFIRM_EVERY: u32 = 256;
+
 /// The Contact service facade.
 #[derive(Clone, Debug)]
 pub(crate) struct ContactService {
@@ -185,6 +195,15 @@ async fn answer_ops(
     replies
 }
 
+/// The Result that confirms `count` quiet messages as applied.
+fn quiet_confirmation(count: u32) -> proto::Result {
+    proto::Result {
+        ret: format!("{count} applied"),
+        quiet_applied: count,
+        ..Default::default()
+    }
+}
+
 fn refused(task_id: String, error: Error) -> proto::Result {
     let status = Status::from(error);
     proto::Result {
@@ -218,8 +237,30 @@ impl Contact for ContactService {
         let (replies, replies_rx) = mpsc::channel(STATUS_REPLY_BUFFER);
         let core = self.core.clone();
         self.core.calls.spawn(async move {
+            // Quiet messages applied and not yet confirmed.
+            let mut unconfirmed = 0u32;
             loop {
-                let batch = next_batch(&mut inbound, &core.stopping).await;
+                let batch = if unconfirmed == 0 {
+                    next_batch(&mut inbound, &core.stopping).await
+                } else {
+                    // Reading a message is cancel-safe: a timeout loses none.
+                    match tokio::time::timeout(
+                        QUIET_CONFIRM_AFTER,
+                        next_batch(&mut inbound, &core.stopping),
+                    )
+                    .await
+                    {
+                        Ok(batch) => batch,
+                        Err(_silent) => {
+                            let confirmation = quiet_confirmation(std::mem::take(&mut unconfirmed));
+                            if replies.send(Ok(confirmation)).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                };
+                let quiet: Vec<bool> = batch.items.iter().map(|m| m.quiet).collect();
                 let answers = if batch.items.len() > 1
                     && batch
                         .items
@@ -237,7 +278,25 @@ impl Contact for ContactService {
                     }
                     answers
                 };
-                for reply in answers {
+                let mut outgoing = Vec::with_capacity(answers.len());
+                for (reply, quiet) in answers.into_iter().zip(quiet) {
+                    if quiet && reply.code == 0 {
+                        unconfirmed += 1;
+                        if unconfirmed >= QUIET_CONFIRM_EVERY {
+                            outgoing.push(quiet_confirmation(std::mem::take(&mut unconfirmed)));
+                        }
+                        continue;
+                    }
+                    // Answers keep the order of the messages they answer.
+                    if unconfirmed > 0 {
+                        outgoing.push(quiet_confirmation(std::mem::take(&mut unconfirmed)));
+                    }
+                    outgoing.push(reply);
+                }
+                if batch.end.is_some() && unconfirmed > 0 {
+                    outgoing.push(quiet_confirmation(std::mem::take(&mut unconfirmed)));
+                }
+                for reply in outgoing {
                     if replies.send(Ok(reply)).await.is_err() {
                         return;
                     }

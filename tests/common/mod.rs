@@ -441,6 +441,21 @@ impl Control {
             .expect("sendStatus ended")
     }
 
+    /// Sends without waiting for a reply (quiet messages may get none).
+    pub async fn queue(&mut self, message: proto::ClientMsg) {
+        within("queueing a control message", self.tx.send(message))
+            .await
+            .unwrap();
+    }
+
+    /// The next reply.
+    pub async fn reply(&mut self) -> proto::Result {
+        within("a control reply", self.replies.message())
+            .await
+            .unwrap()
+            .expect("sendStatus ended")
+    }
+
     pub async fn op(&mut self, op: proto::client_msg::Op) -> proto::Result {
         self.send(proto::ClientMsg {
             op: Some(op),

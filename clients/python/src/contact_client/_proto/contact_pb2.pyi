@@ -46,18 +46,20 @@ class Credit(_message.Message):
     def __init__(self, max_in_flight: _Optional[int] = ...) -> None: ...
 
 class ClientMsg(_message.Message):
-    __slots__ = ("msg", "running", "ack", "extend", "credit")
+    __slots__ = ("msg", "running", "ack", "extend", "credit", "quiet")
     MSG_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     EXTEND_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
+    QUIET_FIELD_NUMBER: _ClassVar[int]
     msg: str
     running: int
     ack: Result
     extend: Extend
     credit: Credit
-    def __init__(self, msg: _Optional[str] = ..., running: _Optional[int] = ..., ack: _Optional[_Union[Result, _Mapping]] = ..., extend: _Optional[_Union[Extend, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
+    quiet: bool
+    def __init__(self, msg: _Optional[str] = ..., running: _Optional[int] = ..., ack: _Optional[_Union[Result, _Mapping]] = ..., extend: _Optional[_Union[Extend, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., quiet: _Optional[bool] = ...) -> None: ...
 
 class ServerMsg(_message.Message):
     __slots__ = ("task", "task_id", "payload", "queue", "attempt", "kind", "lease_ms", "receipt_required", "broadcast_id", "priority")
@@ -100,7 +102,7 @@ class Empty(_message.Message):
     def __init__(self, resume_session_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("ret", "task_id", "outcome", "output", "error", "attempt", "retry_after_ms", "receipt", "code")
+    __slots__ = ("ret", "task_id", "outcome", "output", "error", "attempt", "retry_after_ms", "receipt", "code", "quiet_applied")
     RET_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +112,7 @@ class Result(_message.Message):
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
+    QUIET_APPLIED_FIELD_NUMBER: _ClassVar[int]
     ret: str
     task_id: str
     outcome: Outcome
@@ -119,4 +122,5 @@ class Result(_message.Message):
     retry_after_ms: int
     receipt: bool
     code: int
-    def __init__(self, ret: _Optional[str] = ..., task_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., output: _Optional[bytes] = ..., error: _Optional[str] = ..., attempt: _Optional[int] = ..., retry_after_ms: _Optional[int] = ..., receipt: _Optional[bool] = ..., code: _Optional[int] = ...) -> None: ...
+    quiet_applied: int
+    def __init__(self, ret: _Optional[str] = ..., task_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., output: _Optional[bytes] = ..., error: _Optional[str] = ..., attempt: _Optional[int] = ..., retry_after_ms: _Optional[int] = ..., receipt: _Optional[bool] = ..., code: _Optional[int] = ..., quiet_applied: _Optional[int] = ...) -> None: ...

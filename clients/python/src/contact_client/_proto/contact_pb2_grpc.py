@@ -67,6 +67,12 @@ class ContactServicer:
         ClientMsg with exactly one Result, in order: `code` 0 when it was
         applied, otherwise the gRPC code of why not (with `error`). A refused
         operation never ends the call.
+
+        A ClientMsg marked `quiet` is answered only when it is refused; the ones
+        applied are confirmed together, by one Result whose `quiet_applied`
+        counts them (see there), so a worker acking at a high rate is not sent a
+        message per task. Every answer still comes in the order of the messages
+        it answers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
