@@ -235,6 +235,8 @@ def handler(task):
     if os.environ.get("STARTED_FILE"):
         open(os.environ["STARTED_FILE"], "w").close()
     time.sleep(float(os.environ.get("WORK_SECS", "1")))
+    if os.environ.get("FINISHED_FILE"):
+        open(os.environ["FINISHED_FILE"], "w").close()
     return "finished " + task.text
 Worker(os.environ["CONTACT_SERVER"], client_id=os.environ["WORKER_ID"], credit=2).run(handler)
 "#;
@@ -302,6 +304,48 @@ async fn the_worker_resumes_after_a_cut_connection() {
     assert_eq!(
         (info.state(), info.attempts, info.ret.as_str()),
         (TaskState::Done, 1, "finished outlive the cut"),
+        "{info:?}"
+    );
+    server.stop().await;
+}
+
+/// An ack sent as the connection goes, and lost with it, is sent again once
+/// the worker is back: it claims the task on resume, so the task is not run
+/// twice and its result lands at attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_lost_with_the_connection_is_sent_again() {
+    let mut config = test_config();
+    config.workers.resume_grace_secs = 30;
+    let server = TestServer::with_config(config).await;
+    let proxy = common::proxy::Proxy::start(server.grpc_addr).await;
+    let id = server.submit("default", "ack lost").await;
+    let dir = common::TempDir::new("py-lost-ack");
+    let (started, finished) = (dir.0.join("started"), dir.0.join("finished"));
+    let script = format!(
+        "import os\nos.environ['WORKER_ID'] = 'py-lost-ack'\nos.environ['WORK_SECS'] = '1'\n\
+         os.environ['STARTED_FILE'] = {:?}\nos.environ['FINISHED_FILE'] = {:?}\n{SLOW_WORKER}",
+        started.display().to_string(),
+        finished.display().to_string()
+    );
+    let _child = spawn_python("lost-ack", &script, &proxy.url()).await;
+    common::eventually("the handler to start", || {
+        std::future::ready(started.exists().then_some(()))
+    })
+    .await;
+    proxy.hold_upstream();
+    common::eventually("the handler to finish", || {
+        std::future::ready(finished.exists().then_some(()))
+    })
+    .await;
+    common::eventually("the ack to be sent (and held)", || {
+        std::future::ready((proxy.held_bytes() > 0).then_some(()))
+    })
+    .await;
+    proxy.cut();
+    let info = server.wait_finished(&id).await;
+    assert_eq!(
+        (info.state(), info.attempts, info.ret.as_str()),
+        (TaskState::Done, 1, "finished ack lost"),
         "{info:?}"
     );
     server.stop().await;

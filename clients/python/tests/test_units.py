@@ -64,3 +64,15 @@ def test_finished_states():
         True,
         True,
     ]
+
+
+def test_handler_threads_default_to_the_credit_up_to_four():
+    from contact_client import Worker
+
+    assert Worker(credit=2).threads == 2
+    assert Worker(credit=64).threads == 4
+    assert Worker(credit=64, threads=16).threads == 16
+    with pytest.raises(ValueError):
+        Worker(credit=4, threads=0)
+    with pytest.raises(ValueError):
+        Worker(credit=0)

@@ -1,10 +1,11 @@
-"""A worker: registers on getTask, runs each pushed task through a handler
-in a thread pool up to its credit, and does everything else the protocol
-asks for it: receipts confirmed and keepalives answered as they arrive,
-acknowledgements on sendStatus (a refused one is logged), tasks the server
-takes back marked cancelled, a dropped connection redialled with backoff
-and jitter and the session resumed with the tasks it still holds, and a
-drain on `stop()` (and SIGINT/SIGTERM when run in the main thread):
+"""A worker: registers on getTask and runs pushed tasks through a handler
+in a few threads, each of which reads its own next task (see `_Lane`), and
+does everything else the protocol asks for it: receipts confirmed and
+keepalives answered as they arrive, acknowledgements on sendStatus (a
+refused one is logged), leases extended while handlers run, tasks the
+server takes back marked cancelled, a dropped connection redialled with
+backoff and jitter and the session resumed with the tasks it still holds,
+and a drain on `stop()` (and SIGINT/SIGTERM when run in the main thread):
 credit 0, finish what it holds, leave."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import grpc
 
@@ -56,7 +57,9 @@ Handler = Callable[[Task], Any]
 
 
 class _Control:
-    """sendStatus as a control channel: each message gets one reply, in order."""
+    """sendStatus as a control channel for what is not an ack (lease
+    extensions, credit, status, acks sent again): each message gets one
+    reply, in order."""
 
     def __init__(self, stub: Any, metadata: Metadata, on_lost: Callable[[], Any]) -> None:
         self._on_lost = on_lost
@@ -110,6 +113,154 @@ class _Control:
             self._on_lost()
 
 
+class _Feed:
+    """One session's getTask stream, shared by its lanes: one reads at a
+    time, and the first to find it ended records how."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._reading = threading.Lock()
+        self.ended = threading.Event()
+        #: How it ended: None for OK, else the call's error.
+        self.error: Optional[grpc.RpcError] = None
+
+    def next(self) -> Optional[Any]:
+        """The next message, or None once the stream has ended."""
+        with self._reading:
+            if self.ended.is_set():
+                return None
+            try:
+                return next(self.stream)
+            except StopIteration:
+                pass
+            except grpc.RpcError as error:
+                self.error = error
+            self.ended.set()
+            return None
+
+
+class _Lane:
+    """One handler thread, with a sendStatus call of its own.
+
+    grpc consumes a call's requests on a thread it starts for the call;
+    here that thread is the handler's: it takes the next message off the
+    session's shared getTask stream, runs the task and yields the ack, so
+    a task crosses no Python thread on its way in or out (the shape of the
+    seed's `stub.tellResult(get_task(stub))` loop: a hand-off between
+    threads costs as much as a small task).
+
+    Its messages are quiet: the server answers only refusals, and confirms
+    the rest by count. Nothing waits for those answers while tasks flow (a
+    thread blocked reading the call would be woken by every send on it);
+    the lane reads them itself when 256 are due, and a drain reads the
+    rest. A task is forgotten when its ack is sent; an ack the connection
+    lost before its answer is sent again, its task claimed on resume."""
+
+    #: Answers left unread before the lane reads them (the server confirms
+    #: at most 256 quiet messages at a time).
+    MAX_UNANSWERED = 256
+
+    def __init__(self, worker: "Worker", stub: Any, metadata: Metadata, feed: _Feed) -> None:
+        self._worker = worker
+        self._feed = feed
+        self._started = threading.Event()
+        #: Quiet messages sent and not yet answered, oldest first, each with
+        #: its task when it is an ack (guarded by the worker's lock).
+        self._unanswered: Deque[Tuple[Optional[Task], Any]] = collections.deque()
+        self._lost = False
+        #: One reader of the call's answers at a time.
+        self._reading = threading.Lock()
+        self._call = stub.sendStatus(self._messages(), metadata=metadata)
+        self._started.set()
+
+    def _sent(self, task: Optional[Task], message: Any) -> bool:
+        """Notes a message about to be sent; False once the call is lost."""
+        with self._worker._lock:
+            if self._lost:
+                return False
+            self._unanswered.append((task, message))
+            if task is not None and self._worker._held.get(task.id) is task:
+                del self._worker._held[task.id]
+                self._worker._lock.notify_all()
+            return True
+
+    def _messages(self) -> Iterator[Any]:
+        self._started.wait()
+        worker = self._worker
+        while True:
+            if len(self._unanswered) >= self.MAX_UNANSWERED:
+                self.read_answers(until=self.MAX_UNANSWERED - 1, timeout=30)
+            message = self._feed.next()
+            if message is None:
+                return
+            if message.kind == pb.KIND_KEEPALIVE:
+                heartbeat = pb.ClientMsg(running=worker.running, quiet=True)
+                if not self._sent(None, heartbeat):
+                    return
+                yield heartbeat
+            elif message.kind == pb.KIND_CANCEL:
+                worker._cancelled(message.task_id, message.attempt)
+            elif message.kind == pb.KIND_TASK:
+                task = worker._arrived(message)
+                if message.receipt_required:
+                    receipt = pb.ClientMsg(quiet=True, ack=pb.Result(
+                        task_id=task.id, attempt=task.attempt, receipt=True))
+                    if not self._sent(None, receipt):
+                        return  # the task stays held: resumed, or cancelled by a new session
+                    yield receipt
+                ack = pb.ClientMsg(quiet=True)
+                if not worker._run(task, ack.ack):
+                    continue
+                if not self._sent(task, ack):
+                    worker._acknowledge_later(task, ack.ack)
+                    return
+                yield ack
+
+    def read_answers(self, until: int = 0, timeout: float = 10.0) -> bool:
+        """Reads answers until at most `until` messages are unanswered; False
+        if the call ended first, or was given up (cancelled) after `timeout`."""
+        with self._reading:
+            with self._worker._lock:
+                if len(self._unanswered) <= until:
+                    return True
+            deadline = threading.Timer(timeout, self._call.cancel)
+            deadline.daemon = True
+            deadline.start()
+            try:
+                while True:
+                    try:
+                        answer = next(self._call)
+                    except (grpc.RpcError, StopIteration):
+                        return False
+                    self._answered(answer)
+                    with self._worker._lock:
+                        if len(self._unanswered) <= until:
+                            return True
+            finally:
+                deadline.cancel()
+
+    def _answered(self, answer: Any) -> None:
+        with self._worker._lock:
+            if answer.quiet_applied:
+                for _ in range(min(answer.quiet_applied, len(self._unanswered))):
+                    self._unanswered.popleft()
+                return
+            if not self._unanswered:
+                return
+            task, message = self._unanswered.popleft()
+        what = "ack" if task else "receipt" if message.HasField("ack") else "status"
+        log.warning("%s of %s refused: %s", what, message.ack.task_id or "worker", answer.error)
+
+    def lost(self) -> List[Tuple[Task, Any]]:
+        """Ends the lane: the acks sent without an answer, to send again."""
+        self._call.cancel()
+        with self._worker._lock:
+            self._lost = True
+            unanswered = [(task, message.ack) for task, message in self._unanswered if task]
+            self._unanswered.clear()
+        return unanswered
+
+
 class Worker:
     """A worker of `queues` with `credit` tasks in flight at most.
 
@@ -119,6 +270,12 @@ class Worker:
     receipt does not come within its receipt timeout), at the cost of a
     message per task. `token`, `ca_file`, `cert_file`, `key_file` and
     `tls_domain` are as for `Producer`.
+
+    Handlers run in `threads` threads (default: the credit, at most 4);
+    the rest of the credit is tasks waiting their turn, already on their
+    way. Python runs one thread's code at a time, so more threads only
+    help handlers that wait (on I/O, on other processes); past a few, for
+    quick handlers, they cost more than they bring.
     """
 
     def __init__(
@@ -135,8 +292,12 @@ class Worker:
         cert_file: Optional[str] = None,
         key_file: Optional[str] = None,
         tls_domain: Optional[str] = None,
+        threads: Optional[int] = None,
     ) -> None:
         self.settings = WorkerSettings(client_id, list(queues), credit, keepalive, receipts)
+        self.threads = min(credit, 4) if threads is None else threads
+        if self.threads < 1:
+            raise ValueError("threads must be at least 1")
         self._connection = Connection(address, token, ca_file, cert_file, key_file, tls_domain)
         self._lock = threading.Condition()
         self._held: Dict[str, Task] = {}
@@ -145,7 +306,7 @@ class Worker:
         self._draining = False
         self._stopped = threading.Event()
         self._handler: Optional[Handler] = None
-        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._lanes: List[_Lane] = []
 
     @property
     def client_id(self) -> Optional[str]:
@@ -162,7 +323,6 @@ class Worker:
         """Runs until stopped: `stop()`, or SIGINT/SIGTERM when called from
         the main thread, drains; an operator's drain or disconnect ends it."""
         self._handler = handler
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.settings.credit)
         threading.Thread(target=self._keep_leases, daemon=True).start()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -179,7 +339,6 @@ class Worker:
                 backoff = min(backoff * 2, 10.0)
         finally:
             self._stopped.set()
-            self._pool.shutdown(wait=True)
 
     def stop(self) -> None:
         """Drains: no new tasks, finish those held, then `run` returns."""
@@ -218,13 +377,16 @@ class Worker:
         request = pb.Empty(resume_session_id=self._session_id if resuming else "",
                            held=held if resuming else [])
         stream = stub.getTask(request, metadata=metadata)
+        feed = _Feed(stream)
+        lanes: List[_Lane] = []
         try:
-            headers = dict(stream.initial_metadata())
+            headers = dict(stream.initial_metadata() or ())
             self.client_id = self.client_id or headers.get("contact-client-id")
             self._session_id = headers.get("contact-session-id", "")
             resumed = int(headers.get("contact-resumed", "0") or 0)
-            log.info("registered as %s (session %s, resumed %d)", self.client_id,
-                     self._session_id, resumed)
+            if self._session_id:
+                log.info("registered as %s (session %s, resumed %d)", self.client_id,
+                         self._session_id, resumed)
             if not resuming or resumed == 0:
                 # A new session: what this worker held goes to others.
                 with self._lock:
@@ -238,9 +400,15 @@ class Worker:
                 self._lock.notify_all()
             if self._draining:
                 self._send(pb.ClientMsg(credit=pb.Credit(max_in_flight=0)))
-            for message in stream:
-                self._on_message(message)
-            return False
+            lanes = [_Lane(self, stub, control_metadata, feed)
+                     for _ in range(self.threads)]
+            with self._lock:
+                self._lanes = lanes
+            while not feed.ended.wait(timeout=1.0):
+                pass  # a timeout, so that signal handlers run in the main thread
+            if feed.error is None:
+                return False
+            raise feed.error
         except grpc.RpcError as error:
             reason = dict(error.trailing_metadata() or ()).get("contact-end-reason", "")
             code = error.code()
@@ -248,6 +416,12 @@ class Worker:
                         grpc.StatusCode.INVALID_ARGUMENT):
                 log.error("getTask refused: %s %s", code, error.details())
                 raise
+            if code == grpc.StatusCode.CANCELLED:
+                # Cancelled here: by a finished drain, or for a lost connection.
+                if self._stopped.is_set():
+                    return True
+                log.warning("connection lost")
+                return False
             log.warning("getTask ended: %s %s (%s)", code, error.details(), reason or "lost")
             return reason in FINAL_END_REASONS
         finally:
@@ -255,30 +429,34 @@ class Worker:
                 if self._control:
                     self._control.close()
                 self._control = None
+            with self._lock:
+                self._lanes = []
+            for lane in lanes:
+                # What the server answered before the end (a shutdown
+                # confirms every ack it applied) need not be sent again.
+                lane.read_answers(timeout=1)
+                for task, result in lane.lost():
+                    with self._lock:
+                        self._held.setdefault(task.id, task)  # claimed on resume
+                    self._acknowledge_later(task, result)
+            stream.cancel()
             channel.close()
 
-    def _on_message(self, message: Any) -> None:
-        if message.kind == pb.KIND_TASK:
-            task = Task(message.task_id, message.task, bytes(message.payload), message.attempt,
-                        queue=message.queue, lease=message.lease_ms / 1000)
-            with self._lock:
-                self._held[task.id] = task
-            if message.receipt_required:
-                self._send(pb.ClientMsg(ack=pb.Result(
-                    task_id=task.id, attempt=task.attempt, receipt=True)))
-            try:
-                assert self._pool is not None
-                self._pool.submit(self._work, task)
-            except RuntimeError:
-                log.info("task %s arrived while stopping; left to the server", task.id)
-        elif message.kind == pb.KIND_KEEPALIVE:
-            self._send(pb.ClientMsg(running=len(self._held)))
-        elif message.kind == pb.KIND_CANCEL:
-            with self._lock:
-                held = self._held.get(message.task_id)
-                if held is not None and held.attempt == message.attempt:
-                    log.info("task %s taken back by the server", held.id)
-                    held.cancelled.set()
+    # --- what the lanes call ---
+
+    def _arrived(self, message: Any) -> Task:
+        task = Task(message.task_id, message.task, bytes(message.payload), message.attempt,
+                    queue=message.queue, lease=message.lease_ms / 1000)
+        with self._lock:
+            self._held[task.id] = task
+        return task
+
+    def _cancelled(self, task_id: str, attempt: int) -> None:
+        with self._lock:
+            held = self._held.get(task_id)
+            if held is not None and held.attempt == attempt:
+                log.info("task %s taken back by the server", held.id)
+                held.cancelled.set()
 
     def _send(self, message: Any) -> "Optional[concurrent.futures.Future[Any]]":
         with self._lock:
@@ -301,9 +479,12 @@ class Worker:
             for task in due:
                 self._send(pb.ClientMsg(extend=pb.Extend(task_id=task.id, attempt=task.attempt)))
 
-    def _work(self, task: Task) -> None:
+    def _run(self, task: Task, result: Any) -> bool:
+        """Runs the handler and fills in `result`, its ack; False when the
+        server took the task back meanwhile."""
         assert self._handler is not None
-        result = pb.Result(task_id=task.id, attempt=task.attempt)
+        result.task_id = task.id
+        result.attempt = task.attempt
         if task.lease > 0:
             with self._lock:
                 task._extend_at = time.monotonic() + task.lease / 2
@@ -330,33 +511,15 @@ class Worker:
                 task._extend_at = None
         if task.cancelled.is_set():
             self._forget(task)
-            return
-        self._acknowledge(task, result)
+            return False
+        return True
 
-    def _acknowledge(self, task: Task, result: Any) -> None:
-        """Acks on the control channel without waiting for the reply (the
-        handler's thread is free for the next task); the reply is checked
-        when it comes, and an ack the line dropped is sent again."""
-        reply = self._send(pb.ClientMsg(ack=result))
-        if reply is None:
-            self._acknowledge_again(task, result)
-            return
-
-        def answered(future: "concurrent.futures.Future[Any]") -> None:
-            if future.exception() is not None:
-                threading.Thread(
-                    target=self._acknowledge_again, args=(task, result), daemon=True
-                ).start()
-                return
-            answer = future.result()
-            if answer.code != 0:
-                log.warning("ack of %s refused: %s", task.id, answer.error)
-            self._forget(task)
-
-        reply.add_done_callback(answered)
+    def _acknowledge_later(self, task: Task, result: Any) -> None:
+        """An ack whose call was lost: sent again on the next connection."""
+        threading.Thread(target=self._acknowledge_again, args=(task, result), daemon=True).start()
 
     def _acknowledge_again(self, task: Task, result: Any) -> None:
-        """Acks, waiting for a connection if there is none, for a minute."""
+        """Acks again, waiting for a connection if there is none, for a minute."""
         give_up = time.monotonic() + 60
         while True:
             reply = self._send(pb.ClientMsg(ack=result))
@@ -365,7 +528,8 @@ class Worker:
                     raise ConnectionError("not connected")
                 answer = reply.result(timeout=30)
                 if answer.code != 0:
-                    log.warning("ack of %s refused: %s", task.id, answer.error)
+                    # The first one may have landed before its answer was lost.
+                    log.info("ack of %s, sent again, refused: %s", task.id, answer.error)
                 break
             except (ConnectionError, concurrent.futures.TimeoutError):
                 if time.monotonic() > give_up or (self._stopped.is_set() and not self._draining):
@@ -392,6 +556,11 @@ class Worker:
         with self._lock:
             while self._held:
                 self._lock.wait()
+            lanes = list(self._lanes)
+        # Every ack is sent; leaving before the server has applied them
+        # could hand their tasks to another worker.
+        for lane in lanes:
+            lane.read_answers(timeout=10)
         self._stopped.set()
         with self._lock:
             if self._control:
