@@ -77,6 +77,7 @@ pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod config;
+mod console;
 pub mod domain;
 pub mod error;
 pub mod journal;

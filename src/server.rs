@@ -263,13 +263,19 @@ async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let calls = core.calls.clone();
+    let principals = Arc::new(config.auth.principals());
+    let console = crate::console::Console::new(
+        core.clone(),
+        principals.clone(),
+        tls.as_ref().is_some_and(|tls| tls.covers_http()),
+        stopping.clone(),
+    );
     drop(core);
 
     let keepalive = match config.server.http2_keepalive_secs {
         0 => None,
         secs => Some(Duration::from_secs(secs)),
     };
-    let principals = Arc::new(config.auth.principals());
     let server = &config.server;
     let incoming = crate::transport::incoming(
         listeners.grpc,
@@ -317,6 +323,7 @@ async fn run(
         prometheus,
         refresh,
         http_access,
+        console.router(),
         stopping.clone(),
     ));
 

@@ -356,6 +356,10 @@ pub struct TaskInfo {
     pub dead_letter_reason: Option<DeadLetterReason>,
     /// The broadcast it is a copy of.
     pub broadcast: Option<BroadcastId>,
+    /// Its text while the server still keeps it (until it is done or
+    /// cancelled): the console shows it; the Tasks API leaves it out, since
+    /// a producer has it.
+    pub text: Option<Arc<str>>,
 }
 
 impl From<TaskInfo> for v1::TaskInfo {

@@ -1,4 +1,4 @@
-//! The `GET /metrics` HTTP endpoint, on a listener the server binds itself,
+//! The HTTP listener: `GET /metrics`, and the console's routes beside it, on a listener the server binds itself,
 //! over TLS when `[tls] http_listener` says so, asking for a bearer token
 //! when `[auth] metrics_token_sha256` is set.
 //!
@@ -19,7 +19,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::HISTOGRAMS;
-use crate::{auth::token, transport::http_listener::HttpListener, transport::tls::Tls};
+use crate::{
+    auth::token,
+    transport::{
+        http_listener::{HttpListener, HttpPeer},
+        tls::Tls,
+    },
+};
 
 /// How the HTTP listener guards itself.
 #[derive(Clone, Debug)]
@@ -44,13 +50,15 @@ fn authorized(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
         })
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` is cancelled. Each
-/// scrape first awaits `refresh`, which publishes the state gauges.
+/// Serves `GET /metrics` on `listener` until `stop` is cancelled, beside
+/// the routes of `others` (the console). Each scrape first awaits
+/// `refresh`, which publishes the state gauges.
 pub(crate) async fn serve<F, Fut>(
     listener: TcpListener,
     handle: PrometheusHandle,
     refresh: F,
     access: HttpAccess,
+    others: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()>
 where
@@ -78,10 +86,14 @@ where
             }
         }),
     );
+    let app = app.merge(others);
     let listener = HttpListener::new(listener, access.tls.clone(), access.timeout);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<HttpPeer>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await
 }
 
 fn unauthorized() -> Response {

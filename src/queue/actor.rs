@@ -89,6 +89,8 @@ pub(super) struct Queue {
     /// resume grace; after it, the tasks go back in line.
     pub(super) orphans: HashMap<ClientId, Vec<(TaskId, u32)>>,
     metrics: QueueMetrics,
+    /// What the overview's rates are made of.
+    totals: super::Totals,
     gauges: QueueGauges,
 }
 
@@ -123,6 +125,7 @@ impl Queue {
             restoring: false,
             orphans: HashMap::new(),
             metrics: QueueMetrics::new(),
+            totals: super::Totals::default(),
             gauges,
         }
     }
@@ -279,6 +282,13 @@ impl Queue {
             QueueMsg::QueueStats { respond_to } => {
                 let _ = respond_to.send(self.queue_stats());
             }
+            QueueMsg::Totals { respond_to } => {
+                let _ = respond_to.send(self.totals);
+            }
+            QueueMsg::Broadcasts { limit, respond_to } => {
+                let newest = self.archive.broadcasts().rev().take(limit).collect();
+                let _ = respond_to.send(newest);
+            }
             QueueMsg::PublishGauges { respond_to } => {
                 self.publish_gauges();
                 let _ = respond_to.send(());
@@ -359,6 +369,7 @@ impl Queue {
             Target::Queue(_) => self.metrics.submitted_queue.increment(1),
             Target::Client(_) => self.metrics.submitted_client.increment(1),
         }
+        self.totals.submitted += 1;
         let now_unix_ms = crate::clock::unix_ms_now();
         let mut journal_key = None;
         if let Some(key) = task.idempotency_key.clone() {
@@ -530,9 +541,29 @@ impl Queue {
             .collect()
     }
 
-    fn queue_stats(&self) -> Vec<QueueStats> {
-        let mut names: Vec<&QueueName> =
-            self.backlog.queues().chain(self.waiting.queues()).collect();
+    fn queue_stats(&mut self) -> Vec<QueueStats> {
+        let now_ms = self.clock_ms(Instant::now());
+        let oldest: rustc_hash::FxHashMap<QueueName, Duration> = self
+            .backlog
+            .samples(&self.tasks, now_ms)
+            .filter_map(|sample| Some((sample.queue?.clone(), sample.oldest_age?)))
+            .collect();
+        let mut dead: rustc_hash::FxHashMap<&QueueName, usize> = rustc_hash::FxHashMap::default();
+        for id in self.archive.dead() {
+            if let Some(TaskEntry {
+                target: Target::Queue(queue),
+                ..
+            }) = self.tasks.get(&id)
+            {
+                *dead.entry(queue).or_default() += 1;
+            }
+        }
+        let mut names: Vec<&QueueName> = self
+            .backlog
+            .queues()
+            .chain(self.waiting.queues())
+            .chain(dead.keys().copied())
+            .collect();
         names.sort();
         names.dedup();
         names
@@ -544,9 +575,11 @@ impl Queue {
                     pending,
                     ready,
                     waiting_workers: self.waiting.count(name),
+                    oldest_ready_age: oldest.get(name).copied(),
+                    dead_letters: dead.get(name).copied().unwrap_or(0),
                 }
             })
-            .filter(|q| q.pending > 0 || q.waiting_workers > 0)
+            .filter(|q| q.pending > 0 || q.waiting_workers > 0 || q.dead_letters > 0)
             .collect()
     }
 

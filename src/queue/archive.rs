@@ -168,7 +168,7 @@ impl Archive {
     }
 
     /// Broadcasts whose records are kept, oldest first.
-    pub(super) fn broadcasts(&self) -> impl Iterator<Item = BroadcastId> {
+    pub(super) fn broadcasts(&self) -> impl DoubleEndedIterator<Item = BroadcastId> {
         self.broadcast_order.iter().copied()
     }
 

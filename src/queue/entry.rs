@@ -411,6 +411,7 @@ impl TaskEntry {
             not_before_unix_ms: self.not_before().map_or(0, |(_, ms)| ms),
             dead_letter_reason: self.dead_letter().map(|(reason, _)| reason),
             broadcast: self.broadcast(),
+            text: self.text.clone(),
         }
     }
 }

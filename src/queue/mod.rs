@@ -122,6 +122,24 @@ pub(crate) struct QueueStats {
     pub(crate) ready: usize,
     /// Workers of this queue waiting for a task.
     pub(crate) waiting_workers: usize,
+    /// How long its oldest ready task has been due, if any is ready.
+    pub(crate) oldest_ready_age: Option<Duration>,
+    /// Its dead letters, kept for requeueing.
+    pub(crate) dead_letters: usize,
+}
+
+/// Counts since the server started (the same events as the
+/// `contact_tasks_*_total` counters), for rates operators watch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    /// Tasks accepted.
+    pub(crate) submitted: u64,
+    /// Tasks acknowledged done.
+    pub(crate) done: u64,
+    /// Attempts acknowledged as failed (for now or permanently).
+    pub(crate) failed: u64,
+    /// Tasks dead-lettered.
+    pub(crate) dead_lettered: u64,
 }
 
 /// What a cancel found.
@@ -278,7 +296,18 @@ impl QueueHandle {
         .await?
     }
 
-    /// Every queue with pending tasks or waiting workers, by name.
+    /// The counts since start, for the console's rates.
+    pub(crate) async fn totals(&self) -> Result<Totals, Error> {
+        self.ask(|respond_to| QueueMsg::Totals { respond_to }).await
+    }
+
+    /// The broadcasts whose copies are kept, newest first, at most `limit`.
+    pub(crate) async fn broadcasts(&self, limit: usize) -> Result<Vec<BroadcastId>, Error> {
+        self.ask(|respond_to| QueueMsg::Broadcasts { limit, respond_to })
+            .await
+    }
+
+    /// Every queue with pending tasks, waiting workers or dead letters, by name.
     pub(crate) async fn queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
         self.ask(|respond_to| QueueMsg::QueueStats { respond_to })
             .await
@@ -394,6 +423,13 @@ enum QueueMsg {
     /// Report every queue.
     QueueStats {
         respond_to: oneshot::Sender<Vec<QueueStats>>,
+    },
+    /// The counts since start.
+    Totals { respond_to: oneshot::Sender<Totals> },
+    /// The broadcasts kept, newest first, at most `limit`.
+    Broadcasts {
+        limit: usize,
+        respond_to: oneshot::Sender<Vec<BroadcastId>>,
     },
     /// Set the gauges, then answer.
     PublishGauges { respond_to: oneshot::Sender<()> },

@@ -320,6 +320,10 @@ impl Session {
                 self.operator_drain = true;
                 self.cancel_lease().await;
             }
+            SessionMsg::Holding { respond_to } => {
+                let views = self.held.views(Instant::now(), crate::clock::unix_ms_now());
+                let _ = respond_to.send(views);
+            }
             SessionMsg::Disconnect => {
                 info!("disconnected by an operator");
                 return Some(End::Disconnected { by_operator: true });

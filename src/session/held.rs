@@ -73,10 +73,47 @@ impl Held {
         self.attempt
     }
 
+    /// What an operator sees of it, with its instants as Unix times.
+    pub(super) fn view(&self, now: Instant, now_unix_ms: u64) -> HeldView {
+        let unix_ms = |at: Instant| {
+            if at >= now {
+                now_unix_ms.saturating_add(millis(at - now))
+            } else {
+                now_unix_ms.saturating_sub(millis(now - at))
+            }
+        };
+        HeldView {
+            task: self.task,
+            attempt: self.attempt,
+            pushed_unix_ms: unix_ms(self.pushed_at),
+            lease_deadline_unix_ms: unix_ms(self.lease_until),
+            awaiting_receipt: self.receipt_until.is_some(),
+        }
+    }
+
     /// The worker proved it has the task: no receipt is awaited any more.
     pub(super) fn mark_received(&mut self) {
         self.receipt_until = None;
     }
+}
+
+fn millis(span: Duration) -> u64 {
+    u64::try_from(span.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A task a worker holds, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeldView {
+    /// The task.
+    pub(crate) task: TaskId,
+    /// The attempt the worker holds.
+    pub(crate) attempt: u32,
+    /// When it was pushed (ms since the Unix epoch).
+    pub(crate) pushed_unix_ms: u64,
+    /// When its lease runs out unless extended (ms since the Unix epoch).
+    pub(crate) lease_deadline_unix_ms: u64,
+    /// Its receipt has not been confirmed yet.
+    pub(crate) awaiting_receipt: bool,
 }
 
 /// Which deadline of a held task.
@@ -147,6 +184,15 @@ impl HeldTasks {
     /// How many tasks the worker holds (tombstones not counted).
     pub(super) fn live(&self) -> usize {
         self.live
+    }
+
+    /// The live tasks, oldest first, as operators see them.
+    pub(super) fn views(&self, now: Instant, now_unix_ms: u64) -> Vec<HeldView> {
+        self.entries
+            .iter()
+            .filter(|entry| entry.gone.is_none())
+            .map(|entry| entry.view(now, now_unix_ms))
+            .collect()
     }
 
     /// The earliest lease or receipt deadline of a held task.

@@ -53,6 +53,7 @@ mod worker;
 
 use actor::Session;
 use held::Held;
+pub(crate) use held::HeldView;
 pub(crate) use rejection::{GoneReason, Rejection};
 pub(crate) use worker::{WorkerRecord, WorkerStats};
 
@@ -296,6 +297,18 @@ impl SessionHandle {
             .map_err(|_| Error::Unavailable("the worker's session"))
     }
 
+    /// The tasks this worker holds now, oldest first.
+    pub(crate) async fn holding(&self) -> Result<Vec<HeldView>, Error> {
+        let (respond_to, response) = oneshot::channel();
+        self.tx
+            .send(SessionMsg::Holding { respond_to })
+            .await
+            .map_err(|_| Error::Unavailable("the worker's session"))?;
+        response
+            .await
+            .map_err(|_| Error::Unavailable("the worker's session"))
+    }
+
     /// An operator disconnects this worker now; what it holds is redelivered.
     pub(crate) async fn disconnect(&self) -> Result<(), Error> {
         self.tx
@@ -350,4 +363,8 @@ enum SessionMsg {
     Drain,
     /// An operator disconnects this worker.
     Disconnect,
+    /// An operator looks at what this worker holds.
+    Holding {
+        respond_to: oneshot::Sender<Vec<HeldView>>,
+    },
 }

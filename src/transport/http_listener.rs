@@ -106,6 +106,28 @@ impl axum::serve::Listener for HttpListener {
     }
 }
 
+/// Who is at the other end of an HTTP connection, for handlers that need
+/// to know (the console signs in a client certificate's principal).
+#[derive(Clone, Debug)]
+pub(crate) struct HttpPeer {
+    /// The names its verified TLS client certificate proves, if it sent one.
+    pub(crate) identities: Arc<[String]>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, HttpListener>>
+    for HttpPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, HttpListener>) -> Self {
+        let identities = match &stream.io().stream {
+            Stream::Plain(_) => Vec::new(),
+            Stream::Tls(tls) => super::tls::identities(tls.get_ref().1.peer_certificates()),
+        };
+        Self {
+            identities: identities.into(),
+        }
+    }
+}
+
 /// One HTTP connection: it fails with `TimedOut` once it has made no
 /// progress for its timeout, and holds its slot until dropped.
 #[derive(Debug)]

@@ -52,6 +52,7 @@ impl Queue {
         let verdict = match ack.outcome {
             Outcome::Done => {
                 self.metrics.acked_done.increment(1);
+                self.totals.done += 1;
                 self.unfinished_bytes = self.unfinished_bytes.saturating_sub(entry.content_bytes());
                 entry.complete();
                 self.finish(id);
@@ -59,6 +60,7 @@ impl Queue {
             }
             Outcome::FailedPermanently => {
                 self.metrics.acked_failed.increment(1);
+                self.totals.failed += 1;
                 Verdict::DeadLetter {
                     reason: DeadLetterReason::FailedPermanently,
                     error: None,
@@ -66,6 +68,7 @@ impl Queue {
             }
             Outcome::Failed | Outcome::Retry => {
                 let (acked, redelivered) = if ack.outcome == Outcome::Failed {
+                    self.totals.failed += 1;
                     (&self.metrics.acked_failed, &self.metrics.redelivered_failed)
                 } else {
                     (&self.metrics.acked_retry, &self.metrics.redelivered_retry)
@@ -197,6 +200,7 @@ impl Queue {
         self.unfinished_bytes = self.unfinished_bytes.saturating_sub(entry.content_bytes());
         entry.kill(reason, seq);
         self.metrics.dead_lettered(reason).increment(1);
+        self.totals.dead_lettered += 1;
         self.record_finished(id);
         self.notify_watchers(id);
     }
