@@ -233,12 +233,14 @@ logging.basicConfig(level=logging.INFO)
 def handler(task):
     # Tells the test the task reached the handler (delivered is not yet received).
     if os.environ.get("STARTED_FILE"):
-        open(os.environ["STARTED_FILE"], "w").close()
+        with open(os.environ["STARTED_FILE"], "a") as started:
+            started.write(task.text + "\n")
     time.sleep(float(os.environ.get("WORK_SECS", "1")))
     if os.environ.get("FINISHED_FILE"):
         open(os.environ["FINISHED_FILE"], "w").close()
     return "finished " + task.text
-Worker(os.environ["CONTACT_SERVER"], client_id=os.environ["WORKER_ID"], credit=2).run(handler)
+Worker(os.environ["CONTACT_SERVER"], client_id=os.environ["WORKER_ID"], credit=2,
+       keepalive=float(os.environ.get("KEEPALIVE", "1"))).run(handler)
 "#;
 
 /// SIGTERM drains a package worker run from the main thread: the task it
@@ -348,6 +350,78 @@ async fn an_ack_lost_with_the_connection_is_sent_again() {
         (TaskState::Done, 1, "finished ack lost"),
         "{info:?}"
     );
+    server.stop().await;
+}
+
+/// How many handlers have started, by the lines of a `STARTED_FILE`.
+fn started_count(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |text| text.lines().count())
+}
+
+/// The connection drops while every handler thread of the worker is busy,
+/// so none of them is reading getTask: the worker still notices, redials,
+/// resumes with both tasks, and both results land at attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_while_every_handler_is_busy_is_noticed() {
+    let mut config = test_config();
+    config.workers.resume_grace_secs = 30;
+    let server = TestServer::with_config(config).await;
+    let proxy = common::proxy::Proxy::start(server.grpc_addr).await;
+    let ids = [
+        server.submit("default", "busy one").await,
+        server.submit("default", "busy two").await,
+    ];
+    let dir = common::TempDir::new("py-all-busy");
+    let started = dir.0.join("started");
+    let script = format!(
+        "import os\nos.environ['WORKER_ID'] = 'py-all-busy'\nos.environ['WORK_SECS'] = '2'\n\
+         os.environ['STARTED_FILE'] = {:?}\n{SLOW_WORKER}",
+        started.display().to_string()
+    );
+    let _child = spawn_python("all-busy", &script, &proxy.url()).await;
+    common::eventually("both handlers to start", || {
+        std::future::ready((started_count(&started) == 2).then_some(()))
+    })
+    .await;
+    proxy.cut();
+    for id in &ids {
+        let info = server.wait_finished(id).await;
+        assert_eq!(
+            (info.state(), info.attempts),
+            (TaskState::Done, 1),
+            "{info:?}"
+        );
+    }
+    server.stop().await;
+}
+
+/// A handler that runs longer than the server's liveness timeout, on a
+/// worker whose every thread is busy: the worker is still heard from (its
+/// heartbeats do not wait for a free thread), so it is not expired and the
+/// task finishes at attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_is_still_heard() {
+    let mut config = test_config();
+    config.workers.liveness_timeout_secs = 1;
+    let server = TestServer::with_config(config).await;
+    let ids = [
+        server.submit("default", "long one").await,
+        server.submit("default", "long two").await,
+    ];
+    let script = format!(
+        "import os\nos.environ['WORKER_ID'] = 'py-long'\nos.environ['WORK_SECS'] = '3'\n\
+         os.environ['KEEPALIVE'] = '0.3'\n{SLOW_WORKER}"
+    );
+    let _child = spawn_python("long", &script, &server.url()).await;
+    for id in &ids {
+        let info = server.wait_finished(id).await;
+        assert_eq!(
+            (info.state(), info.attempts, info.ret.as_str()),
+            (TaskState::Done, 1, info.ret.as_str()),
+            "{info:?}"
+        );
+        assert!(info.ret.starts_with("finished long"), "{info:?}");
+    }
     server.stop().await;
 }
 

@@ -115,7 +115,9 @@ class _Control:
 
 class _Feed:
     """One session's getTask stream, shared by its lanes: one reads at a
-    time, and the first to find it ended records how."""
+    time. It ends when a lane finds it ended, when the call itself ends
+    (seen by grpcio's callback: every lane may be busy in a handler), or
+    when a call the session needs is lost; the first to see it records how."""
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
@@ -123,6 +125,18 @@ class _Feed:
         self.ended = threading.Event()
         #: How it ended: None for OK, else the call's error.
         self.error: Optional[grpc.RpcError] = None
+        self._end_lock = threading.Lock()
+        stream.add_done_callback(self.call_done)
+
+    def end(self, error: Optional[grpc.RpcError]) -> None:
+        with self._end_lock:
+            if not self.ended.is_set():
+                self.error = error
+                self.ended.set()
+
+    def call_done(self, call: Any) -> None:
+        """grpcio's callback for a call of the session that ended."""
+        self.end(None if call.code() == grpc.StatusCode.OK else call)
 
     def next(self) -> Optional[Any]:
         """The next message, or None once the stream has ended."""
@@ -132,10 +146,9 @@ class _Feed:
             try:
                 return next(self.stream)
             except StopIteration:
-                pass
+                self.end(None)
             except grpc.RpcError as error:
-                self.error = error
-            self.ended.set()
+                self.end(error)
             return None
 
 
@@ -149,12 +162,15 @@ class _Lane:
     seed's `stub.tellResult(get_task(stub))` loop: a hand-off between
     threads costs as much as a small task).
 
-    Its messages are quiet: the server answers only refusals, and confirms
-    the rest by count. Nothing waits for those answers while tasks flow (a
+    Its acks are quiet: the server answers only refusals, and confirms the
+    rest by count. Nothing waits for those answers while tasks flow (a
     thread blocked reading the call would be woken by every send on it);
     the lane reads them itself when 256 are due, and a drain reads the
     rest. A task is forgotten when its ack is sent; an ack the connection
-    lost before its answer is sent again, its task claimed on resume."""
+    lost before its answer is sent again, its task claimed on resume.
+    Whatever must not wait for a handler to finish (receipts, heartbeats,
+    lease extensions) goes on the worker's control channel instead. A lane
+    whose call ends ends the session: grpcio would never resume it."""
 
     #: Answers left unread before the lane reads them (the server confirms
     #: at most 256 quiet messages at a time).
@@ -164,22 +180,23 @@ class _Lane:
         self._worker = worker
         self._feed = feed
         self._started = threading.Event()
-        #: Quiet messages sent and not yet answered, oldest first, each with
-        #: its task when it is an ack (guarded by the worker's lock).
-        self._unanswered: Deque[Tuple[Optional[Task], Any]] = collections.deque()
+        #: Acks sent and not yet answered, oldest first, with their tasks
+        #: (guarded by the worker's lock).
+        self._unanswered: Deque[Tuple[Task, Any]] = collections.deque()
         self._lost = False
         #: One reader of the call's answers at a time.
         self._reading = threading.Lock()
         self._call = stub.sendStatus(self._messages(), metadata=metadata)
+        self._call.add_done_callback(feed.call_done)
         self._started.set()
 
-    def _sent(self, task: Optional[Task], message: Any) -> bool:
-        """Notes a message about to be sent; False once the call is lost."""
+    def _sent(self, task: Task, message: Any) -> bool:
+        """Notes an ack about to be sent; False once the call is lost."""
         with self._worker._lock:
             if self._lost:
                 return False
             self._unanswered.append((task, message))
-            if task is not None and self._worker._held.get(task.id) is task:
+            if self._worker._held.get(task.id) is task:
                 del self._worker._held[task.id]
                 self._worker._lock.notify_all()
             return True
@@ -194,20 +211,14 @@ class _Lane:
             if message is None:
                 return
             if message.kind == pb.KIND_KEEPALIVE:
-                heartbeat = pb.ClientMsg(running=worker.running, quiet=True)
-                if not self._sent(None, heartbeat):
-                    return
-                yield heartbeat
+                worker._keepalive_read()
             elif message.kind == pb.KIND_CANCEL:
                 worker._cancelled(message.task_id, message.attempt)
             elif message.kind == pb.KIND_TASK:
                 task = worker._arrived(message)
                 if message.receipt_required:
-                    receipt = pb.ClientMsg(quiet=True, ack=pb.Result(
-                        task_id=task.id, attempt=task.attempt, receipt=True))
-                    if not self._sent(None, receipt):
-                        return  # the task stays held: resumed, or cancelled by a new session
-                    yield receipt
+                    worker._tell(pb.ClientMsg(ack=pb.Result(
+                        task_id=task.id, attempt=task.attempt, receipt=True)), "receipt")
                 ack = pb.ClientMsg(quiet=True)
                 if not worker._run(task, ack.ack):
                     continue
@@ -248,15 +259,14 @@ class _Lane:
             if not self._unanswered:
                 return
             task, message = self._unanswered.popleft()
-        what = "ack" if task else "receipt" if message.HasField("ack") else "status"
-        log.warning("%s of %s refused: %s", what, message.ack.task_id or "worker", answer.error)
+        log.warning("ack of %s refused: %s", message.ack.task_id, answer.error)
 
     def lost(self) -> List[Tuple[Task, Any]]:
         """Ends the lane: the acks sent without an answer, to send again."""
         self._call.cancel()
         with self._worker._lock:
             self._lost = True
-            unanswered = [(task, message.ack) for task, message in self._unanswered if task]
+            unanswered = [(task, message.ack) for task, message in self._unanswered]
             self._unanswered.clear()
         return unanswered
 
@@ -307,6 +317,11 @@ class Worker:
         self._stopped = threading.Event()
         self._handler: Optional[Handler] = None
         self._lanes: List[_Lane] = []
+        #: Set while a session's end puts its unanswered acks back.
+        self._settling = False
+        #: Keepalives read off getTask: one read after a pause proves every
+        #: task pushed before the pause has been read too.
+        self._keepalives = 0
 
     @property
     def client_id(self) -> Optional[str]:
@@ -430,6 +445,7 @@ class Worker:
                     self._control.close()
                 self._control = None
             with self._lock:
+                self._settling = True
                 self._lanes = []
             for lane in lanes:
                 # What the server answered before the end (a shutdown
@@ -439,10 +455,29 @@ class Worker:
                     with self._lock:
                         self._held.setdefault(task.id, task)  # claimed on resume
                     self._acknowledge_later(task, result)
+            with self._lock:
+                self._settling = False
+                self._lock.notify_all()
             stream.cancel()
             channel.close()
 
     # --- what the lanes call ---
+
+    def _keepalive_read(self) -> None:
+        with self._lock:
+            self._keepalives += 1
+            self._lock.notify_all()
+
+    def _tell(self, message: Any, what: str) -> None:
+        """Sends on the control channel; a refusal is logged."""
+        reply = self._send(message)
+
+        def answered(future: "concurrent.futures.Future[Any]") -> None:
+            if future.exception() is None and future.result().code != 0:
+                log.warning("%s refused: %s", what, future.result().error)
+
+        if reply is not None:
+            reply.add_done_callback(answered)
 
     def _arrived(self, message: Any) -> Task:
         task = Task(message.task_id, message.task, bytes(message.payload), message.attempt,
@@ -466,8 +501,12 @@ class Worker:
     # --- work ---
 
     def _keep_leases(self) -> None:
-        """One thread for every lease: a task whose handler runs past half
-        its lease gets it extended, again each half lease."""
+        """One thread for every lease and for proof of life: a task whose
+        handler runs past half its lease gets it extended, again each half
+        lease, and a heartbeat goes once per keepalive interval, so a
+        worker whose every thread is in a long handler is still heard."""
+        keepalive = self.settings.keepalive
+        heartbeat_at = time.monotonic() + keepalive
         while not self._stopped.wait(0.2):
             now = time.monotonic()
             with self._lock:
@@ -477,7 +516,11 @@ class Worker:
                 for task in due:
                     task._extend_at = now + task.lease / 2
             for task in due:
-                self._send(pb.ClientMsg(extend=pb.Extend(task_id=task.id, attempt=task.attempt)))
+                self._tell(pb.ClientMsg(extend=pb.Extend(task_id=task.id, attempt=task.attempt)),
+                           f"lease extension of {task.id}")
+            if keepalive > 0 and now >= heartbeat_at:
+                heartbeat_at = now + keepalive
+                self._tell(pb.ClientMsg(running=self.running), "heartbeat")
 
     def _run(self, task: Task, result: Any) -> bool:
         """Runs the handler and fills in `result`, its ack; False when the
@@ -546,21 +589,29 @@ class Worker:
             self._lock.notify_all()
 
     def _finish_drain(self) -> None:
+        with self._lock:
+            keepalives = self._keepalives
         paused = self._send(pb.ClientMsg(credit=pb.Credit(max_in_flight=0)))
         try:
-            # Once the pause is applied, what was pushed before it has come.
             if paused is not None:
                 paused.result(timeout=10)
         except (ConnectionError, concurrent.futures.TimeoutError):
             pass  # a reconnect registers paused
-        with self._lock:
-            while self._held:
-                self._lock.wait()
-            lanes = list(self._lanes)
-        # Every ack is sent; leaving before the server has applied them
-        # could hand their tasks to another worker.
-        for lane in lanes:
-            lane.read_answers(timeout=10)
+        while True:
+            with self._lock:
+                # Tasks pushed before the pause may still be unread in the
+                # stream; a keepalive read after it comes after them.
+                while (self._held or self._settling
+                       or (self.settings.keepalive > 0 and self._keepalives == keepalives)):
+                    self._lock.wait(timeout=1.0)
+                lanes = list(self._lanes)
+            # Every ack is sent; leaving before the server has applied them
+            # could hand their tasks to another worker. An answer lost with
+            # the connection puts its ack back in `_held`, sent again.
+            if all(lane.read_answers(timeout=10) for lane in lanes):
+                break
+            with self._lock:
+                self._lock.wait(timeout=0.1)
         self._stopped.set()
         with self._lock:
             if self._control:
