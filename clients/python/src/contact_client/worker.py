@@ -1,8 +1,9 @@
 """A worker: registers on getTask and runs pushed tasks through a handler
 in a few threads, each of which reads its own next task (see `_Lane`), and
-does everything else the protocol asks for it: receipts confirmed and
-keepalives answered as they arrive, acknowledgements on sendStatus (a
-refused one is logged), leases extended while handlers run, tasks the
+does everything else the protocol asks for it: receipts confirmed as tasks
+arrive, a heartbeat once per keepalive interval however busy its threads,
+acknowledgements on sendStatus (a refused one is logged), leases
+extended while handlers run, tasks the
 server takes back marked cancelled, a dropped connection redialled with
 backoff and jitter and the session resumed with the tasks it still holds,
 and a drain on `stop()` (and SIGINT/SIGTERM when run in the main thread):
