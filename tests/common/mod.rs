@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
+pub mod browser;
 pub mod certs;
 pub mod daemon;
 pub mod promtool;

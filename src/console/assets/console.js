@@ -352,7 +352,14 @@ async function refresh() {
       // Redrawing under someone typing would throw away what they typed.
       const active = document.activeElement;
       const focused = active && active.tagName === "INPUT" && active.type !== "checkbox" && main.contains(active);
-      if (!focused) main.replaceChildren(...(await pages[name](arg)).filter(Boolean));
+      if (!focused) {
+        // Redraw only what changed, so a row being clicked stays the same node.
+        const next = el("div", {}, (await pages[name](arg)).filter(Boolean));
+        if (next.innerHTML !== main.innerHTML || main.dataset.drawn !== name) {
+          main.replaceChildren(...next.childNodes);
+          main.dataset.drawn = name;
+        }
+      }
     }
     document.getElementById("updated").textContent = new Date().toLocaleTimeString();
     document.body.dataset.page = name;

@@ -1,0 +1,393 @@
+//! The operator's console in a real browser: headless Chromium (driven over
+//! WebDriver) against the real server on `127.0.0.1:0`, with real workers
+//! and producers on the gRPC side. Every wait is on what the page shows,
+//! with a timeout.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{TestServer, TestWorker, WorkerOptions, browser::Browser, test_config, within};
+use contact_server::{
+    auth::Role,
+    proto::{Outcome, v1},
+};
+
+/// Task text, a result and a status that would run script if they were
+/// ever taken as markup.
+const HOSTILE: &str = r#"<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">"#;
+
+fn console(server: &TestServer, page: &str) -> String {
+    format!("http://{}/#/{page}", server.metrics_addr)
+}
+
+/// Opens `page` and waits until the console has drawn it from the API.
+async fn show(browser: &Browser, server: &TestServer, page: &str, name: &str) {
+    browser.goto(&console(server, page)).await;
+    browser
+        .wait_for(
+            &format!("the {name} page to be drawn"),
+            &format!(
+                "return document.body.dataset.page === '{name}' \
+                 && document.getElementById('updated').textContent !== 'never' \
+                 && !document.getElementById('load-error')"
+            ),
+        )
+        .await;
+}
+
+/// A script's JSON-quoted string literal.
+fn js(text: &str) -> String {
+    serde_json::to_string(text).unwrap()
+}
+
+#[tokio::test]
+async fn every_page_renders() {
+    let server = TestServer::start().await;
+    let browser = Browser::start().await;
+    for (page, name, heading) in [
+        ("", "overview", "Overview"),
+        ("queues", "queues", "Queues"),
+        ("workers", "workers", "Workers"),
+        ("task", "task", "Task"),
+        ("dead-letters", "dead-letters", "Dead letters"),
+        ("broadcasts", "broadcasts", "Broadcasts"),
+    ] {
+        show(&browser, &server, page, name).await;
+        let shown = browser
+            .eval("return document.querySelector('#main h1').textContent")
+            .await;
+        assert_eq!(shown, heading, "{page}");
+    }
+    // The overview's chart has a line per rate.
+    show(&browser, &server, "", "overview").await;
+    let lines = browser
+        .eval("return document.querySelectorAll('svg.chart polyline').length")
+        .await;
+    assert_eq!(lines, 3);
+    browser.close().await;
+    server.stop().await;
+}
+
+/// A queue's depth, and a connected worker with its credit and the task it
+/// holds, as the pages show them.
+#[tokio::test]
+async fn queues_and_workers_show_what_the_server_holds() {
+    let server = TestServer::start().await;
+    for i in 0..3 {
+        server.submit("images", &format!("resize {i}")).await;
+    }
+    let browser = Browser::start().await;
+    show(&browser, &server, "queues", "queues").await;
+    browser
+        .wait_for(
+            "the images queue with 3 pending",
+            "const c = document.querySelector('tr[data-queue=\"images\"] .pending'); \
+             return c && c.textContent === '3'",
+        )
+        .await;
+
+    let mut worker = TestWorker::connect(
+        &server,
+        WorkerOptions::id("console-w")
+            .queues("images")
+            .max_in_flight(1),
+    )
+    .await;
+    let held = worker.next_task().await;
+    show(&browser, &server, "workers", "workers").await;
+    let credit = browser
+        .wait_for(
+            "the worker with one task in flight",
+            "const c = document.querySelector('tr[data-worker=\"console-w\"] .credit'); \
+             return c && c.textContent === '1 / 1' && c.textContent",
+        )
+        .await;
+    assert_eq!(credit, "1 / 1");
+    let row = browser
+        .wait_for(
+            "the task it holds",
+            &format!(
+                "const r = document.querySelector('tr[data-held={}]'); return r && r.textContent",
+                js(&held.task_id)
+            ),
+        )
+        .await;
+    assert!(row.as_str().unwrap().contains(&held.task), "{row}");
+    // And the queue page: two left, and the worker subscribed.
+    show(&browser, &server, "queues", "queues").await;
+    browser
+        .wait_for(
+            "two pending and the worker listed",
+            "const r = document.querySelector('tr[data-queue=\"images\"]'); \
+             return r && r.querySelector('.pending').textContent === '2' \
+                 && r.textContent.includes('console-w')",
+        )
+        .await;
+    browser.close().await;
+    server.stop().await;
+}
+
+/// Requeueing a dead letter from its page, after confirming, puts it back
+/// in its queue.
+#[tokio::test]
+async fn requeueing_a_dead_letter_moves_it_back() {
+    let server = TestServer::start().await;
+    let id = server.submit("mail", "send newsletter").await;
+    {
+        let mut worker =
+            TestWorker::connect(&server, WorkerOptions::id("mailer").queues("mail")).await;
+        let task = worker.next_task().await;
+        worker
+            .ack(&task.task_id, Outcome::FailedPermanently, "smtp down")
+            .await;
+        worker.finish_acks().await.unwrap();
+    }
+    let dead = server.wait_finished(&id).await;
+    assert_eq!(dead.state(), v1::TaskState::DeadLettered);
+
+    let browser = Browser::start().await;
+    show(&browser, &server, "dead-letters", "dead-letters").await;
+    let row = format!("tr[data-dead={}]", js(&id));
+    browser
+        .wait_for(
+            "the dead letter listed",
+            &format!(
+                "return !!document.querySelector('{}')",
+                row.replace('\'', "\\'")
+            ),
+        )
+        .await;
+    browser.click(&format!("{row} input[type=checkbox]")).await;
+    browser.click("#requeue-selected").await;
+    let question = browser.confirm_dialog().await;
+    assert!(question.contains("Requeue 1"), "{question}");
+    browser
+        .wait_for(
+            "the row to go",
+            &format!(
+                "return !document.querySelector('{}')",
+                row.replace('\'', "\\'")
+            ),
+        )
+        .await;
+    let info = server.get(&id).await;
+    assert_eq!(
+        (info.state(), info.queue.as_str()),
+        (v1::TaskState::Pending, "mail"),
+        "{info:?}"
+    );
+    let notice = browser
+        .eval("return document.getElementById('notice').textContent")
+        .await;
+    assert_eq!(notice, "requeued 1");
+    browser.close().await;
+    server.stop().await;
+}
+
+/// A page follows the server without a reload.
+#[tokio::test]
+async fn pages_update_live() {
+    let server = TestServer::start().await;
+    let browser = Browser::start().await;
+    show(&browser, &server, "queues", "queues").await;
+    browser.eval("window.__same_page = 42").await;
+    server.submit("live", "appears by itself").await;
+    browser
+        .wait_for(
+            "the new queue to appear on the same page",
+            "return window.__same_page === 42 \
+                 && !!document.querySelector('tr[data-queue=\"live\"]')",
+        )
+        .await;
+    // The overview's rate follows too.
+    show(&browser, &server, "", "overview").await;
+    browser.eval("window.__same_page = 43").await;
+    for i in 0..20 {
+        server.submit("live", &format!("more {i}")).await;
+    }
+    browser
+        .wait_for(
+            "the pending count to follow",
+            "return window.__same_page === 43 \
+                 && document.querySelector('#depth .value').textContent.startsWith('21')",
+        )
+        .await;
+    browser.close().await;
+    server.stop().await;
+}
+
+/// Hostile text in a task, a result and a worker's status is shown as
+/// text: no element is made from it and no script of it runs.
+#[tokio::test]
+async fn hostile_data_renders_as_text() {
+    let server = TestServer::start().await;
+    let mut worker = TestWorker::connect(
+        &server,
+        WorkerOptions::id("evil-w").queues("evil").max_in_flight(2),
+    )
+    .await;
+    let mut control = worker.control().await;
+    control
+        .send(contact_server::proto::ClientMsg {
+            msg: HOSTILE.into(),
+            ..Default::default()
+        })
+        .await;
+    let done = server.submit("evil", HOSTILE).await;
+    let task = worker.next_task().await;
+    assert_eq!(task.task_id, done);
+    worker.ack(&done, Outcome::Done, HOSTILE).await;
+    server.wait_finished(&done).await;
+    let held = server.submit("evil", HOSTILE).await;
+    assert_eq!(worker.next_task().await.task_id, held);
+
+    let browser = Browser::start().await;
+    let untouched = "return window.__pwned === undefined \
+                     && document.querySelectorAll('#main img, #main script').length === 0";
+    show(&browser, &server, "workers", "workers").await;
+    let status = browser
+        .wait_for(
+            "the worker's status",
+            "const c = document.querySelector('tr[data-worker=\"evil-w\"] .status'); \
+             return c && c.textContent",
+        )
+        .await;
+    assert_eq!(status, HOSTILE);
+    let held_text = browser
+        .wait_for(
+            "the held task's text",
+            &format!(
+                "const r = document.querySelector('tr[data-held={}]'); return r && r.textContent",
+                js(&held)
+            ),
+        )
+        .await;
+    assert!(held_text.as_str().unwrap().contains(HOSTILE), "{held_text}");
+    assert_eq!(browser.eval(untouched).await, true);
+
+    show(&browser, &server, &format!("task/{done}"), "task").await;
+    let ret = browser
+        .wait_for(
+            "the result",
+            &format!(
+                "const c = document.querySelector('[data-task={}] [data-field=\"ret\"]'); \
+                 return c && c.textContent",
+                js(&done)
+            ),
+        )
+        .await;
+    assert_eq!(ret, HOSTILE);
+    assert_eq!(browser.eval(untouched).await, true);
+
+    show(&browser, &server, &format!("task/{held}"), "task").await;
+    let text = browser
+        .wait_for(
+            "the task's text",
+            &format!(
+                "const c = document.querySelector('[data-task={}] [data-field=\"text\"]'); \
+                 return c && c.textContent",
+                js(&held)
+            ),
+        )
+        .await;
+    assert_eq!(text, HOSTILE);
+    assert_eq!(browser.eval(untouched).await, true);
+    browser.close().await;
+    server.stop().await;
+}
+
+/// With principals configured: nothing without signing in; a producer's
+/// token signs in but its actions are refused; an admin's are carried out;
+/// a request without the console's header is refused whoever sends it; the
+/// sign-in cookie is out of the page's reach.
+#[tokio::test]
+async fn actions_need_the_admin_role() {
+    let mut config = test_config();
+    config.auth.principals = vec![
+        common::principal("ops", "ct_console-admin", &[Role::Admin]),
+        common::principal("app", "ct_console-producer", &[Role::Producer]),
+    ];
+    let server = TestServer::with_config(config).await;
+    let browser = Browser::start().await;
+    browser.goto(&console(&server, "")).await;
+    browser
+        .wait_for(
+            "the sign-in form",
+            "return !!document.getElementById('sign-in')",
+        )
+        .await;
+    let post = |path: &str, header: bool| {
+        format!(
+            "return fetch('{path}', {{method: 'POST', body: '{{}}', headers: {}}}) \
+             .then(r => r.json().then(b => [r.status, b.error || '']))",
+            if header {
+                "{'x-contact-console': '1'}"
+            } else {
+                "{}"
+            }
+        )
+    };
+    let read = "return fetch('/api/overview').then(r => r.status)";
+    assert_eq!(browser.eval(read).await, 401);
+
+    browser
+        .type_into("#sign-in input[name=token]", "ct_console-producer")
+        .await;
+    browser.click("#sign-in button").await;
+    browser
+        .wait_for(
+            "signed in as app",
+            "return document.getElementById('who').textContent.includes('signed in as app')",
+        )
+        .await;
+    assert_eq!(browser.eval(read).await, 200);
+    let refused = browser.eval(&post("/api/dead-letters/purge", true)).await;
+    assert_eq!(refused[0], 403, "{refused}");
+    assert!(
+        refused[1].as_str().unwrap().contains("admin role"),
+        "{refused}"
+    );
+    show(&browser, &server, "dead-letters", "dead-letters").await;
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('purge').disabled")
+            .await,
+        true
+    );
+    assert_eq!(
+        browser
+            .eval("return document.cookie.includes('contact_console')")
+            .await,
+        false,
+        "the sign-in cookie is HttpOnly"
+    );
+
+    browser.click("#who button").await;
+    browser
+        .wait_for(
+            "the sign-in form again",
+            "return !!document.getElementById('sign-in')",
+        )
+        .await;
+    browser
+        .type_into("#sign-in input[name=token]", "ct_console-admin")
+        .await;
+    browser.click("#sign-in button").await;
+    browser
+        .wait_for(
+            "signed in as ops",
+            "return document.getElementById('who').textContent.includes('signed in as ops (admin)')",
+        )
+        .await;
+    let purged = browser.eval(&post("/api/dead-letters/purge", true)).await;
+    assert_eq!(purged[0], 200, "{purged}");
+    let forged = browser.eval(&post("/api/dead-letters/purge", false)).await;
+    assert_eq!(forged[0], 403, "{forged}");
+    assert!(
+        forged[1].as_str().unwrap().contains("cross-site"),
+        "{forged}"
+    );
+    browser.close().await;
+    within("server stop", server.stop()).await;
+}
