@@ -391,3 +391,157 @@ async fn actions_need_the_admin_role() {
     browser.close().await;
     within("server stop", server.stop()).await;
 }
+
+/// A broadcast's copies, one per worker, with each one's result.
+#[tokio::test]
+async fn broadcasts_show_each_copy_and_its_result() {
+    let server = TestServer::start().await;
+    let mut first = TestWorker::connect(&server, WorkerOptions::id("cache-a")).await;
+    let mut second = TestWorker::connect(&server, WorkerOptions::id("cache-b")).await;
+    let mut tasks = server.tasks().await;
+    let reply = within(
+        "broadcast",
+        tasks.broadcast(v1::BroadcastRequest {
+            text: "flush caches".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(reply.copy_count, 2);
+    let copy = first.next_task().await;
+    first.ack(&copy.task_id, Outcome::Done, "flushed a").await;
+    server.wait_finished(&copy.task_id).await;
+    let pending = second.next_task().await;
+
+    let browser = Browser::start().await;
+    show(&browser, &server, "broadcasts", "broadcasts").await;
+    let rows = browser
+        .wait_for(
+            "both copies",
+            &format!(
+                "const rows = [...document.querySelectorAll('tr[data-copy]')]; \
+                 return rows.length === 2 && !!document.querySelector('[data-broadcast={}]') \
+                     && rows.map(r => r.textContent).sort()",
+                js(&reply.broadcast_id)
+            ),
+        )
+        .await;
+    let rows: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(
+        rows[0].starts_with("cache-a") && rows[0].contains("done") && rows[0].contains("flushed a"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].starts_with("cache-b") && rows[1].contains("delivered"),
+        "{rows:?}"
+    );
+    assert!(rows[1].contains(&pending.task_id), "{rows:?}");
+    browser.close().await;
+    server.stop().await;
+}
+
+/// Not a check: makes the README's screenshots (docs/console/*.png) from a
+/// real run. `docs/console/make-screenshots.sh` runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/console/*.png; run by docs/console/make-screenshots.sh"]
+async fn make_screenshots() {
+    let server = TestServer::start().await;
+    let mut workers = Vec::new();
+    for (id, queues, credit) in [
+        ("resizer-1", "images", 4),
+        ("resizer-2", "images", 4),
+        ("mailer", "mail", 2),
+    ] {
+        workers.push(
+            TestWorker::connect(
+                &server,
+                WorkerOptions::id(id).queues(queues).max_in_flight(credit),
+            )
+            .await,
+        );
+    }
+    // A steady trickle for the rates, some tasks held, some dead letters.
+    for i in 0..40 {
+        server
+            .submit("images", &format!("resize img-{i}.png 800x600"))
+            .await;
+    }
+    for i in 0..6 {
+        server
+            .submit("mail", &format!("send welcome mail #{i}"))
+            .await;
+    }
+    for i in 0..3 {
+        server
+            .submit("reports", &format!("monthly report {i}"))
+            .await;
+    }
+    let mut control = workers[0].control().await;
+    control
+        .send(contact_server::proto::ClientMsg {
+            msg: "resizing 4 images".into(),
+            running: 4,
+            ..Default::default()
+        })
+        .await;
+    let mut held = Vec::new();
+    for worker in &mut workers {
+        let task = worker.next_task().await;
+        held.push(task.task_id);
+    }
+    let mailer = &mut workers[2];
+    let task = mailer.next_task().await;
+    mailer
+        .ack(
+            &task.task_id,
+            Outcome::FailedPermanently,
+            "550 mailbox unavailable",
+        )
+        .await;
+    for _ in 0..8 {
+        let task = workers[1].next_task().await;
+        workers[1]
+            .ack(&task.task_id, Outcome::Done, "resized")
+            .await;
+    }
+    let browser = Browser::start().await;
+    // Twenty seconds of a varying load for the overview's rates (the
+    // pause is the pace of the workload, not a wait for a state).
+    show(&browser, &server, "", "overview").await;
+    for second in 0..20u32 {
+        let burst = 5 + (second * 7) % 23;
+        for i in 0..burst {
+            server
+                .submit("images", &format!("resize late-{second}-{i}.png"))
+                .await;
+            let task = workers[1].next_task().await;
+            workers[1]
+                .ack(&task.task_id, Outcome::Done, "resized")
+                .await;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let dir = common::browser::screenshot_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    for (page, name) in [
+        ("", "overview"),
+        ("queues", "queues"),
+        ("workers", "workers"),
+        ("dead-letters", "dead-letters"),
+        (&format!("task/{}", held[0]) as &str, "task"),
+    ] {
+        show(&browser, &server, page, name).await;
+        let png = browser.screenshot().await;
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+    browser.close().await;
+    server.stop().await;
+}

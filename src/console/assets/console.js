@@ -116,8 +116,9 @@ function chart(rates) {
   const top = Math.max(1, ...rates.flatMap((r) => [r.submitted, r.done, r.failed]));
   for (const key of ["submitted", "done", "failed"]) {
     const line = document.createElementNS(ns, "polyline");
-    const start = 300 - rates.length;
-    line.setAttribute("points", rates.map((r, i) => `${start + i},${100 - (r[key] / top) * 95}`).join(" "));
+    // The samples kept (up to five minutes) span the whole width.
+    const step = rates.length > 1 ? 300 / (rates.length - 1) : 0;
+    line.setAttribute("points", rates.map((r, i) => `${i * step},${100 - (r[key] / top) * 95}`).join(" "));
     line.setAttribute("class", key);
     line.setAttribute("data-series", key);
     svg.append(line);
@@ -144,7 +145,7 @@ const pages = {
         card("workers", o.workers, "workers"),
         card("in flight / credit", `${o.in_flight} / ${o.credit}`, "in-flight"),
         card("dead letters", o.dead_letters, "dead-letters")),
-      el("h2", {}, "Per second, last five minutes"),
+      el("h2", {}, `Per second, last ${o.rates.length >= 299 ? "five minutes" : `${o.rates.length} s`} (peak ${Math.max(0, ...o.rates.map((r) => r.submitted)).toFixed(0)}/s)`),
       chart(o.rates),
       el("div", { class: "legend" },
         ["submitted", "done", "failed"].map((k) => el("span", {}, el("span", { class: `sw ${k}` }), k))),
