@@ -384,3 +384,78 @@ async fn expired_certificates_are_refused() {
     assert!(refused.is_err(), "an expired client certificate is refused");
     server.stop().await;
 }
+
+/// The console over a TLS HTTP listener with a client CA: a client
+/// certificate naming an admin principal signs in by itself (no token, no
+/// cookie) and may act; without one, the console asks for a sign-in.
+#[tokio::test]
+async fn a_client_certificate_signs_in_to_the_console() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::{
+        TlsConnector,
+        rustls::{
+            ClientConfig, RootCertStore,
+            pki_types::{PrivateKeyDer, ServerName, pem::PemObject as _},
+        },
+    };
+    let dir = TempDir::new("console-mtls");
+    let ca = Ca::new("test CA");
+    let mut config = test_config();
+    let ca_file = ca.serve_tls(&dir.0, &mut config);
+    config.tls.client_ca_file = Some(ca_file);
+    config.tls.http_listener = true;
+    let mut ops = principal("ops", "ct_console-ops", &[Role::Admin]);
+    ops.tls_identity = Some("ops.example".into());
+    config.auth.principals = vec![ops];
+    let server = TestServer::with_config(config).await;
+
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(rustls_pem(&ca.pem())).unwrap();
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let leaf = ca.leaf(&["ops.example"]);
+    let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+    let with_certificate = TlsConnector::from(std::sync::Arc::new(
+        builder
+            .clone()
+            .with_client_auth_cert(vec![rustls_pem(&leaf.cert)], key)
+            .unwrap(),
+    ));
+    let without = TlsConnector::from(std::sync::Arc::new(builder.with_no_client_auth()));
+    let request = |connector: TlsConnector, request: String| {
+        let addr = server.metrics_addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut tls = within("TLS to the console", connector.connect(name, tcp))
+                .await
+                .unwrap();
+            tls.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            within("the response", tls.read_to_string(&mut response))
+                .await
+                .ok();
+            response
+        }
+    };
+    let get =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let session = request(with_certificate.clone(), get("/api/session")).await;
+    assert!(session.starts_with("HTTP/1.1 200"), "{session}");
+    assert!(
+        session.contains(r#""principal":"ops","may_act":true"#),
+        "{session}"
+    );
+    let purge = "POST /api/dead-letters/purge HTTP/1.1\r\nHost: localhost\r\n\
+                 x-contact-console: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let purged = request(with_certificate, purge.to_owned()).await;
+    assert!(purged.starts_with("HTTP/1.1 200"), "{purged}");
+    let anonymous = request(without.clone(), get("/api/queues")).await;
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    let refused = request(without, purge.to_owned()).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    server.stop().await;
+}
