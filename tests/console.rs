@@ -213,6 +213,20 @@ async fn pages_update_live() {
                  && document.querySelector('#depth .value').textContent.startsWith('21')",
         )
         .await;
+    // The submissions show in the rate (for the second they fell in) and
+    // in the totals since start, from the server's own counts.
+    browser
+        .wait_for(
+            "a submitted rate above 0",
+            "return Number(document.querySelector('#rate-submitted .value').textContent) > 0",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the totals",
+            "return document.querySelector('#main').textContent.includes('Since start: 21 submitted')",
+        )
+        .await;
     browser.close().await;
     server.stop().await;
 }
@@ -241,6 +255,25 @@ async fn hostile_data_renders_as_text() {
     server.wait_finished(&done).await;
     let held = server.submit("evil", HOSTILE).await;
     assert_eq!(worker.next_task().await.task_id, held);
+    // A dead letter and a broadcast copy with the same text, error and result.
+    let dead = server.submit("evil", HOSTILE).await;
+    assert_eq!(worker.next_task().await.task_id, dead);
+    worker.ack(&dead, Outcome::FailedPermanently, HOSTILE).await;
+    server.wait_finished(&dead).await;
+    let mut tasks = server.tasks().await;
+    within(
+        "broadcast",
+        tasks.broadcast(v1::BroadcastRequest {
+            queue: "evil".into(),
+            text: HOSTILE.into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    let copy = worker.next_task().await;
+    worker.ack(&copy.task_id, Outcome::Done, HOSTILE).await;
+    server.wait_finished(&copy.task_id).await;
 
     let browser = Browser::start().await;
     let untouched = "return window.__pwned === undefined \
@@ -293,14 +326,45 @@ async fn hostile_data_renders_as_text() {
         .await;
     assert_eq!(text, HOSTILE);
     assert_eq!(browser.eval(untouched).await, true);
+
+    show(&browser, &server, "dead-letters", "dead-letters").await;
+    let row = browser
+        .wait_for(
+            "the dead letter",
+            &format!(
+                "const r = document.querySelector('tr[data-dead={}]'); \
+                 return r && [...r.querySelectorAll('td.text')].map(c => c.textContent)",
+                js(&dead)
+            ),
+        )
+        .await;
+    // Queue, text, and the error the worker reported.
+    assert_eq!(row[1], HOSTILE, "{row}");
+    assert!(row[2].as_str().unwrap().starts_with(HOSTILE), "{row}");
+    assert_eq!(browser.eval(untouched).await, true);
+
+    show(&browser, &server, "broadcasts", "broadcasts").await;
+    let result = browser
+        .wait_for(
+            "the broadcast copy's result",
+            &format!(
+                "const r = document.querySelector('tr[data-copy={}]'); \
+                 return r && r.querySelectorAll('td.text')[1].textContent",
+                js(&copy.task_id)
+            ),
+        )
+        .await;
+    assert_eq!(result, HOSTILE);
+    assert_eq!(browser.eval(untouched).await, true);
     browser.close().await;
     server.stop().await;
 }
 
-/// With principals configured: nothing without signing in; a producer's
-/// token signs in but its actions are refused; an admin's are carried out;
-/// a request without the console's header is refused whoever sends it; the
-/// sign-in cookie is out of the page's reach.
+/// With principals configured the console needs the admin role: nothing
+/// without signing in, a producer's token does not sign in, an admin's
+/// does and its actions are carried out; a request without the console's
+/// header is refused whoever sends it; the sign-in cookie is out of the
+/// page's reach.
 #[tokio::test]
 async fn actions_need_the_admin_role() {
     let mut config = test_config();
@@ -330,45 +394,30 @@ async fn actions_need_the_admin_role() {
     };
     let read = "return fetch('/api/overview').then(r => r.status)";
     assert_eq!(browser.eval(read).await, 401);
+    let anonymous = browser.eval(&post("/api/dead-letters/purge", true)).await;
+    assert_eq!(anonymous[0], 401, "{anonymous}");
 
     browser
         .type_into("#sign-in input[name=token]", "ct_console-producer")
         .await;
     browser.click("#sign-in button").await;
-    browser
+    let refusal = browser
         .wait_for(
-            "signed in as app",
-            "return document.getElementById('who').textContent.includes('signed in as app')",
+            "the producer's sign-in refused",
+            "const n = document.getElementById('notice'); \
+             return n.textContent.startsWith('Sign-in refused') && n.textContent",
         )
         .await;
-    assert_eq!(browser.eval(read).await, 200);
-    let refused = browser.eval(&post("/api/dead-letters/purge", true)).await;
-    assert_eq!(refused[0], 403, "{refused}");
     assert!(
-        refused[1].as_str().unwrap().contains("admin role"),
-        "{refused}"
+        refusal.as_str().unwrap().contains("admin role"),
+        "{refusal}"
     );
-    show(&browser, &server, "dead-letters", "dead-letters").await;
-    assert_eq!(
-        browser
-            .eval("return document.getElementById('purge').disabled")
-            .await,
-        true
-    );
-    assert_eq!(
-        browser
-            .eval("return document.cookie.includes('contact_console')")
-            .await,
-        false,
-        "the sign-in cookie is HttpOnly"
-    );
+    assert_eq!(browser.eval(read).await, 401);
+    let refused = browser.eval(&post("/api/dead-letters/purge", true)).await;
+    assert_eq!(refused[0], 401, "{refused}");
 
-    browser.click("#who button").await;
     browser
-        .wait_for(
-            "the sign-in form again",
-            "return !!document.getElementById('sign-in')",
-        )
+        .eval("document.querySelector('#sign-in input[name=token]').value = ''")
         .await;
     browser
         .type_into("#sign-in input[name=token]", "ct_console-admin")
@@ -380,6 +429,14 @@ async fn actions_need_the_admin_role() {
             "return document.getElementById('who').textContent.includes('signed in as ops (admin)')",
         )
         .await;
+    assert_eq!(browser.eval(read).await, 200);
+    assert_eq!(
+        browser
+            .eval("return document.cookie.includes('contact_console')")
+            .await,
+        false,
+        "the sign-in cookie is HttpOnly"
+    );
     let purged = browser.eval(&post("/api/dead-letters/purge", true)).await;
     assert_eq!(purged[0], 200, "{purged}");
     let forged = browser.eval(&post("/api/dead-letters/purge", false)).await;
@@ -388,8 +445,110 @@ async fn actions_need_the_admin_role() {
         forged[1].as_str().unwrap().contains("cross-site"),
         "{forged}"
     );
+
+    browser.click("#who button").await;
+    browser
+        .wait_for(
+            "the sign-in form again",
+            "return !!document.getElementById('sign-in')",
+        )
+        .await;
+    assert_eq!(browser.eval(read).await, 401);
     browser.close().await;
     within("server stop", server.stop()).await;
+}
+
+/// Drain and Disconnect on the workers page and Cancel on a task's page,
+/// each after its confirmation, do what Admin and Tasks do.
+#[tokio::test]
+async fn workers_and_tasks_are_acted_on_from_their_pages() {
+    let server = TestServer::start().await;
+    let mut draining = TestWorker::connect(&server, WorkerOptions::id("to-drain")).await;
+    let mut leaving = TestWorker::connect(&server, WorkerOptions::id("to-disconnect")).await;
+    let browser = Browser::start().await;
+    show(&browser, &server, "workers", "workers").await;
+    browser
+        .wait_for(
+            "both workers",
+            "return document.querySelectorAll('tr[data-worker]').length === 2",
+        )
+        .await;
+    browser
+        .click("tr[data-worker=\"to-drain\"] button:not(.danger)")
+        .await;
+    let question = browser.confirm_dialog().await;
+    assert!(question.starts_with("Drain worker to-drain?"), "{question}");
+    // A drained worker that holds nothing is sent off at once.
+    let end = draining.next_event().await;
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    browser
+        .click("tr[data-worker=\"to-disconnect\"] button.danger")
+        .await;
+    let question = browser.confirm_dialog().await;
+    assert!(
+        question.starts_with("Disconnect worker to-disconnect"),
+        "{question}"
+    );
+    let end = leaving.next_event().await;
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    browser
+        .wait_for(
+            "no worker left",
+            "return document.querySelectorAll('tr[data-worker]').length === 0",
+        )
+        .await;
+
+    let id = server.submit("nobody-here", "cancel me").await;
+    show(&browser, &server, &format!("task/{id}"), "task").await;
+    browser
+        .wait_for(
+            "the task's Cancel button",
+            &format!(
+                "return !!document.querySelector('[data-task={}]') \
+                     && !!document.querySelector('#main button.danger')",
+                js(&id)
+            ),
+        )
+        .await;
+    browser.click("#main button.danger").await;
+    let question = browser.confirm_dialog().await;
+    assert!(question.starts_with("Cancel task"), "{question}");
+    browser
+        .wait_for(
+            "the state to read cancelled",
+            "const c = document.querySelector('[data-field=\"state\"]'); \
+             return c && c.textContent === 'cancelled'",
+        )
+        .await;
+    assert_eq!(server.get(&id).await.state(), v1::TaskState::Cancelled);
+    browser.close().await;
+    server.stop().await;
+}
+
+/// Without principals, the console answers only requests addressed to an
+/// IP address or localhost: a hostile page whose name was made to resolve
+/// here (DNS rebinding) gets nothing.
+#[tokio::test]
+async fn other_host_names_are_refused_without_principals() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = TestServer::start().await;
+    let addr = server.metrics_addr;
+    let get = |host: &'static str| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET /api/queues HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        within("the answer", tcp.read_to_string(&mut response))
+            .await
+            .unwrap();
+        response
+    };
+    assert!(get("127.0.0.1").await.starts_with("HTTP/1.1 200"));
+    assert!(get("localhost:9464").await.starts_with("HTTP/1.1 200"));
+    let rebound = get("attacker.example:9464").await;
+    assert!(rebound.starts_with("HTTP/1.1 421"), "{rebound}");
+    server.stop().await;
 }
 
 /// A broadcast's copies, one per worker, with each one's result.

@@ -1,13 +1,16 @@
 //! Who may use the console, and how a browser proves it.
 //!
 //! With no principal configured the console is open, as the rest of the
-//! server is. Otherwise a person signs in once with a token (any
-//! principal's): the server keeps the sign-in and gives the browser a
-//! random session id in an HttpOnly, SameSite=Strict cookie, so scripts in
-//! the page never see the token and other sites' pages cannot send it; a
-//! client certificate whose name maps to a principal signs in by itself.
-//! Looking needs a principal not limited to some queues (the console shows
-//! every queue); acting needs the admin role.
+//! server is, but only to requests addressed to an IP address or
+//! `localhost`: a page on another site whose name is made to resolve to
+//! this host (DNS rebinding) would otherwise count as the console's own
+//! origin. Otherwise the console needs the admin role (it shows every
+//! queue's tasks and acts on every worker, as the Admin API does): a person
+//! signs in once with an admin's token, the server keeps the sign-in and
+//! gives the browser a random session id in an HttpOnly, SameSite=Strict
+//! cookie, so scripts in the page never see the token and other sites'
+//! pages cannot send it; a client certificate whose name maps to an admin
+//! principal signs in by itself.
 //!
 //! Every request that changes something must also carry the
 //! `x-contact-console` header, which a cross-site form or image cannot
@@ -51,12 +54,13 @@ impl Refusal {
     }
 }
 
-/// What a request may do.
+/// What a request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Need {
     /// Read what the server holds.
     Look,
-    /// Drain, disconnect, cancel, requeue, purge.
+    /// Drain, disconnect, cancel, requeue, purge: also guarded against
+    /// cross-site requests.
     Act,
 }
 
@@ -90,16 +94,18 @@ impl Access {
         self.principals.enabled()
     }
 
-    /// The principal a request comes from: its certificate's, or its
-    /// sign-in's. `None` when there is none (or authentication is off).
+    /// The principal a request comes from: its sign-in's (what the person
+    /// chose), or else its client certificate's. `None` when there is none.
     pub(crate) fn principal(
         &self,
         headers: &HeaderMap,
         identities: &[String],
     ) -> Option<Arc<Principal>> {
-        if let Some(principal) = self.principals.by_certificate(identities) {
-            return Some(principal);
-        }
+        self.signed_in(headers)
+            .or_else(|| self.principals.by_certificate(identities))
+    }
+
+    fn signed_in(&self, headers: &HeaderMap) -> Option<Arc<Principal>> {
         let session = cookie(headers, COOKIE)?;
         let key = token::sha256(session.as_bytes());
         let mut sign_ins = self.sign_ins.lock().unwrap_or_else(PoisonError::into_inner);
@@ -124,32 +130,33 @@ impl Access {
             same_origin(headers)?;
         }
         if !self.required() {
+            local_host(headers)?;
             return Ok(None);
         }
-        let principal = self.principal(headers, identities).ok_or(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "sign in with a token first",
-        ))?;
-        let admin = principal.roles.contains(&Role::Admin);
-        match need {
-            Need::Act if !admin => Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                "this action needs the admin role",
-            )),
-            Need::Look if !admin && principal.queues.is_some() => Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                "the console shows every queue: a principal limited to some queues cannot use it",
-            )),
-            _ => Ok(Some(principal)),
+        let Some(principal) = self.principal(headers, identities) else {
+            refused("missing_credentials");
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "sign in with an admin's token first",
+            ));
+        };
+        if !principal.roles.contains(&Role::Admin) {
+            refused("missing_role");
+            return Err(Refusal::new(StatusCode::FORBIDDEN, NEEDS_ADMIN));
         }
+        Ok(Some(principal))
     }
 
     /// Signs a token's principal in: the `Set-Cookie` value for the browser.
     pub(crate) fn sign_in(&self, presented: &str) -> Result<(Arc<Principal>, String), Refusal> {
-        let principal = self
-            .principals
-            .authenticate(presented)
-            .ok_or(Refusal::new(StatusCode::UNAUTHORIZED, "unknown token"))?;
+        let Some(principal) = self.principals.authenticate(presented) else {
+            refused("bad_credentials");
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unknown token"));
+        };
+        if !principal.roles.contains(&Role::Admin) {
+            refused("missing_role");
+            return Err(Refusal::new(StatusCode::FORBIDDEN, NEEDS_ADMIN));
+        }
         let session = token::generate().map_err(|_| {
             Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -194,6 +201,38 @@ impl Access {
                 .remove(&key);
         }
         format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+    }
+}
+
+const NEEDS_ADMIN: &str = "the console needs the admin role";
+
+/// Counted with the gRPC API's refusals, by the same reasons.
+fn refused(reason: &'static str) {
+    metrics::counter!(crate::metrics::AUTH_REFUSALS, "reason" => reason).increment(1);
+}
+
+/// Without authentication, a request must name this host by an IP address
+/// or `localhost`: a name that resolves here only because someone made it
+/// (DNS rebinding) would make a hostile page same-origin with the console.
+pub(crate) fn local_host(headers: &HeaderMap) -> Result<(), Refusal> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let local = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+    if local {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "without [[auth.principals]] the console answers only requests addressed to an IP \
+             address or localhost",
+        ))
     }
 }
 
@@ -281,7 +320,7 @@ mod tests {
     }
 
     #[test]
-    fn sign_ins_look_and_act_by_role() {
+    fn only_admins_sign_in_look_and_act() {
         let access = Access::new(principals(), false);
         let none = HeaderMap::new();
         assert_eq!(
@@ -289,31 +328,17 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
         assert!(access.sign_in("ct_wrong").is_err());
-
-        let (_, cookie) = access.sign_in("ct_producer").unwrap();
-        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
-        assert!(
-            !cookie.contains("ct_producer"),
-            "the cookie is not the token"
-        );
-        let producer = with_cookie(&cookie);
-        assert!(access.check(Need::Look, &producer, &[]).is_ok());
         assert_eq!(
-            access.check(Need::Act, &producer, &[]).unwrap_err().status,
+            access.sign_in("ct_producer").unwrap_err().status,
             StatusCode::FORBIDDEN
         );
-
-        let (_, cookie) = access.sign_in("ct_scoped").unwrap();
-        assert_eq!(
-            access
-                .check(Need::Look, &with_cookie(&cookie), &[])
-                .unwrap_err()
-                .status,
-            StatusCode::FORBIDDEN
-        );
+        assert!(access.sign_in("ct_scoped").is_err());
 
         let (_, cookie) = access.sign_in("ct_admin").unwrap();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+        assert!(!cookie.contains("ct_admin"), "the cookie is not the token");
         let admin = with_cookie(&cookie);
+        assert!(access.check(Need::Look, &admin, &[]).is_ok());
         assert_eq!(
             access
                 .check(Need::Act, &admin, &[])
@@ -334,16 +359,46 @@ mod tests {
                 .check(Need::Act, &bare, &["ops.example".into()])
                 .is_ok()
         );
+        assert!(
+            access
+                .check(Need::Look, &bare, &["nobody.example".into()])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn without_principals_only_local_host_names_are_answered() {
+        let access = Access::new(Arc::new(Principals::default()), false);
+        for (host, answered) in [
+            ("127.0.0.1:9464", true),
+            ("localhost:9464", true),
+            ("LOCALHOST", true),
+            ("[::1]:9464", true),
+            ("10.1.2.3:9464", true),
+            ("evil.example:9464", false),
+            ("localhost.evil.example", false),
+            ("", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            if !host.is_empty() {
+                headers.insert(header::HOST, host.parse().unwrap());
+            }
+            assert_eq!(
+                access.check(Need::Look, &headers, &[]).is_ok(),
+                answered,
+                "{host}"
+            );
+        }
     }
 
     #[test]
     fn actions_from_other_sites_are_refused() {
         let access = Access::new(Arc::new(Principals::default()), false);
         let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "127.0.0.1:9464".parse().unwrap());
         assert!(access.check(Need::Look, &headers, &[]).is_ok());
         assert!(access.check(Need::Act, &headers, &[]).is_err(), "no header");
         headers.insert(CSRF_HEADER, "1".parse().unwrap());
-        headers.insert(header::HOST, "127.0.0.1:9464".parse().unwrap());
         assert!(access.check(Need::Act, &headers, &[]).is_ok());
         headers.insert(header::ORIGIN, "http://127.0.0.1:9464".parse().unwrap());
         assert!(access.check(Need::Act, &headers, &[]).is_ok());

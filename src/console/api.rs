@@ -12,25 +12,31 @@ use super::{
     ApiError, Console,
     access::Need,
     views::{
-        BroadcastView, HeldTaskView, Overview, QueueView, SessionView, TEXT_PREFIX_BYTES, TaskView,
+        BroadcastView, HeldTaskView, LIST_PREFIX_BYTES, Overview, QueueView, SessionView, TaskView,
         WorkerView, prefix,
     },
 };
 use crate::{
     auth::Role,
     domain::{QueueName, TaskId},
+    queue::Detail,
     transport::http_listener::HttpPeer,
 };
 
-/// Held tasks shown per worker at most (credit can be in the thousands).
+/// Held tasks shown per worker at most (credit can be in the thousands),
+/// and in all.
 const MAX_HELD_SHOWN: usize = 100;
+const MAX_HELD_TOTAL: usize = 2000;
+
+/// How long a session may take to say what it holds.
+const HOLDING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Broadcasts listed at most, newest first.
 const MAX_BROADCASTS_SHOWN: usize = 20;
 
 /// Dead letters listed when the request names no limit, and at most.
 const DEFAULT_DEAD_LETTERS: usize = 100;
-const MAX_DEAD_LETTERS: usize = 1000;
+const MAX_DEAD_LETTERS: usize = 500;
 
 type Peer = ConnectInfo<HttpPeer>;
 
@@ -112,26 +118,46 @@ pub(super) async fn workers(
 ) -> Result<Json<Vec<WorkerView>>, ApiError> {
     console.look(&headers, &peer)?;
     let core = &console.inner.core;
-    let mut views = Vec::new();
-    for worker in core.registry.workers().await? {
+    let workers = core.registry.workers().await?;
+    // What each holds: one ask per session (a busy or ended one shows
+    // nothing), then one ask to the queue for every text shown.
+    let mut holdings = Vec::with_capacity(workers.len());
+    let mut shown = 0;
+    for worker in &workers {
         let mut held = Vec::new();
-        // A session that ended since the registry answered holds nothing.
-        if let Some(session) = core.index.resolve(Some(&worker.client), None)
-            && let Ok(tasks) = session.holding().await
+        if shown < MAX_HELD_TOTAL
+            && let Some(session) = core.index.resolve(Some(&worker.client), None)
+            && let Ok(Ok(tasks)) = tokio::time::timeout(HOLDING_TIMEOUT, session.holding()).await
         {
-            for task in tasks.into_iter().take(MAX_HELD_SHOWN) {
-                let text = match core.queue.get(task.task).await {
-                    Ok(info) => info
-                        .text
-                        .as_deref()
-                        .map(|t| prefix(t, TEXT_PREFIX_BYTES).to_owned()),
-                    Err(_) => None,
-                };
-                held.push(HeldTaskView::new(task, text));
-            }
+            held = tasks
+                .into_iter()
+                .take(MAX_HELD_SHOWN.min(MAX_HELD_TOTAL - shown))
+                .collect();
+            shown += held.len();
         }
-        views.push(WorkerView::new(worker, held));
+        holdings.push(held);
     }
+    let ids = holdings.iter().flatten().map(|h| h.task).collect();
+    let mut texts = core
+        .queue
+        .tasks(ids, Detail::Cut(LIST_PREFIX_BYTES))
+        .await?
+        .into_iter()
+        .map(|info| {
+            info.and_then(|i| i.text)
+                .map(|t| prefix(&t, LIST_PREFIX_BYTES).to_owned())
+        });
+    let views = workers
+        .into_iter()
+        .zip(holdings)
+        .map(|(worker, held)| {
+            let held = held
+                .into_iter()
+                .map(|h| HeldTaskView::new(h, texts.next().flatten()))
+                .collect();
+            WorkerView::new(worker, held)
+        })
+        .collect();
     Ok(Json(views))
 }
 
@@ -167,8 +193,18 @@ pub(super) async fn dead_letters(
         .limit
         .unwrap_or(DEFAULT_DEAD_LETTERS)
         .clamp(1, MAX_DEAD_LETTERS);
-    let tasks = console.inner.core.queue.dead_letters(queue, limit).await?;
-    Ok(Json(tasks.into_iter().map(Into::into).collect()))
+    let tasks = console
+        .inner
+        .core
+        .queue
+        .dead_letters(queue, limit, Detail::Cut(LIST_PREFIX_BYTES))
+        .await?;
+    Ok(Json(
+        tasks
+            .into_iter()
+            .map(|t| TaskView::cut(t, LIST_PREFIX_BYTES))
+            .collect(),
+    ))
 }
 
 pub(super) async fn broadcasts(
@@ -181,10 +217,16 @@ pub(super) async fn broadcasts(
     let mut views = Vec::new();
     for id in queue.broadcasts(MAX_BROADCASTS_SHOWN).await? {
         // Forgotten between the two asks: it is simply not listed.
-        if let Ok(copies) = queue.broadcast_copies(id).await {
+        if let Ok(copies) = queue
+            .broadcast_copies(id, Detail::Cut(LIST_PREFIX_BYTES))
+            .await
+        {
             views.push(BroadcastView {
                 broadcast_id: id.to_string(),
-                copies: copies.into_iter().map(Into::into).collect(),
+                copies: copies
+                    .into_iter()
+                    .map(|t| TaskView::cut(t, LIST_PREFIX_BYTES))
+                    .collect(),
             });
         }
     }

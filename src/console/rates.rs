@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::{QueueHandle, Totals};
@@ -32,10 +32,19 @@ pub(crate) struct RatePoint {
     pub(crate) dead_lettered: f64,
 }
 
+/// One sample: when it was asked for (the interval between two comes from
+/// the monotonic clock; the Unix time is for display) and the totals.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    at: Instant,
+    unix_ms: u64,
+    totals: Totals,
+}
+
 /// The samples, shared by the sampler and the API.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Rates {
-    samples: Arc<Mutex<VecDeque<(u64, Totals)>>>,
+    samples: Arc<Mutex<VecDeque<Sample>>>,
 }
 
 impl Rates {
@@ -51,17 +60,22 @@ impl Rates {
                     () = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
+                let (at, unix_ms) = (Instant::now(), crate::clock::unix_ms_now());
                 if let Ok(Ok(totals)) = tokio::time::timeout(SAMPLE_TIMEOUT, queue.totals()).await {
-                    samples.record(crate::clock::unix_ms_now(), totals);
+                    samples.record(Sample {
+                        at,
+                        unix_ms,
+                        totals,
+                    });
                 }
             }
         });
         rates
     }
 
-    fn record(&self, unix_ms: u64, totals: Totals) {
+    fn record(&self, sample: Sample) {
         let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
-        samples.push_back((unix_ms, totals));
+        samples.push_back(sample);
         while samples.len() > SAMPLES {
             samples.pop_front();
         }
@@ -70,7 +84,7 @@ impl Rates {
     /// The latest totals, if a sample has been taken.
     pub(crate) fn latest(&self) -> Option<Totals> {
         let samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
-        samples.back().map(|(_, totals)| *totals)
+        samples.back().map(|sample| sample.totals)
     }
 
     /// Per-second rates between consecutive samples, oldest first.
@@ -79,12 +93,13 @@ impl Rates {
         samples
             .iter()
             .zip(samples.iter().skip(1))
-            .filter(|((before, _), (after, _))| after > before)
-            .map(|((before, a), (after, b))| {
-                let seconds = (after - before) as f64 / 1000.0;
+            .filter(|(before, after)| after.at > before.at)
+            .map(|(before, after)| {
+                let seconds = (after.at - before.at).as_secs_f64();
+                let (a, b) = (before.totals, after.totals);
                 let rate = |from: u64, to: u64| to.saturating_sub(from) as f64 / seconds;
                 RatePoint {
-                    unix_ms: *after,
+                    unix_ms: after.unix_ms,
                     submitted: rate(a.submitted, b.submitted),
                     done: rate(a.done, b.done),
                     failed: rate(a.failed, b.failed),
@@ -110,15 +125,23 @@ mod tests {
     #[test]
     fn rates_are_differences_over_the_interval_and_the_window_is_bounded() {
         let rates = Rates::default();
-        rates.record(1_000, totals(0, 0));
-        rates.record(2_000, totals(10, 4));
-        rates.record(4_000, totals(30, 4));
+        let start = Instant::now();
+        let record = |ms: u64, totals: Totals| {
+            rates.record(Sample {
+                at: start + std::time::Duration::from_millis(ms),
+                unix_ms: ms,
+                totals,
+            })
+        };
+        record(1_000, totals(0, 0));
+        record(2_000, totals(10, 4));
+        record(4_000, totals(30, 4));
         let points = rates.per_second();
         assert_eq!(points.len(), 2);
         assert_eq!((points[0].submitted, points[0].done), (10.0, 4.0));
         assert_eq!((points[1].unix_ms, points[1].submitted), (4_000, 10.0));
         for i in 0..1_000 {
-            rates.record(5_000 + i * 1_000, totals(i, i));
+            record(5_000 + i * 1_000, totals(i, i));
         }
         assert_eq!(rates.per_second().len(), SAMPLES - 1);
         assert_eq!(rates.latest(), Some(totals(999, 999)));

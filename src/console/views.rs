@@ -11,17 +11,14 @@ use crate::{
     session::{HeldView, registry::WorkerInfo},
 };
 
-/// The longest prefix of a text the API returns.
+pub(crate) use crate::domain::prefix;
+
+/// The longest prefix of a text the API returns for one task.
 pub(crate) const TEXT_PREFIX_BYTES: usize = 4096;
 
-/// At most `max` bytes of `text`, cut at a character boundary.
-pub(crate) fn prefix(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
+/// The longest prefix of a text in a list (dead letters, broadcasts, held
+/// tasks): a page of them stays small however large the tasks are.
+pub(crate) const LIST_PREFIX_BYTES: usize = 256;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct TotalsView {
@@ -175,6 +172,13 @@ fn state_name(state: TaskState) -> &'static str {
 
 impl From<TaskInfo> for TaskView {
     fn from(info: TaskInfo) -> Self {
+        Self::cut(info, TEXT_PREFIX_BYTES)
+    }
+}
+
+impl TaskView {
+    /// The view, with its texts cut to `max` bytes.
+    pub(crate) fn cut(info: TaskInfo, max: usize) -> Self {
         let (queue, target_client_id) = match info.target {
             Target::Queue(q) => (Some(q.to_string()), None),
             Target::Client(c) => (None, Some(c.to_string())),
@@ -186,13 +190,10 @@ impl From<TaskInfo> for TaskView {
             target_client_id,
             attempts: info.attempts,
             worker: info.worker.map(|w| w.to_string()),
-            text: info
-                .text
-                .as_deref()
-                .map(|t| prefix(t, TEXT_PREFIX_BYTES).to_owned()),
+            text: info.text.as_deref().map(|t| prefix(t, max).to_owned()),
             text_bytes: info.text.as_deref().map(str::len),
-            ret: prefix(&info.result.ret, TEXT_PREFIX_BYTES).to_owned(),
-            error: prefix(&info.result.error, TEXT_PREFIX_BYTES).to_owned(),
+            ret: prefix(&info.result.ret, max).to_owned(),
+            error: prefix(&info.result.error, max).to_owned(),
             output_bytes: info.result.output.len(),
             priority: info.priority,
             not_before_unix_ms: info.not_before_unix_ms,

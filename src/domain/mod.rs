@@ -103,11 +103,16 @@ pub(crate) fn quote(text: &str) -> String {
     if text.len() <= QUOTE_LIMIT {
         return format!("{text:?}");
     }
-    let mut end = QUOTE_LIMIT;
+    format!("{:?}… ({} bytes)", prefix(text, QUOTE_LIMIT), text.len())
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+pub(crate) fn prefix(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{:?}… ({} bytes)", &text[..end], text.len())
+    &text[..end]
 }
 
 /// Names are used in logs and metadata, so they are kept to a printable,

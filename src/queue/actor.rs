@@ -24,7 +24,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, error, warn};
 
 use super::{
-    QueueMsg, QueueStats,
+    Detail, QueueMsg, QueueStats,
     archive::{Archive, Watcher},
     backlog::Backlog,
     entry::{Placement, TaskEntry},
@@ -240,9 +240,10 @@ impl Queue {
             QueueMsg::DeadLetters {
                 queue,
                 limit,
+                detail,
                 respond_to,
             } => {
-                let answer = self.dead_letters(queue.as_ref(), limit);
+                let answer = self.dead_letters(queue.as_ref(), limit, detail);
                 self.journal.reply(move || {
                     let _ = respond_to.send(answer);
                 });
@@ -272,15 +273,27 @@ impl Queue {
             }
             QueueMsg::BroadcastCopies {
                 broadcast,
+                detail,
                 respond_to,
             } => {
-                let answer = self.broadcast_copies(broadcast);
+                let answer = self.broadcast_copies(broadcast, detail);
                 self.journal.reply(move || {
                     let _ = respond_to.send(answer);
                 });
             }
             QueueMsg::QueueStats { respond_to } => {
                 let _ = respond_to.send(self.queue_stats());
+            }
+            QueueMsg::Tasks {
+                ids,
+                detail,
+                respond_to,
+            } => {
+                let infos = ids
+                    .into_iter()
+                    .map(|id| self.tasks.get(&id).map(|e| e.info_with(id, detail)))
+                    .collect();
+                let _ = respond_to.send(infos);
             }
             QueueMsg::Totals { respond_to } => {
                 let _ = respond_to.send(self.totals);
@@ -528,7 +541,12 @@ impl Queue {
 
     // === Reads ===
 
-    fn dead_letters(&self, queue: Option<&QueueName>, limit: usize) -> Vec<TaskInfo> {
+    fn dead_letters(
+        &self,
+        queue: Option<&QueueName>,
+        limit: usize,
+        detail: Detail,
+    ) -> Vec<TaskInfo> {
         self.archive
             .dead()
             .filter_map(|id| Some((id, self.tasks.get(&id)?)))
@@ -537,7 +555,7 @@ impl Queue {
                 Some(queue) => entry.target == Target::Queue(queue.clone()),
             })
             .take(limit)
-            .map(|(id, entry)| entry.info(id))
+            .map(|(id, entry)| entry.info_with(id, detail))
             .collect()
     }
 
@@ -583,12 +601,19 @@ impl Queue {
             .collect()
     }
 
-    fn broadcast_copies(&self, broadcast: BroadcastId) -> Result<Vec<TaskInfo>, Error> {
+    fn broadcast_copies(
+        &self,
+        broadcast: BroadcastId,
+        detail: Detail,
+    ) -> Result<Vec<TaskInfo>, Error> {
         let copies = self.archive.copies(broadcast).ok_or(Error::NotFound {
             what: "broadcast",
             id: broadcast.to_string(),
         })?;
-        Ok(copies.iter().filter_map(|id| self.info(*id).ok()).collect())
+        Ok(copies
+            .iter()
+            .filter_map(|id| Some(self.tasks.get(id)?.info_with(*id, detail)))
+            .collect())
     }
 
     /// Sets the gauges: depth and oldest ready task per queue, tasks in

@@ -18,10 +18,10 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{Span, debug_span};
 
-use super::{lines::Slot, table::TaskTable};
+use super::{Detail, lines::Slot, table::TaskTable};
 use crate::domain::{
     BroadcastId, ClientId, DeadLetterReason, Delivery, Target, TaskId, TaskInfo, TaskResult,
-    TaskState,
+    TaskState, prefix,
 };
 
 /// The tracing target of per-task spans and events.
@@ -396,17 +396,30 @@ impl TaskEntry {
 
     /// The task as clients see it.
     pub(super) fn info(&self, id: TaskId) -> TaskInfo {
+        self.info_with(id, Detail::Full)
+    }
+
+    /// Its info, with the result text and error cut as `detail` says.
+    pub(super) fn info_with(&self, id: TaskId, detail: Detail) -> TaskInfo {
+        let result = self
+            .extra
+            .as_ref()
+            .map(|e| match detail {
+                Detail::Full => e.result.clone(),
+                Detail::Cut(max) => TaskResult {
+                    ret: prefix(&e.result.ret, max).to_owned(),
+                    output: e.result.output.clone(),
+                    error: prefix(&e.result.error, max).to_owned(),
+                },
+            })
+            .unwrap_or_default();
         TaskInfo {
             id,
             state: self.state,
             target: self.target.clone(),
             attempts: self.attempts,
             worker: self.worker.clone(),
-            result: self
-                .extra
-                .as_ref()
-                .map(|e| e.result.clone())
-                .unwrap_or_default(),
+            result,
             priority: self.priority,
             not_before_unix_ms: self.not_before().map_or(0, |(_, ms)| ms),
             dead_letter_reason: self.dead_letter().map(|(reason, _)| reason),

@@ -128,6 +128,15 @@ pub(crate) struct QueueStats {
     pub(crate) dead_letters: usize,
 }
 
+/// How much of a task's result text and error a read copies: all of it,
+/// or (for views that show a prefix, such as the console's lists) at most
+/// this many bytes of each, so a list of large results costs little.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Detail {
+    Full,
+    Cut(usize),
+}
+
 /// Counts since the server started (the same events as the
 /// `contact_tasks_*_total` counters), for rates operators watch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -263,10 +272,12 @@ impl QueueHandle {
         &self,
         queue: Option<QueueName>,
         limit: usize,
+        detail: Detail,
     ) -> Result<Vec<TaskInfo>, Error> {
         self.ask(|respond_to| QueueMsg::DeadLetters {
             queue,
             limit,
+            detail,
             respond_to,
         })
         .await
@@ -288,12 +299,28 @@ impl QueueHandle {
     pub(crate) async fn broadcast_copies(
         &self,
         broadcast: BroadcastId,
+        detail: Detail,
     ) -> Result<Vec<TaskInfo>, Error> {
         self.ask(|respond_to| QueueMsg::BroadcastCopies {
             broadcast,
+            detail,
             respond_to,
         })
         .await?
+    }
+
+    /// Several tasks at once (`None` for one the queue no longer has).
+    pub(crate) async fn tasks(
+        &self,
+        ids: Vec<TaskId>,
+        detail: Detail,
+    ) -> Result<Vec<Option<TaskInfo>>, Error> {
+        self.ask(|respond_to| QueueMsg::Tasks {
+            ids,
+            detail,
+            respond_to,
+        })
+        .await
     }
 
     /// The counts since start, for the console's rates.
@@ -404,6 +431,7 @@ enum QueueMsg {
     DeadLetters {
         queue: Option<QueueName>,
         limit: usize,
+        detail: Detail,
         respond_to: oneshot::Sender<Vec<TaskInfo>>,
     },
     /// Requeue a dead letter.
@@ -418,11 +446,18 @@ enum QueueMsg {
     /// Read a broadcast's copies.
     BroadcastCopies {
         broadcast: BroadcastId,
+        detail: Detail,
         respond_to: oneshot::Sender<Result<Vec<TaskInfo>, Error>>,
     },
     /// Report every queue.
     QueueStats {
         respond_to: oneshot::Sender<Vec<QueueStats>>,
+    },
+    /// Several tasks.
+    Tasks {
+        ids: Vec<TaskId>,
+        detail: Detail,
+        respond_to: oneshot::Sender<Vec<Option<TaskInfo>>>,
     },
     /// The counts since start.
     Totals { respond_to: oneshot::Sender<Totals> },

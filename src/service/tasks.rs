@@ -15,7 +15,7 @@ use crate::{
     domain::{BroadcastId, NewTask, QueueName, Target, TaskId},
     error::Error,
     proto::v1::{self, tasks_server::Tasks},
-    queue::BroadcastTask,
+    queue::{BroadcastTask, Detail},
 };
 
 /// How long a broadcast waits for every worker to make its copy.
@@ -225,7 +225,11 @@ impl Tasks for TasksService {
             0 => DEFAULT_LIST_LIMIT,
             n => (n as usize).min(MAX_LIST_LIMIT),
         };
-        let tasks = self.core.queue.dead_letters(queue, limit).await?;
+        let tasks = self
+            .core
+            .queue
+            .dead_letters(queue, limit, Detail::Full)
+            .await?;
         Ok(Response::new(v1::ListDeadLettersReply {
             tasks: tasks.into_iter().map(Into::into).collect(),
         }))
@@ -304,7 +308,7 @@ impl Tasks for TasksService {
     ) -> Result<Response<v1::BroadcastInfo>, Status> {
         Scope::of(request.extensions()).check_broadcast()?;
         let id = BroadcastId::parse(&request.into_inner().broadcast_id)?;
-        let copies = self.core.queue.broadcast_copies(id).await?;
+        let copies = self.core.queue.broadcast_copies(id, Detail::Full).await?;
         Ok(Response::new(v1::BroadcastInfo {
             broadcast_id: id.to_string(),
             copies: copies.into_iter().map(Into::into).collect(),

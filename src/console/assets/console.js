@@ -35,6 +35,8 @@ function table(headers, rows, empty) {
     el("tbody", {}, rows));
 }
 
+// Times that move every second are drawn in cells of class "ago", which a
+// redraw updates in place (see refresh).
 function ago(unixMs) {
   if (!unixMs) return "—";
   const s = Math.max(0, (Date.now() - unixMs) / 1000);
@@ -126,6 +128,10 @@ function chart(rates) {
   return svg;
 }
 
+function rate(perSecond) {
+  return perSecond < 10 ? perSecond.toFixed(1) : perSecond.toFixed(0);
+}
+
 function card(label, value, id) {
   return el("div", { class: "card", id }, el("div", { class: "value" }, value), el("div", { class: "label" }, label));
 }
@@ -137,14 +143,14 @@ const pages = {
     return [
       el("h1", {}, "Overview"),
       el("div", { class: "cards" },
-        card("submitted / s", last.submitted.toFixed(0), "rate-submitted"),
-        card("done / s", last.done.toFixed(0), "rate-done"),
-        card("failed / s", last.failed.toFixed(0), "rate-failed"),
+        card("submitted / s", rate(last.submitted), "rate-submitted"),
+        card("done / s", rate(last.done), "rate-done"),
+        card("failed / s", rate(last.failed), "rate-failed"),
         card("queued (ready)", `${o.pending} (${o.ready})`, "depth"),
         card("oldest ready", age(o.oldest_ready_age_ms), "oldest"),
         card("workers", o.workers, "workers"),
         card("in flight / credit", `${o.in_flight} / ${o.credit}`, "in-flight"),
-        card("dead letters", o.dead_letters, "dead-letters")),
+        card("dead letters in queues", o.dead_letters, "dead-letters")),
       el("h2", {}, `Per second, last ${o.rates.length >= 299 ? "five minutes" : `${o.rates.length} s`} (peak ${Math.max(0, ...o.rates.map((r) => r.submitted)).toFixed(0)}/s)`),
       chart(o.rates),
       el("div", { class: "legend" },
@@ -165,7 +171,7 @@ const pages = {
           el("td", { class: "num pending" }, q.pending),
           el("td", { class: "num ready" }, q.ready),
           el("td", { class: "num delayed" }, q.delayed),
-          el("td", { class: "num oldest" }, age(q.oldest_ready_age_ms)),
+          el("td", { class: "num oldest ago" }, age(q.oldest_ready_age_ms)),
           el("td", { class: "text" }, q.workers.join(", ") || "—"),
           el("td", { class: "num waiting" }, q.waiting_workers),
           el("td", { class: "num dead" },
@@ -184,8 +190,8 @@ const pages = {
         el("td", { class: "text" }, w.peer || "—"),
         el("td", { class: "text" }, w.queues.join(", ")),
         el("td", { class: "num credit" }, `${w.in_flight} / ${w.credit}`),
-        el("td", {}, ago(w.connected_unix_ms)),
-        el("td", {}, ago(w.last_heard_unix_ms)),
+        el("td", { class: "ago" }, ago(w.connected_unix_ms)),
+        el("td", { class: "ago" }, ago(w.last_heard_unix_ms)),
         el("td", { class: "text status" }, w.status),
         el("td", {},
           el("button", { disabled: !mayAct, onclick: () => act(`Drain worker ${w.client_id}? It takes no new tasks and leaves once it has finished what it holds.`, `/api/workers/${encodeURIComponent(w.client_id)}/drain`) }, "Drain"), " ",
@@ -198,8 +204,8 @@ const pages = {
           el("td", {}, taskLink(h.task_id)),
           el("td", { class: "text" }, h.text === null ? "—" : h.text),
           el("td", { class: "num" }, h.attempt),
-          el("td", {}, ago(h.delivered_unix_ms)),
-          el("td", {}, inTime(h.lease_deadline_unix_ms), h.awaiting_receipt ? " (receipt awaited)" : ""))),
+          el("td", { class: "ago" }, ago(h.delivered_unix_ms)),
+          el("td", { class: "ago" }, inTime(h.lease_deadline_unix_ms), h.awaiting_receipt ? " (receipt awaited)" : ""))),
         ""));
     }
     return out;
@@ -208,6 +214,7 @@ const pages = {
   async task(id) {
     const form = el("form", { class: "inline", onsubmit: (e) => {
       e.preventDefault();
+      form.elements.id.blur();
       location.hash = `#/task/${encodeURIComponent(form.elements.id.value.trim())}`;
     } }, el("input", { name: "id", placeholder: "task id", size: 40, value: id || "" }), el("button", {}, "Find"));
     const out = [el("h1", {}, "Task"), form];
@@ -244,9 +251,14 @@ const pages = {
   },
 
   async "dead-letters"(query) {
-    const params = new URLSearchParams(query || "");
-    if (params.has("queue")) state.deadQueue = params.get("queue");
-    const path = `/api/dead-letters?limit=1000${state.deadQueue ? `&queue=${encodeURIComponent(state.deadQueue)}` : ""}`;
+    // A queue named in the link applies when the link is followed, not on
+    // every poll (the filter form may have changed it since).
+    if (state.deadLink !== location.hash) {
+      state.deadLink = location.hash;
+      const params = new URLSearchParams(query || "");
+      if (params.has("queue")) state.deadQueue = params.get("queue");
+    }
+    const path = `/api/dead-letters?limit=500${state.deadQueue ? `&queue=${encodeURIComponent(state.deadQueue)}` : ""}`;
     const tasks = await api(path);
     const ids = new Set(tasks.map((t) => t.task_id));
     for (const id of [...state.selected]) if (!ids.has(id)) state.selected.delete(id);
@@ -254,6 +266,7 @@ const pages = {
     const filter = el("form", { class: "inline", onsubmit: (e) => {
       e.preventDefault();
       state.deadQueue = filter.elements.queue.value.trim();
+      filter.elements.queue.blur();
       refresh();
     } }, el("input", { name: "queue", placeholder: "every queue", value: state.deadQueue }), el("button", {}, "Filter"));
     const selected = () => [...state.selected];
@@ -314,13 +327,16 @@ function signInForm() {
       notice(`Sign-in refused: ${error.message}`, true);
     }
   } }, el("input", { name: "token", type: "password", placeholder: "token", size: 50, autocomplete: "off" }), el("button", {}, "Sign in"));
-  return [el("h1", {}, "Sign in"), el("p", {}, "This server asks for a token (any principal's; actions need the admin role)."), form];
+  return [el("h1", {}, "Sign in"), el("p", {}, "This server asks for the token of a principal with the admin role."), form];
 }
 
 function who() {
   const box = document.getElementById("who");
-  box.replaceChildren();
   const s = state.session;
+  const key = JSON.stringify(s);
+  if (box.dataset.key === key) return;  // the Sign out button stays the same node
+  box.dataset.key = key;
+  box.replaceChildren();
   if (!s || !s.auth_required) return;
   if (!s.principal) return box.append("not signed in");
   box.append(`signed in as ${s.principal}${s.may_act ? " (admin)" : ""} `,
@@ -334,17 +350,27 @@ function route() {
   const [path, query] = hash.split("?");
   const [page, ...rest] = path.split("/");
   const name = page || "overview";
-  return { name: pages[name] ? name : "overview", arg: name === "dead-letters" ? query : decodeURIComponent(rest.join("/")) };
+  let arg = rest.join("/");
+  try { arg = decodeURIComponent(arg); } catch (_) { /* shown as typed */ }
+  return { name: pages[name] ? name : "overview", arg: name === "dead-letters" ? query : arg };
+}
+
+// The markup of a page with its moving times blanked: equal means only
+// times changed.
+function withoutTimes(node) {
+  const copy = node.cloneNode(true);
+  for (const cell of copy.querySelectorAll(".ago")) cell.textContent = "";
+  return copy.innerHTML;
 }
 
 let drawing = false;
 async function refresh() {
   if (drawing) return;
   drawing = true;
-  const { name, arg } = route();
-  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("current", a.dataset.page === name);
   const main = document.getElementById("main");
   try {
+    const { name, arg } = route();
+    for (const a of document.querySelectorAll("nav a")) a.classList.toggle("current", a.dataset.page === name);
     if (!state.session) state.session = await api("/api/session");
     who();
     if (state.session.auth_required && !state.session.principal) {
@@ -356,7 +382,10 @@ async function refresh() {
       if (!focused) {
         // Redraw only what changed, so a row being clicked stays the same node.
         const next = el("div", {}, (await pages[name](arg)).filter(Boolean));
-        if (next.innerHTML !== main.innerHTML || main.dataset.drawn !== name) {
+        if (main.dataset.drawn === name && withoutTimes(next) === withoutTimes(main)) {
+          const now = next.querySelectorAll(".ago");
+          main.querySelectorAll(".ago").forEach((cell, i) => { cell.textContent = now[i].textContent; });
+        } else {
           main.replaceChildren(...next.childNodes);
           main.dataset.drawn = name;
         }

@@ -111,6 +111,7 @@ fn dead_letters_list_and_requeue() {
     q.handle(QueueMsg::DeadLetters {
         queue: None,
         limit: 10,
+        detail: crate::queue::Detail::Full,
         respond_to,
     });
     assert_eq!(listed.try_recv().unwrap()[0].id, tasks[0]);
