@@ -243,6 +243,20 @@ Worker(os.environ["CONTACT_SERVER"], client_id=os.environ["WORKER_ID"], credit=2
        keepalive=float(os.environ.get("KEEPALIVE", "1"))).run(handler)
 "#;
 
+/// [`SLOW_WORKER`] with its settings (`WORKER_ID`, `WORK_SECS`, `KEEPALIVE`,
+/// `STARTED_FILE`, `FINISHED_FILE`) set in its environment.
+fn slow_worker(settings: &[(&str, &str)]) -> String {
+    let mut script = String::from("import os\n");
+    for (key, value) in settings {
+        script.push_str(&format!("os.environ[{key:?}] = {value:?}\n"));
+    }
+    script + SLOW_WORKER
+}
+
+fn path(path: &std::path::Path) -> String {
+    path.display().to_string()
+}
+
 /// SIGTERM drains a package worker run from the main thread: the task it
 /// holds is finished and acknowledged, then it exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,10 +265,7 @@ async fn sigterm_drains_the_worker() {
     let id = server.submit("default", "held at SIGTERM").await;
     let dir = common::TempDir::new("py-sigterm");
     let started = dir.0.join("started");
-    let script = format!(
-        "import os\nos.environ['WORKER_ID'] = 'py-term'\nos.environ['STARTED_FILE'] = {:?}\n{SLOW_WORKER}",
-        started.display().to_string()
-    );
+    let script = slow_worker(&[("WORKER_ID", "py-term"), ("STARTED_FILE", &path(&started))]);
     let mut child = spawn_python("sigterm", &script, &server.url()).await;
     common::eventually("the handler to start", || {
         std::future::ready(started.exists().then_some(()))
@@ -289,11 +300,11 @@ async fn the_worker_resumes_after_a_cut_connection() {
     let id = server.submit("default", "outlive the cut").await;
     let dir = common::TempDir::new("py-resume");
     let started = dir.0.join("started");
-    let script = format!(
-        "import os\nos.environ['WORKER_ID'] = 'py-resume'\nos.environ['WORK_SECS'] = '2'\n\
-         os.environ['STARTED_FILE'] = {:?}\n{SLOW_WORKER}",
-        started.display().to_string()
-    );
+    let script = slow_worker(&[
+        ("WORKER_ID", "py-resume"),
+        ("WORK_SECS", "2"),
+        ("STARTED_FILE", &path(&started)),
+    ]);
     let _child = spawn_python("resume", &script, &proxy.url()).await;
     // The worker holds the task (its handler runs), not just the server
     // having sent it.
@@ -323,12 +334,11 @@ async fn an_ack_lost_with_the_connection_is_sent_again() {
     let id = server.submit("default", "ack lost").await;
     let dir = common::TempDir::new("py-lost-ack");
     let (started, finished) = (dir.0.join("started"), dir.0.join("finished"));
-    let script = format!(
-        "import os\nos.environ['WORKER_ID'] = 'py-lost-ack'\nos.environ['WORK_SECS'] = '1'\n\
-         os.environ['STARTED_FILE'] = {:?}\nos.environ['FINISHED_FILE'] = {:?}\n{SLOW_WORKER}",
-        started.display().to_string(),
-        finished.display().to_string()
-    );
+    let script = slow_worker(&[
+        ("WORKER_ID", "py-lost-ack"),
+        ("STARTED_FILE", &path(&started)),
+        ("FINISHED_FILE", &path(&finished)),
+    ]);
     let _child = spawn_python("lost-ack", &script, &proxy.url()).await;
     common::eventually("the handler to start", || {
         std::future::ready(started.exists().then_some(()))
@@ -373,11 +383,11 @@ async fn a_cut_while_every_handler_is_busy_is_noticed() {
     ];
     let dir = common::TempDir::new("py-all-busy");
     let started = dir.0.join("started");
-    let script = format!(
-        "import os\nos.environ['WORKER_ID'] = 'py-all-busy'\nos.environ['WORK_SECS'] = '2'\n\
-         os.environ['STARTED_FILE'] = {:?}\n{SLOW_WORKER}",
-        started.display().to_string()
-    );
+    let script = slow_worker(&[
+        ("WORKER_ID", "py-all-busy"),
+        ("WORK_SECS", "2"),
+        ("STARTED_FILE", &path(&started)),
+    ]);
     let _child = spawn_python("all-busy", &script, &proxy.url()).await;
     common::eventually("both handlers to start", || {
         std::future::ready((started_count(&started) == 2).then_some(()))
@@ -408,10 +418,11 @@ async fn a_busy_worker_is_still_heard() {
         server.submit("default", "long one").await,
         server.submit("default", "long two").await,
     ];
-    let script = format!(
-        "import os\nos.environ['WORKER_ID'] = 'py-long'\nos.environ['WORK_SECS'] = '3'\n\
-         os.environ['KEEPALIVE'] = '0.3'\n{SLOW_WORKER}"
-    );
+    let script = slow_worker(&[
+        ("WORKER_ID", "py-long"),
+        ("WORK_SECS", "3"),
+        ("KEEPALIVE", "0.3"),
+    ]);
     let _child = spawn_python("long", &script, &server.url()).await;
     for id in &ids {
         let info = server.wait_finished(id).await;

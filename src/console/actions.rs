@@ -108,21 +108,39 @@ pub(super) async fn sign_out(
     Ok(([(header::SET_COOKIE, cookie)], Json(done)).into_response())
 }
 
+/// What an operator does to one worker.
+#[derive(Clone, Copy, Debug)]
+enum WorkerAction {
+    Drain,
+    Disconnect,
+}
+
+async fn on_worker(
+    console: &Console,
+    headers: &HeaderMap,
+    peer: &HttpPeer,
+    client_id: String,
+    action: WorkerAction,
+) -> Result<Json<Done>, ApiError> {
+    let principal = console.act(headers, peer)?;
+    let admin = &console.inner.admin;
+    let request = request(v1::WorkerRequest { client_id }, principal);
+    let reply = match action {
+        WorkerAction::Drain => Admin::drain_worker(admin, request).await?,
+        WorkerAction::Disconnect => Admin::disconnect_worker(admin, request).await?,
+    };
+    Ok(Json(Done {
+        message: reply.into_inner().message,
+    }))
+}
+
 pub(super) async fn drain(
     State(console): State<Console>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
     Path(client_id): Path<String>,
 ) -> Result<Json<Done>, ApiError> {
-    let principal = console.act(&headers, &peer)?;
-    let reply = Admin::drain_worker(
-        &console.inner.admin,
-        request(v1::WorkerRequest { client_id }, principal),
-    )
-    .await?;
-    Ok(Json(Done {
-        message: reply.into_inner().message,
-    }))
+    on_worker(&console, &headers, &peer, client_id, WorkerAction::Drain).await
 }
 
 pub(super) async fn disconnect(
@@ -131,15 +149,14 @@ pub(super) async fn disconnect(
     headers: HeaderMap,
     Path(client_id): Path<String>,
 ) -> Result<Json<Done>, ApiError> {
-    let principal = console.act(&headers, &peer)?;
-    let reply = Admin::disconnect_worker(
-        &console.inner.admin,
-        request(v1::WorkerRequest { client_id }, principal),
+    on_worker(
+        &console,
+        &headers,
+        &peer,
+        client_id,
+        WorkerAction::Disconnect,
     )
-    .await?;
-    Ok(Json(Done {
-        message: reply.into_inner().message,
-    }))
+    .await
 }
 
 pub(super) async fn cancel(
