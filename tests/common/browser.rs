@@ -243,11 +243,18 @@ impl Browser {
             .to_owned()
     }
 
-    /// Clicks the element `css` finds, as a person would.
+    /// Clicks the element `css` finds, as a person would. The page redraws
+    /// when what it shows changes, so an element found may be replaced
+    /// before the click lands: it is found again then.
     pub async fn click(&self, css: &str) {
-        let id = self.element(css).await;
-        self.call("POST", &self.at(&format!("/element/{id}/click")), json!({}))
-            .await;
+        super::eventually_explained(&format!("a click on {css}"), || async {
+            let id = self.element(css).await;
+            self.try_call("POST", &self.at(&format!("/element/{id}/click")), json!({}))
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        })
+        .await;
     }
 
     /// Types `text` into the element `css` finds.
