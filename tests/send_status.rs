@@ -164,10 +164,12 @@ async fn quiet_messages_are_confirmed_by_count() {
     let heartbeat = control.reply().await;
     assert_eq!(heartbeat.ret, "status recorded for worker quiet");
     assert_eq!(heartbeat.quiet_applied, 0);
+    assert_eq!(heartbeat.in_flight, 1, "two of the three acknowledged");
 
     // The last ack, with nothing after it, is confirmed once the call is silent.
     control.queue(quiet(ack_op(&held[2].0, held[2].1))).await;
     assert_eq!(control.reply().await.quiet_applied, 1);
+    assert_eq!(control.send(proto::ClientMsg::default()).await.in_flight, 0);
     for id in &ids {
         assert_eq!(server.get(id).await.state, v1::TaskState::Done as i32);
     }

@@ -103,9 +103,11 @@ async fn answer_status(
     let Some(op) = op else {
         return proto::Result {
             ret: format!("status recorded for worker {client}"),
+            in_flight: session.in_flight(),
             ..Default::default()
         };
     };
+    let is_credit = matches!(op, WorkerOp::Credit(_));
     let task_id = op_task(&op);
     let attempt = op_attempt(&op);
     let answer = match session.apply(vec![op], false).await {
@@ -116,6 +118,7 @@ async fn answer_status(
         Ok(()) => proto::Result {
             ret: "applied".into(),
             task_id,
+            in_flight: if is_credit { session.in_flight() } else { 0 },
             ..Default::default()
         },
         Err(rejection) => refused(

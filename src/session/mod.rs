@@ -139,6 +139,8 @@ pub(crate) struct SessionHandle {
     /// The principal that registered it, when authentication is on: only
     /// that principal's calls reach the session.
     owner: Option<Arc<str>>,
+    /// Its counters, which the session keeps current.
+    stats: Arc<WorkerStats>,
 }
 
 impl SessionHandle {
@@ -155,16 +157,17 @@ impl SessionHandle {
         deps: &SessionDeps,
     ) -> Result<Started, Error> {
         let (tx, inbox) = mpsc::channel(SESSION_INBOX_CAPACITY);
+        let stats = Arc::new(WorkerStats {
+            max_in_flight: registration.max_in_flight.into(),
+            ..Default::default()
+        });
         let handle = Self {
             tx,
             id: SessionId::generate(),
             client: registration.client_id.clone(),
             owner,
+            stats: stats.clone(),
         };
-        let stats = Arc::new(WorkerStats {
-            max_in_flight: registration.max_in_flight.into(),
-            ..Default::default()
-        });
         let record = WorkerRecord {
             client: registration.client_id.clone(),
             generated_id: registration.generated_id,
@@ -295,6 +298,13 @@ impl SessionHandle {
             .send(SessionMsg::Drain)
             .await
             .map_err(|_| Error::Unavailable("the worker's session"))
+    }
+
+    /// Tasks pushed to this worker and not yet acknowledged.
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.stats
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The tasks this worker holds now, oldest first.

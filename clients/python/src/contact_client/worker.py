@@ -212,7 +212,7 @@ class _Lane:
             if message is None:
                 return
             if message.kind == pb.KIND_KEEPALIVE:
-                worker._keepalive_read()
+                pass  # heartbeats go on the control channel, on their own schedule
             elif message.kind == pb.KIND_CANCEL:
                 worker._cancelled(message.task_id, message.attempt)
             elif message.kind == pb.KIND_TASK:
@@ -320,9 +320,6 @@ class Worker:
         self._lanes: List[_Lane] = []
         #: Set while a session's end puts its unanswered acks back.
         self._settling = False
-        #: Keepalives read off getTask: one read after a pause proves every
-        #: task pushed before the pause has been read too.
-        self._keepalives = 0
 
     @property
     def client_id(self) -> Optional[str]:
@@ -464,11 +461,6 @@ class Worker:
 
     # --- what the lanes call ---
 
-    def _keepalive_read(self) -> None:
-        with self._lock:
-            self._keepalives += 1
-            self._lock.notify_all()
-
     def _tell(self, message: Any, what: str) -> None:
         """Sends on the control channel; a refusal is logged."""
         reply = self._send(message)
@@ -590,8 +582,6 @@ class Worker:
             self._lock.notify_all()
 
     def _finish_drain(self) -> None:
-        with self._lock:
-            keepalives = self._keepalives
         paused = self._send(pb.ClientMsg(credit=pb.Credit(max_in_flight=0)))
         try:
             if paused is not None:
@@ -600,20 +590,27 @@ class Worker:
             pass  # a reconnect registers paused
         while True:
             with self._lock:
-                # Tasks pushed before the pause may still be unread in the
-                # stream; a keepalive read after it comes after them.
-                while (self._held or self._settling
-                       or (self.settings.keepalive > 0 and self._keepalives == keepalives)):
+                while self._held or self._settling:
                     self._lock.wait(timeout=1.0)
                 lanes = list(self._lanes)
             # Every ack is sent; leaving before the server has applied them
             # could hand their tasks to another worker. An answer lost with
             # the connection puts its ack back in `_held`, sent again.
-            if all(lane.read_answers(timeout=10) for lane in lanes):
+            if all(lane.read_answers(timeout=10) for lane in lanes) and self._nothing_unread():
                 break
             with self._lock:
-                self._lock.wait(timeout=0.1)
+                self._lock.wait(timeout=0.05)
         self._stopped.set()
         with self._lock:
             if self._control:
                 self._control.close()
+
+    def _nothing_unread(self) -> bool:
+        """Whether the server counts nothing in flight: with every ack
+        confirmed, anything it counts was pushed before the pause and is
+        still unread in the stream (credit above the threads)."""
+        reply = self._send(pb.ClientMsg(running=0))
+        try:
+            return reply is not None and reply.result(timeout=10).in_flight == 0
+        except (ConnectionError, concurrent.futures.TimeoutError):
+            return False

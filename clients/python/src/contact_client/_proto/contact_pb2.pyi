@@ -102,7 +102,7 @@ class Empty(_message.Message):
     def __init__(self, resume_session_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("ret", "task_id", "outcome", "output", "error", "attempt", "retry_after_ms", "receipt", "code", "quiet_applied")
+    __slots__ = ("ret", "task_id", "outcome", "output", "error", "attempt", "retry_after_ms", "receipt", "code", "quiet_applied", "in_flight")
     RET_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class Result(_message.Message):
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     QUIET_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     ret: str
     task_id: str
     outcome: Outcome
@@ -123,4 +124,5 @@ class Result(_message.Message):
     receipt: bool
     code: int
     quiet_applied: int
-    def __init__(self, ret: _Optional[str] = ..., task_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., output: _Optional[bytes] = ..., error: _Optional[str] = ..., attempt: _Optional[int] = ..., retry_after_ms: _Optional[int] = ..., receipt: _Optional[bool] = ..., code: _Optional[int] = ..., quiet_applied: _Optional[int] = ...) -> None: ...
+    in_flight: int
+    def __init__(self, ret: _Optional[str] = ..., task_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., output: _Optional[bytes] = ..., error: _Optional[str] = ..., attempt: _Optional[int] = ..., retry_after_ms: _Optional[int] = ..., receipt: _Optional[bool] = ..., code: _Optional[int] = ..., quiet_applied: _Optional[int] = ..., in_flight: _Optional[int] = ...) -> None: ...
