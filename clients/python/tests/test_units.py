@@ -66,11 +66,11 @@ def test_finished_states():
     ]
 
 
-def test_handler_threads_default_to_the_credit_up_to_four():
+def test_handler_threads_default_to_the_credit_up_to_two():
     from contact_client import Worker
 
-    assert Worker(credit=2).threads == 2
-    assert Worker(credit=64).threads == 4
+    assert Worker(credit=1).threads == 1
+    assert Worker(credit=64).threads == 2
     assert Worker(credit=64, threads=16).threads == 16
     with pytest.raises(ValueError):
         Worker(credit=4, threads=0)

@@ -282,7 +282,7 @@ class Worker:
     message per task. `token`, `ca_file`, `cert_file`, `key_file` and
     `tls_domain` are as for `Producer`.
 
-    Handlers run in `threads` threads (default: the credit, at most 4);
+    Handlers run in `threads` threads (default: the credit, at most 2);
     the rest of the credit is tasks waiting their turn, already on their
     way. Python runs one thread's code at a time, so more threads only
     help handlers that wait (on I/O, on other processes); past a few, for
@@ -306,7 +306,7 @@ class Worker:
         threads: Optional[int] = None,
     ) -> None:
         self.settings = WorkerSettings(client_id, list(queues), credit, keepalive, receipts)
-        self.threads = min(credit, 4) if threads is None else threads
+        self.threads = min(credit, 2) if threads is None else threads
         if self.threads < 1:
             raise ValueError("threads must be at least 1")
         self._connection = Connection(address, token, ca_file, cert_file, key_file, tls_domain)
