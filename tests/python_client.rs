@@ -322,6 +322,43 @@ async fn the_worker_resumes_after_a_cut_connection() {
     server.stop().await;
 }
 
+/// An outage longer than the first redial: the worker's attempts fail
+/// while its handler runs, and once the server is reachable again it
+/// resumes with the task it held (failed attempts do not give it up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_resumes_after_an_outage() {
+    let mut config = test_config();
+    config.workers.resume_grace_secs = 30;
+    let server = TestServer::with_config(config).await;
+    let proxy = common::proxy::Proxy::start(server.grpc_addr).await;
+    let id = server.submit("default", "outlive the outage").await;
+    let dir = common::TempDir::new("py-outage");
+    let started = dir.0.join("started");
+    let script = slow_worker(&[
+        ("WORKER_ID", "py-outage"),
+        ("WORK_SECS", "3"),
+        ("STARTED_FILE", &path(&started)),
+    ]);
+    let _child = spawn_python("outage", &script, &proxy.url()).await;
+    common::eventually("the handler to start", || {
+        std::future::ready(started.exists().then_some(()))
+    })
+    .await;
+    proxy.block();
+    common::eventually("two failed redials", || {
+        std::future::ready((proxy.refused() >= 2).then_some(()))
+    })
+    .await;
+    proxy.unblock();
+    let info = server.wait_finished(&id).await;
+    assert_eq!(
+        (info.state(), info.attempts, info.ret.as_str()),
+        (TaskState::Done, 1, "finished outlive the outage"),
+        "{info:?}"
+    );
+    server.stop().await;
+}
+
 /// An ack sent as the connection goes, and lost with it, is sent again once
 /// the worker is back: it claims the task on resume, so the task is not run
 /// twice and its result lands at attempt 1.
@@ -523,6 +560,42 @@ p = Producer(address)
 info = p.wait(p.submit("slow", lease=1), timeout=20)
 assert (info.state, info.attempts, info.ret) == ("done", 1, "outlived its lease"), info
 assert runs == [1], runs
+worker.stop()
+thread.join(timeout=20)
+print("ok")
+"#,
+    )
+    .await;
+    assert_eq!(out.trim(), "ok");
+    server.stop().await;
+}
+
+/// A task that waits for a free handler thread longer than its lease keeps
+/// it too: the read-ahead thread takes it while every thread is busy, and
+/// its lease is extended from then on. One thread, credit 2, two tasks of
+/// 1.5 s with 1 s leases: each runs once, at attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waiting_for_a_thread_keeps_its_lease() {
+    let server = TestServer::start().await;
+    let out = run_python(
+        &server,
+        r#"
+import os, threading, time
+from contact_client import Producer, Worker
+address = os.environ["CONTACT_SERVER"]
+runs = []
+def handler(task):
+    runs.append((task.text, task.attempt))
+    time.sleep(1.5)
+    return "done " + task.text
+worker = Worker(address, client_id="py-waiting", credit=2, threads=1)
+thread = threading.Thread(target=worker.run, args=(handler,), daemon=True)
+thread.start()
+p = Producer(address)
+ids = [p.submit(text, lease=1) for text in ("first", "second")]
+infos = [p.wait(i, timeout=20) for i in ids]
+assert [(i.state, i.attempts) for i in infos] == [("done", 1), ("done", 1)], infos
+assert sorted(runs) == [("first", 1), ("second", 1)], runs
 worker.stop()
 thread.join(timeout=20)
 print("ok")

@@ -27,6 +27,9 @@ pub struct Proxy {
     cuts: watch::Sender<u64>,
     holding: watch::Sender<bool>,
     held_bytes: Arc<AtomicU64>,
+    /// While set, new connections are closed at once (an outage).
+    blocked: Arc<std::sync::atomic::AtomicBool>,
+    refused: Arc<AtomicU64>,
     accept: JoinHandle<()>,
 }
 
@@ -65,8 +68,16 @@ impl Proxy {
         let (holding, held) = watch::channel(false);
         let held_bytes = Arc::new(AtomicU64::new(0));
         let counted = held_bytes.clone();
+        let blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refused = Arc::new(AtomicU64::new(0));
+        let (is_blocked, refusals) = (blocked.clone(), refused.clone());
         let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
+                if is_blocked.load(Ordering::SeqCst) {
+                    refusals.fetch_add(1, Ordering::SeqCst);
+                    drop(inbound);
+                    continue;
+                }
                 let mut cut = watching.clone();
                 cut.mark_unchanged();
                 let held = held.clone();
@@ -93,6 +104,8 @@ impl Proxy {
             cuts,
             holding,
             held_bytes,
+            blocked,
+            refused,
             accept,
         }
     }
@@ -106,6 +119,23 @@ impl Proxy {
     /// drops it.
     pub fn hold_upstream(&self) {
         self.holding.send_replace(true);
+    }
+
+    /// Starts an outage: open connections are cut and new ones closed at
+    /// once, counted, until [`Proxy::unblock`].
+    pub fn block(&self) {
+        self.blocked.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+
+    /// Ends the outage.
+    pub fn unblock(&self) {
+        self.blocked.store(false, Ordering::SeqCst);
+    }
+
+    /// Connections closed during outages.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// How many bytes clients sent while held.

@@ -76,3 +76,16 @@ def test_handler_threads_default_to_the_credit_up_to_two():
         Worker(credit=4, threads=0)
     with pytest.raises(ValueError):
         Worker(credit=0)
+
+
+def test_outcomes_a_handler_hands_over_are_always_sendable():
+    from contact_client import _outcome
+    from contact_client._proto import contact_pb2 as pb
+
+    for after, expected in [(1.5, 1500), (-3, 0), (float("nan"), 0)]:
+        assert _outcome.milliseconds(after) == expected
+    huge = pb.Result(retry_after_ms=_outcome.milliseconds(float("inf")))
+    assert huge.retry_after_ms == _outcome.milliseconds(1e30) == 2**64 - 1
+    surrogate = "bad \udcff byte"
+    assert pb.Result(error=_outcome.text(surrogate)).error == "bad ? byte"
+    assert _outcome.failure(SystemExit(3)) == "SystemExit: 3"

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Deque, Dict, Iterabl
 import grpc
 import grpc.aio
 
+from . import _outcome
 from ._connection import Connection, WorkerSettings
 from ._proto import contact_pb2 as pb
 from ._proto import contact_pb2_grpc
@@ -127,15 +128,16 @@ class Task:
         await self._finish(pb.Result(outcome=pb.OUTCOME_DONE, ret=ret, output=output))
 
     async def fail(self, error: str) -> None:
-        await self._finish(pb.Result(outcome=pb.OUTCOME_FAILED, error=error))
+        await self._finish(pb.Result(outcome=pb.OUTCOME_FAILED, error=_outcome.text(error)))
 
     async def fail_permanently(self, error: str) -> None:
-        await self._finish(pb.Result(outcome=pb.OUTCOME_FAILED_PERMANENTLY, error=error))
+        await self._finish(pb.Result(outcome=pb.OUTCOME_FAILED_PERMANENTLY,
+                                     error=_outcome.text(error)))
 
     async def retry(self, after: Optional[float] = None, reason: str = "retry") -> None:
-        result = pb.Result(outcome=pb.OUTCOME_RETRY, error=reason)
+        result = pb.Result(outcome=pb.OUTCOME_RETRY, error=_outcome.text(reason))
         if after is not None:
-            result.retry_after_ms = max(0, int(after * 1000))
+            result.retry_after_ms = _outcome.milliseconds(after)
         await self._finish(result)
 
     async def _finish(self, result: Any) -> None:
@@ -318,7 +320,13 @@ class Worker:
         self._call = call
         try:
             headers = dict(await call.initial_metadata() or ())
-            self.client_id = self.client_id or headers.get("contact-client-id")
+            if "contact-session-id" not in headers:
+                # Not registered (no connection, or refused): the call's end
+                # says why. What this worker holds waits for the next try.
+                await call.code()
+                raise grpc.aio.AioRpcError(
+                    await call.code(), await call.initial_metadata(),
+                    await call.trailing_metadata(), await call.details())
             self._session_id = headers.get("contact-session-id", "")
             resumed = int(headers.get("contact-resumed", "0") or 0)
             log.info("registered as %s (session %s, resumed %d)", self.client_id,
@@ -406,12 +414,12 @@ class Worker:
         except PermanentFailure as failure:
             await task.fail_permanently(str(failure) or "failed permanently")
         except Exception as error:  # noqa: BLE001 - any other exception fails the attempt
-            await task.fail(f"{type(error).__name__}: {error}")
+            await task.fail(_outcome.failure(error))
         else:
             if isinstance(value, (bytes, bytearray)):
                 await task.done(output=bytes(value))
             else:
-                await task.done("" if value is None else str(value))
+                await task.done("" if value is None else _outcome.text(value))
 
     async def _acknowledge(self, task: Task, result: Any) -> None:
         """Acks on the control channel, again after a reconnect if the line drops."""

@@ -23,6 +23,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optiona
 
 import grpc
 
+from . import _outcome
 from ._connection import Connection, WorkerSettings, Metadata
 from ._proto import contact_pb2 as pb
 from ._proto import contact_pb2_grpc
@@ -114,15 +115,31 @@ class _Control:
             self._on_lost()
 
 
+#: How long every lane may be busy in a handler before the session's
+#: read-ahead thread reads the stream for them, so that receipts, leases
+#: and cancels of tasks waiting for a thread are seen to as they arrive. A
+#: quick handler is back sooner, and then no message changes threads.
+READ_AHEAD_AFTER = 0.05
+
+
 class _Feed:
     """One session's getTask stream, shared by its lanes: one reads at a
     time. It ends when a lane finds it ended, when the call itself ends
     (seen by grpcio's callback: every lane may be busy in a handler), or
-    when a call the session needs is lost; the first to see it records how."""
+    when a call the session needs is lost; the first to see it records how.
 
-    def __init__(self, stream: Any) -> None:
+    While every lane has been busy for READ_AHEAD_AFTER, the read-ahead
+    thread reads instead: each task it takes is accepted (held, its receipt
+    sent, its lease kept) and waits in the worker's queue for a lane."""
+
+    def __init__(self, worker: "Worker", stream: Any) -> None:
+        self._worker = worker
         self.stream = stream
         self._reading = threading.Lock()
+        self._state = threading.Lock()
+        #: Lanes wanting their next task, and since when none has.
+        self._wanting = 0
+        self._idle_since = time.monotonic()
         self.ended = threading.Event()
         #: How it ended: None for OK, else the call's error.
         self.error: Optional[grpc.RpcError] = None
@@ -139,18 +156,60 @@ class _Feed:
         """grpcio's callback for a call of the session that ended."""
         self.end(None if call.code() == grpc.StatusCode.OK else call)
 
-    def next(self) -> Optional[Any]:
-        """The next message, or None once the stream has ended."""
-        with self._reading:
-            if self.ended.is_set():
-                return None
-            try:
-                return next(self.stream)
-            except StopIteration:
-                self.end(None)
-            except grpc.RpcError as error:
-                self.end(error)
+    def _read(self) -> Optional[Any]:
+        """The stream's next message (the caller holds `_reading`), or None
+        once it has ended."""
+        if self.ended.is_set():
             return None
+        try:
+            return next(self.stream)
+        except StopIteration:
+            self.end(None)
+        except grpc.RpcError as error:
+            self.end(error)
+        return None
+
+    def next_task(self) -> Optional[Task]:
+        """A lane's next task: one waiting, else the next off the stream;
+        None once the stream has ended."""
+        worker = self._worker
+        with self._state:
+            self._wanting += 1
+        try:
+            with self._reading:
+                while True:
+                    task = worker._take_waiting()
+                    if task is not None:
+                        return task
+                    message = self._read()
+                    if message is None:
+                        return None
+                    task = worker._accept(message)
+                    if task is not None:
+                        return task
+        finally:
+            with self._state:
+                self._wanting -= 1
+                if self._wanting == 0:
+                    self._idle_since = time.monotonic()
+
+    def read_ahead(self) -> None:
+        """The read-ahead thread: reads while every lane is busy, until the
+        stream ends."""
+        while not self.ended.is_set():
+            with self._state:
+                busy = (self._wanting == 0
+                        and time.monotonic() - self._idle_since >= READ_AHEAD_AFTER)
+            if not busy or not self._reading.acquire(timeout=READ_AHEAD_AFTER):
+                self.ended.wait(READ_AHEAD_AFTER / 2)
+                continue
+            try:
+                message = self._read()
+                task = self._worker._accept(message) if message is not None else None
+                if task is not None:
+                    self._worker._keep_waiting(task)
+            finally:
+                self._reading.release()
 
 
 class _Lane:
@@ -208,25 +267,16 @@ class _Lane:
         while True:
             if len(self._unanswered) >= self.MAX_UNANSWERED:
                 self.read_answers(until=self.MAX_UNANSWERED - 1, timeout=30)
-            message = self._feed.next()
-            if message is None:
+            task = self._feed.next_task()
+            if task is None:
                 return
-            if message.kind == pb.KIND_KEEPALIVE:
-                pass  # heartbeats go on the control channel, on their own schedule
-            elif message.kind == pb.KIND_CANCEL:
-                worker._cancelled(message.task_id, message.attempt)
-            elif message.kind == pb.KIND_TASK:
-                task = worker._arrived(message)
-                if message.receipt_required:
-                    worker._tell(pb.ClientMsg(ack=pb.Result(
-                        task_id=task.id, attempt=task.attempt, receipt=True)), "receipt")
-                ack = pb.ClientMsg(quiet=True)
-                if not worker._run(task, ack.ack):
-                    continue
-                if not self._sent(task, ack):
-                    worker._acknowledge_later(task, ack.ack)
-                    return
-                yield ack
+            ack = pb.ClientMsg(quiet=True)
+            if not worker._run(task, ack.ack):
+                continue
+            if not self._sent(task, ack):
+                worker._acknowledge_later(task, ack.ack)
+                return
+            yield ack
 
     def read_answers(self, until: int = 0, timeout: float = 10.0) -> bool:
         """Reads answers until at most `until` messages are unanswered; False
@@ -318,6 +368,9 @@ class Worker:
         self._stopped = threading.Event()
         self._handler: Optional[Handler] = None
         self._lanes: List[_Lane] = []
+        #: Tasks the read-ahead thread took, waiting for a lane (they are
+        #: held: a resumed session runs them).
+        self._waiting: Deque[Task] = collections.deque()
         #: Set while a session's end puts its unanswered acks back.
         self._settling = False
 
@@ -390,10 +443,15 @@ class Worker:
         request = pb.Empty(resume_session_id=self._session_id if resuming else "",
                            held=held if resuming else [])
         stream = stub.getTask(request, metadata=metadata)
-        feed = _Feed(stream)
+        feed = _Feed(self, stream)
         lanes: List[_Lane] = []
         try:
             headers = dict(stream.initial_metadata() or ())
+            if "contact-session-id" not in headers:
+                # Not registered (no connection, or refused): the call's end
+                # says why. What this worker holds waits for the next try.
+                stream.code()
+                raise stream
             self.client_id = self.client_id or headers.get("contact-client-id")
             self._session_id = headers.get("contact-session-id", "")
             resumed = int(headers.get("contact-resumed", "0") or 0)
@@ -406,6 +464,7 @@ class Worker:
                     for task in self._held.values():
                         task.cancelled.set()
                     self._held.clear()
+                    self._waiting.clear()
                     self._lock.notify_all()
             control_metadata = self._connection.worker_metadata(self.client_id)
             with self._lock:
@@ -417,6 +476,7 @@ class Worker:
                      for _ in range(self.threads)]
             with self._lock:
                 self._lanes = lanes
+            threading.Thread(target=feed.read_ahead, daemon=True).start()
             while not feed.ended.wait(timeout=1.0):
                 pass  # a timeout, so that signal handlers run in the main thread
             if feed.error is None:
@@ -472,12 +532,38 @@ class Worker:
         if reply is not None:
             reply.add_done_callback(answered)
 
-    def _arrived(self, message: Any) -> Task:
-        task = Task(message.task_id, message.task, bytes(message.payload), message.attempt,
-                    queue=message.queue, lease=message.lease_ms / 1000)
+    def _accept(self, message: Any) -> Optional[Task]:
+        """What a message read off getTask does: a task is held (its lease
+        kept from now on) and its receipt confirmed; a cancel marks its
+        task; a keepalive needs nothing (heartbeats keep their own time)."""
+        if message.kind == pb.KIND_TASK:
+            task = Task(message.task_id, message.task, bytes(message.payload), message.attempt,
+                        queue=message.queue, lease=message.lease_ms / 1000)
+            with self._lock:
+                self._held[task.id] = task
+                if task.lease > 0:
+                    task._extend_at = time.monotonic() + task.lease / 2
+            if message.receipt_required:
+                self._tell(pb.ClientMsg(ack=pb.Result(
+                    task_id=task.id, attempt=task.attempt, receipt=True)), "receipt")
+            return task
+        if message.kind == pb.KIND_CANCEL:
+            self._cancelled(message.task_id, message.attempt)
+        return None
+
+    def _keep_waiting(self, task: Task) -> None:
+        """A task read ahead, for the next free lane."""
         with self._lock:
-            self._held[task.id] = task
-        return task
+            self._waiting.append(task)
+
+    def _take_waiting(self) -> Optional[Task]:
+        """The oldest task read ahead that is still held, if any."""
+        with self._lock:
+            while self._waiting:
+                task = self._waiting.popleft()
+                if self._held.get(task.id) is task:
+                    return task
+        return None
 
     def _cancelled(self, task_id: str, attempt: int) -> None:
         with self._lock:
@@ -519,6 +605,9 @@ class Worker:
         """Runs the handler and fills in `result`, its ack; False when the
         server took the task back meanwhile."""
         assert self._handler is not None
+        if task.cancelled.is_set():  # taken back while it waited for a lane
+            self._forget(task)
+            return False
         result.task_id = task.id
         result.attempt = task.attempt
         if task.lease > 0:
@@ -530,18 +619,19 @@ class Worker:
             if isinstance(value, (bytes, bytearray)):
                 result.output = bytes(value)
             elif value is not None:
-                result.ret = str(value)
+                result.ret = _outcome.text(value)
         except Retry as retry:
             result.outcome = pb.OUTCOME_RETRY
-            result.error = retry.reason or "retry"
+            result.error = _outcome.text(retry.reason or "retry")
             if retry.after is not None:
-                result.retry_after_ms = max(0, int(retry.after * 1000))
+                result.retry_after_ms = _outcome.milliseconds(retry.after)
         except PermanentFailure as failure:
             result.outcome = pb.OUTCOME_FAILED_PERMANENTLY
-            result.error = str(failure) or "failed permanently"
-        except Exception as error:  # noqa: BLE001 - any other exception fails the attempt
+            result.error = _outcome.text(failure) or "failed permanently"
+        except BaseException as error:  # noqa: BLE001 - anything else fails the attempt
+            # SystemExit in a handler thread included: the task must be acked.
             result.outcome = pb.OUTCOME_FAILED
-            result.error = f"{type(error).__name__}: {error}"
+            result.error = _outcome.failure(error)
         finally:
             with self._lock:
                 task._extend_at = None
@@ -582,15 +672,12 @@ class Worker:
             self._lock.notify_all()
 
     def _finish_drain(self) -> None:
-        paused = self._send(pb.ClientMsg(credit=pb.Credit(max_in_flight=0)))
-        try:
-            if paused is not None:
-                paused.result(timeout=10)
-        except (ConnectionError, concurrent.futures.TimeoutError):
-            pass  # a reconnect registers paused
-        while True:
+        while not self._stopped.is_set():
+            # The pause goes again each round: a connection made since the
+            # last has not had it (and a refused one is tried again).
+            self._send(pb.ClientMsg(credit=pb.Credit(max_in_flight=0)))
             with self._lock:
-                while self._held or self._settling:
+                while (self._held or self._settling) and not self._stopped.is_set():
                     self._lock.wait(timeout=1.0)
                 lanes = list(self._lanes)
             # Every ack is sent; leaving before the server has applied them
@@ -606,11 +693,18 @@ class Worker:
                 self._control.close()
 
     def _nothing_unread(self) -> bool:
-        """Whether the server counts nothing in flight: with every ack
-        confirmed, anything it counts was pushed before the pause and is
-        still unread in the stream (credit above the threads)."""
-        reply = self._send(pb.ClientMsg(running=0))
+        """Whether the server, paused, counts nothing in flight: with every
+        ack confirmed, anything it counts was pushed before the pause and is
+        still unread in the stream (credit above the threads). The pause
+        and the question go on the same call, so the answer follows it."""
+        with self._lock:
+            control = self._control
+        if control is None:
+            return False
+        paused = control.send(pb.ClientMsg(credit=pb.Credit(max_in_flight=0)))
+        asked = control.send(pb.ClientMsg(running=0))
         try:
-            return reply is not None and reply.result(timeout=10).in_flight == 0
+            pause, answer = paused.result(timeout=10), asked.result(timeout=10)
         except (ConnectionError, concurrent.futures.TimeoutError):
             return False
+        return bool(pause.code == 0 and answer.code == 0 and answer.in_flight == 0)
