@@ -198,12 +198,43 @@ async fn answer_ops(
     replies
 }
 
-/// The Result that confirms `count` quiet messages as applied.
-fn quiet_confirmation(count: u32) -> proto::Result {
-    proto::Result {
-        ret: format!("{count} applied"),
-        quiet_applied: count,
-        ..Default::default()
+/// The quiet messages of one sendStatus call applied and not yet
+/// confirmed, and where their confirmation goes among the answers.
+#[derive(Debug, Default)]
+struct QuietRun {
+    unconfirmed: u32,
+}
+
+impl QuietRun {
+    /// Queues the answer to one message: none for an applied quiet one
+    /// (counted, confirmed later), otherwise the answer, after the
+    /// confirmation of the quiet ones before it.
+    fn answer(&mut self, reply: proto::Result, quiet: bool, out: &mut Vec<proto::Result>) {
+        if quiet && reply.code == 0 {
+            self.unconfirmed += 1;
+            if self.unconfirmed >= QUIET_CONFIRM_EVERY {
+                self.confirm(out);
+            }
+            return;
+        }
+        self.confirm(out);
+        out.push(reply);
+    }
+
+    /// Queues the confirmation of what is unconfirmed, if anything.
+    fn confirm(&mut self, out: &mut Vec<proto::Result>) {
+        let count = std::mem::take(&mut self.unconfirmed);
+        if count > 0 {
+            out.push(proto::Result {
+                ret: format!("{count} applied"),
+                quiet_applied: count,
+                ..Default::default()
+            });
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.unconfirmed == 0
     }
 }
 
@@ -240,10 +271,9 @@ impl Contact for ContactService {
         let (replies, replies_rx) = mpsc::channel(STATUS_REPLY_BUFFER);
         let core = self.core.clone();
         self.core.calls.spawn(async move {
-            // Quiet messages applied and not yet confirmed.
-            let mut unconfirmed = 0u32;
+            let mut quiet_run = QuietRun::default();
             loop {
-                let batch = if unconfirmed == 0 {
+                let batch = if quiet_run.is_empty() {
                     next_batch(&mut inbound, &core.stopping).await
                 } else {
                     // Reading a message is cancel-safe: a timeout loses none.
@@ -255,9 +285,12 @@ impl Contact for ContactService {
                     {
                         Ok(batch) => batch,
                         Err(_silent) => {
-                            let confirmation = quiet_confirmation(std::mem::take(&mut unconfirmed));
-                            if replies.send(Ok(confirmation)).await.is_err() {
-                                return;
+                            let mut confirmation = Vec::with_capacity(1);
+                            quiet_run.confirm(&mut confirmation);
+                            for reply in confirmation {
+                                if replies.send(Ok(reply)).await.is_err() {
+                                    return;
+                                }
                             }
                             continue;
                         }
@@ -283,21 +316,10 @@ impl Contact for ContactService {
                 };
                 let mut outgoing = Vec::with_capacity(answers.len());
                 for (reply, quiet) in answers.into_iter().zip(quiet) {
-                    if quiet && reply.code == 0 {
-                        unconfirmed += 1;
-                        if unconfirmed >= QUIET_CONFIRM_EVERY {
-                            outgoing.push(quiet_confirmation(std::mem::take(&mut unconfirmed)));
-                        }
-                        continue;
-                    }
-                    // Answers keep the order of the messages they answer.
-                    if unconfirmed > 0 {
-                        outgoing.push(quiet_confirmation(std::mem::take(&mut unconfirmed)));
-                    }
-                    outgoing.push(reply);
+                    quiet_run.answer(reply, quiet, &mut outgoing);
                 }
-                if batch.end.is_some() && unconfirmed > 0 {
-                    outgoing.push(quiet_confirmation(std::mem::take(&mut unconfirmed)));
+                if batch.end.is_some() {
+                    quiet_run.confirm(&mut outgoing);
                 }
                 for reply in outgoing {
                     if replies.send(Ok(reply)).await.is_err() {
@@ -437,5 +459,56 @@ impl Contact for ContactService {
             }
         }
         Ok(Response::new(proto::Empty::default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied() -> proto::Result {
+        proto::Result::default()
+    }
+
+    fn refusal() -> proto::Result {
+        proto::Result {
+            code: tonic::Code::NotFound as i32,
+            ..Default::default()
+        }
+    }
+
+    /// Answers keep the order of the messages they answer: a refusal or a
+    /// loud answer comes after the confirmation of the quiet ones before it.
+    #[test]
+    fn confirmations_keep_the_order_of_what_they_answer() {
+        let mut run = QuietRun::default();
+        let mut out = Vec::new();
+        run.answer(applied(), true, &mut out);
+        run.answer(applied(), true, &mut out);
+        run.answer(refusal(), true, &mut out);
+        run.answer(applied(), false, &mut out);
+        run.answer(applied(), true, &mut out);
+        assert!(!run.is_empty());
+        run.confirm(&mut out);
+        let shape: Vec<(u32, i32)> = out.iter().map(|r| (r.quiet_applied, r.code)).collect();
+        assert_eq!(
+            shape,
+            vec![(2, 0), (0, tonic::Code::NotFound as i32), (0, 0), (1, 0)]
+        );
+        assert!(run.is_empty());
+        run.confirm(&mut out);
+        assert_eq!(out.len(), 4, "nothing to confirm, nothing sent");
+    }
+
+    #[test]
+    fn one_confirmation_covers_at_most_256() {
+        let mut run = QuietRun::default();
+        let mut out = Vec::new();
+        for _ in 0..600 {
+            run.answer(applied(), true, &mut out);
+        }
+        run.confirm(&mut out);
+        let counts: Vec<u32> = out.iter().map(|r| r.quiet_applied).collect();
+        assert_eq!(counts, vec![256, 256, 88]);
     }
 }
