@@ -132,6 +132,7 @@ async fn contactctl_commands_print_json() {
         (idle["pending"].as_u64(), idle["ready"].as_u64()),
         (Some(1), Some(1))
     );
+    assert!(idle["oldest_ready_age_ms"].as_u64().is_some(), "{idle}");
 
     let (_, got) = contactctl(&server, &["get", &first]).await;
     assert_eq!(
@@ -148,6 +149,19 @@ async fn contactctl_commands_print_json() {
     assert_eq!(waited["dead_letter_reason"], "max_attempts");
     let (_, dead) = contactctl(&server, &["dead-letters"]).await;
     assert_eq!(dead[0]["task_id"].as_str(), Some(first.as_str()));
+    // A queue with only a dead letter is listed, with its count.
+    let (_, queues) = contactctl(&server, &["queues"]).await;
+    let jobs = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "jobs")
+        .unwrap();
+    assert_eq!(
+        (jobs["pending"].as_u64(), jobs["dead_letters"].as_u64()),
+        (Some(0), Some(1)),
+        "{jobs}"
+    );
     let (_, requeued) = contactctl(&server, &["requeue", &first]).await;
     assert_eq!(requeued["state"], "pending");
     assert_eq!(worker.next_task().await.task_id, first);

@@ -150,7 +150,7 @@ enum Cmd {
     },
     /// List the connected workers.
     Workers,
-    /// List the queues with pending tasks or waiting workers.
+    /// List the queues with pending tasks, waiting workers or dead letters.
     Queues,
     /// Drain one worker: no new tasks; its stream ends once it acked what it holds.
     Drain {
@@ -290,6 +290,8 @@ fn queue_json(q: &v1::QueueStats) -> Value {
         "pending": q.pending,
         "ready": q.ready,
         "waiting_workers": q.waiting_workers,
+        "oldest_ready_age_ms": q.oldest_ready_age_ms,
+        "dead_letters": q.dead_letters,
     })
 }
 
@@ -451,13 +453,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let value = Value::Array(queues.iter().map(queue_json).collect());
             out.value(&value, || {
                 println!(
-                    "{:<24} {:>10} {:>10} {:>8}",
-                    "QUEUE", "PENDING", "READY", "WAITING"
+                    "{:<24} {:>10} {:>10} {:>12} {:>8} {:>6}",
+                    "QUEUE", "PENDING", "READY", "OLDEST_MS", "WAITING", "DEAD"
                 );
                 for q in &queues {
                     println!(
-                        "{:<24} {:>10} {:>10} {:>8}",
-                        q.name, q.pending, q.ready, q.waiting_workers
+                        "{:<24} {:>10} {:>10} {:>12} {:>8} {:>6}",
+                        q.name,
+                        q.pending,
+                        q.ready,
+                        q.oldest_ready_age_ms,
+                        q.waiting_workers,
+                        q.dead_letters
                     );
                 }
             });

@@ -75,6 +75,10 @@ impl Admin for AdminService {
                 pending: q.pending as u64,
                 ready: q.ready as u64,
                 waiting_workers: q.waiting_workers as u64,
+                oldest_ready_age_ms: q
+                    .oldest_ready_age
+                    .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+                dead_letters: q.dead_letters as u64,
             })
             .collect();
         Ok(Response::new(v1::ListQueuesReply { queues }))

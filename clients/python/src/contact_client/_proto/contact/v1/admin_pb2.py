@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63ontact/v1/admin.proto\x12\ncontact.v1\"(\n\x17PurgeDeadLettersRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\'\n\x15PurgeDeadLettersReply\x12\x0e\n\x06purged\x18\x01 \x01(\x04\"\x13\n\x11ListQueuesRequest\"S\n\nQueueStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07pending\x18\x02 \x01(\x04\x12\r\n\x05ready\x18\x03 \x01(\x04\x12\x17\n\x0fwaiting_workers\x18\x04 \x01(\x04\"9\n\x0fListQueuesReply\x12&\n\x06queues\x18\x01 \x03(\x0b\x32\x16.contact.v1.QueueStats\"\"\n\rWorkerRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\x1e\n\x0bWorkerReply\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x14\n\x12ListWorkersRequest\"\xdb\x01\n\x06Worker\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\x12\x11\n\tin_flight\x18\x05 \x01(\r\x12\x19\n\x11\x63onnected_unix_ms\x18\x06 \x01(\x04\x12\x13\n\x0blast_status\x18\x07 \x01(\t\x12\x1a\n\x12last_heard_unix_ms\x18\x08 \x01(\x04\x12\x18\n\x10reported_running\x18\t \x01(\r\x12\x10\n\x08\x64\x65tached\x18\n \x01(\x08\"7\n\x10ListWorkersReply\x12#\n\x07workers\x18\x01 \x03(\x0b\x32\x12.contact.v1.Worker2\x85\x03\n\x05\x41\x64min\x12K\n\x0bListWorkers\x12\x1e.contact.v1.ListWorkersRequest\x1a\x1c.contact.v1.ListWorkersReply\x12H\n\nListQueues\x12\x1d.contact.v1.ListQueuesRequest\x1a\x1b.contact.v1.ListQueuesReply\x12\x41\n\x0b\x44rainWorker\x12\x19.contact.v1.WorkerRequest\x1a\x17.contact.v1.WorkerReply\x12\x46\n\x10\x44isconnectWorker\x12\x19.contact.v1.WorkerRequest\x1a\x17.contact.v1.WorkerReply\x12Z\n\x10PurgeDeadLetters\x12#.contact.v1.PurgeDeadLettersRequest\x1a!.contact.v1.PurgeDeadLettersReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63ontact/v1/admin.proto\x12\ncontact.v1\"(\n\x17PurgeDeadLettersRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\'\n\x15PurgeDeadLettersReply\x12\x0e\n\x06purged\x18\x01 \x01(\x04\"\x13\n\x11ListQueuesRequest\"\x86\x01\n\nQueueStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07pending\x18\x02 \x01(\x04\x12\r\n\x05ready\x18\x03 \x01(\x04\x12\x17\n\x0fwaiting_workers\x18\x04 \x01(\x04\x12\x1b\n\x13oldest_ready_age_ms\x18\x05 \x01(\x04\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x06 \x01(\x04\"9\n\x0fListQueuesReply\x12&\n\x06queues\x18\x01 \x03(\x0b\x32\x16.contact.v1.QueueStats\"\"\n\rWorkerRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\x1e\n\x0bWorkerReply\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x14\n\x12ListWorkersRequest\"\xdb\x01\n\x06Worker\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\x12\x11\n\tin_flight\x18\x05 \x01(\r\x12\x19\n\x11\x63onnected_unix_ms\x18\x06 \x01(\x04\x12\x13\n\x0blast_status\x18\x07 \x01(\t\x12\x1a\n\x12last_heard_unix_ms\x18\x08 \x01(\x04\x12\x18\n\x10reported_running\x18\t \x01(\r\x12\x10\n\x08\x64\x65tached\x18\n \x01(\x08\"7\n\x10ListWorkersReply\x12#\n\x07workers\x18\x01 \x03(\x0b\x32\x12.contact.v1.Worker2\x85\x03\n\x05\x41\x64min\x12K\n\x0bListWorkers\x12\x1e.contact.v1.ListWorkersRequest\x1a\x1c.contact.v1.ListWorkersReply\x12H\n\nListQueues\x12\x1d.contact.v1.ListQueuesRequest\x1a\x1b.contact.v1.ListQueuesReply\x12\x41\n\x0b\x44rainWorker\x12\x19.contact.v1.WorkerRequest\x1a\x17.contact.v1.WorkerReply\x12\x46\n\x10\x44isconnectWorker\x12\x19.contact.v1.WorkerRequest\x1a\x17.contact.v1.WorkerReply\x12Z\n\x10PurgeDeadLetters\x12#.contact.v1.PurgeDeadLettersRequest\x1a!.contact.v1.PurgeDeadLettersReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,20 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PURGEDEADLETTERSREPLY']._serialized_end=119
   _globals['_LISTQUEUESREQUEST']._serialized_start=121
   _globals['_LISTQUEUESREQUEST']._serialized_end=140
-  _globals['_QUEUESTATS']._serialized_start=142
-  _globals['_QUEUESTATS']._serialized_end=225
-  _globals['_LISTQUEUESREPLY']._serialized_start=227
-  _globals['_LISTQUEUESREPLY']._serialized_end=284
-  _globals['_WORKERREQUEST']._serialized_start=286
-  _globals['_WORKERREQUEST']._serialized_end=320
-  _globals['_WORKERREPLY']._serialized_start=322
-  _globals['_WORKERREPLY']._serialized_end=352
-  _globals['_LISTWORKERSREQUEST']._serialized_start=354
-  _globals['_LISTWORKERSREQUEST']._serialized_end=374
-  _globals['_WORKER']._serialized_start=377
-  _globals['_WORKER']._serialized_end=596
-  _globals['_LISTWORKERSREPLY']._serialized_start=598
-  _globals['_LISTWORKERSREPLY']._serialized_end=653
-  _globals['_ADMIN']._serialized_start=656
-  _globals['_ADMIN']._serialized_end=1045
+  _globals['_QUEUESTATS']._serialized_start=143
+  _globals['_QUEUESTATS']._serialized_end=277
+  _globals['_LISTQUEUESREPLY']._serialized_start=279
+  _globals['_LISTQUEUESREPLY']._serialized_end=336
+  _globals['_WORKERREQUEST']._serialized_start=338
+  _globals['_WORKERREQUEST']._serialized_end=372
+  _globals['_WORKERREPLY']._serialized_start=374
+  _globals['_WORKERREPLY']._serialized_end=404
+  _globals['_LISTWORKERSREQUEST']._serialized_start=406
+  _globals['_LISTWORKERSREQUEST']._serialized_end=426
+  _globals['_WORKER']._serialized_start=429
+  _globals['_WORKER']._serialized_end=648
+  _globals['_LISTWORKERSREPLY']._serialized_start=650
+  _globals['_LISTWORKERSREPLY']._serialized_end=705
+  _globals['_ADMIN']._serialized_start=708
+  _globals['_ADMIN']._serialized_end=1097
 # @@protoc_insertion_point(module_scope)

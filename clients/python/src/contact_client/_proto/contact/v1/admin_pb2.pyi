@@ -23,16 +23,20 @@ class ListQueuesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("name", "pending", "ready", "waiting_workers")
+    __slots__ = ("name", "pending", "ready", "waiting_workers", "oldest_ready_age_ms", "dead_letters")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     WAITING_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_READY_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     pending: int
     ready: int
     waiting_workers: int
-    def __init__(self, name: _Optional[str] = ..., pending: _Optional[int] = ..., ready: _Optional[int] = ..., waiting_workers: _Optional[int] = ...) -> None: ...
+    oldest_ready_age_ms: int
+    dead_letters: int
+    def __init__(self, name: _Optional[str] = ..., pending: _Optional[int] = ..., ready: _Optional[int] = ..., waiting_workers: _Optional[int] = ..., oldest_ready_age_ms: _Optional[int] = ..., dead_letters: _Optional[int] = ...) -> None: ...
 
 class ListQueuesReply(_message.Message):
     __slots__ = ("queues",)

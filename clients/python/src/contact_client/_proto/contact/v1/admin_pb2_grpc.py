@@ -79,7 +79,8 @@ class AdminServicer:
     def ListQueues(self, request, context):
         """A simple RPC.
 
-        Every queue with pending tasks or waiting workers, ordered by name.
+        Every queue with pending tasks, waiting workers or dead letters, ordered
+        by name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
