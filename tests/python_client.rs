@@ -289,115 +289,68 @@ async fn sigterm_drains_the_worker() {
     server.stop().await;
 }
 
-/// The connection drops while the package worker runs a task: it redials,
-/// resumes its session with the task, and its result lands at attempt 1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_worker_resumes_after_a_cut_connection() {
-    let mut config = test_config();
-    config.workers.resume_grace_secs = 30;
-    let server = TestServer::with_config(config).await;
-    let proxy = common::proxy::Proxy::start(server.grpc_addr).await;
-    let id = server.submit("default", "outlive the cut").await;
-    let dir = common::TempDir::new("py-resume");
-    let started = dir.0.join("started");
-    let script = slow_worker(&[
-        ("WORKER_ID", "py-resume"),
-        ("WORK_SECS", "2"),
-        ("STARTED_FILE", &path(&started)),
-    ]);
-    let _child = spawn_python("resume", &script, &proxy.url()).await;
-    // The worker holds the task (its handler runs), not just the server
-    // having sent it.
-    common::eventually("the handler to start", || {
-        std::future::ready(started.exists().then_some(()))
-    })
-    .await;
-    proxy.cut();
-    let info = server.wait_finished(&id).await;
-    assert_eq!(
-        (info.state(), info.attempts, info.ret.as_str()),
-        (TaskState::Done, 1, "finished outlive the cut"),
-        "{info:?}"
-    );
-    server.stop().await;
+/// A slow package worker behind the cuttable proxy, on a server that keeps
+/// a dropped worker's tasks for 30 s: `texts` are queued first, and once
+/// `started` handlers have begun it is the test's to cut.
+struct BehindProxy {
+    server: TestServer,
+    proxy: common::proxy::Proxy,
+    ids: Vec<String>,
+    /// The handler touches it when it returns.
+    finished: PathBuf,
+    _dir: common::TempDir,
+    _child: tokio::process::Child,
 }
 
-/// An outage longer than the first redial: the worker's attempts fail
-/// while its handler runs, and once the server is reachable again it
-/// resumes with the task it held (failed attempts do not give it up).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_worker_resumes_after_an_outage() {
-    let mut config = test_config();
-    config.workers.resume_grace_secs = 30;
-    let server = TestServer::with_config(config).await;
-    let proxy = common::proxy::Proxy::start(server.grpc_addr).await;
-    let id = server.submit("default", "outlive the outage").await;
-    let dir = common::TempDir::new("py-outage");
-    let started = dir.0.join("started");
-    let script = slow_worker(&[
-        ("WORKER_ID", "py-outage"),
-        ("WORK_SECS", "3"),
-        ("STARTED_FILE", &path(&started)),
-    ]);
-    let _child = spawn_python("outage", &script, &proxy.url()).await;
-    common::eventually("the handler to start", || {
-        std::future::ready(started.exists().then_some(()))
-    })
-    .await;
-    proxy.block();
-    common::eventually("two failed redials", || {
-        std::future::ready((proxy.refused() >= 2).then_some(()))
-    })
-    .await;
-    proxy.unblock();
-    let info = server.wait_finished(&id).await;
-    assert_eq!(
-        (info.state(), info.attempts, info.ret.as_str()),
-        (TaskState::Done, 1, "finished outlive the outage"),
-        "{info:?}"
-    );
-    server.stop().await;
-}
+impl BehindProxy {
+    async fn start(name: &str, texts: &[&str], settings: &[(&str, &str)], started: usize) -> Self {
+        let mut config = test_config();
+        config.workers.resume_grace_secs = 30;
+        let server = TestServer::with_config(config).await;
+        let proxy = common::proxy::Proxy::start(server.grpc_addr).await;
+        let mut ids = Vec::new();
+        for text in texts {
+            ids.push(server.submit("default", text).await);
+        }
+        let dir = common::TempDir::new(&format!("py-{name}"));
+        let (started_file, finished) = (dir.0.join("started"), dir.0.join("finished"));
+        let worker_id = format!("py-{name}");
+        let (started_path, finished_path) = (path(&started_file), path(&finished));
+        let mut all = vec![
+            ("WORKER_ID", worker_id.as_str()),
+            ("STARTED_FILE", started_path.as_str()),
+            ("FINISHED_FILE", finished_path.as_str()),
+        ];
+        all.extend_from_slice(settings);
+        let child = spawn_python(name, &slow_worker(&all), &proxy.url()).await;
+        // The worker holds the tasks (their handlers run), not just the
+        // server having sent them.
+        common::eventually("the handlers to start", || {
+            std::future::ready((started_count(&started_file) >= started).then_some(()))
+        })
+        .await;
+        Self {
+            server,
+            proxy,
+            ids,
+            finished,
+            _dir: dir,
+            _child: child,
+        }
+    }
 
-/// An ack sent as the connection goes, and lost with it, is sent again once
-/// the worker is back: it claims the task on resume, so the task is not run
-/// twice and its result lands at attempt 1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ack_lost_with_the_connection_is_sent_again() {
-    let mut config = test_config();
-    config.workers.resume_grace_secs = 30;
-    let server = TestServer::with_config(config).await;
-    let proxy = common::proxy::Proxy::start(server.grpc_addr).await;
-    let id = server.submit("default", "ack lost").await;
-    let dir = common::TempDir::new("py-lost-ack");
-    let (started, finished) = (dir.0.join("started"), dir.0.join("finished"));
-    let script = slow_worker(&[
-        ("WORKER_ID", "py-lost-ack"),
-        ("STARTED_FILE", &path(&started)),
-        ("FINISHED_FILE", &path(&finished)),
-    ]);
-    let _child = spawn_python("lost-ack", &script, &proxy.url()).await;
-    common::eventually("the handler to start", || {
-        std::future::ready(started.exists().then_some(()))
-    })
-    .await;
-    proxy.hold_upstream();
-    common::eventually("the handler to finish", || {
-        std::future::ready(finished.exists().then_some(()))
-    })
-    .await;
-    common::eventually("the ack to be sent (and held)", || {
-        std::future::ready((proxy.held_bytes() > 0).then_some(()))
-    })
-    .await;
-    proxy.cut();
-    let info = server.wait_finished(&id).await;
-    assert_eq!(
-        (info.state(), info.attempts, info.ret.as_str()),
-        (TaskState::Done, 1, "finished ack lost"),
-        "{info:?}"
-    );
-    server.stop().await;
+    /// Every task finished once, at attempt 1, as the handler returned it.
+    async fn all_done_at_first_attempt(self, texts: &[&str]) {
+        for (id, text) in self.ids.iter().zip(texts) {
+            let info = self.server.wait_finished(id).await;
+            assert_eq!(
+                (info.state(), info.attempts, info.ret.as_str()),
+                (TaskState::Done, 1, format!("finished {text}").as_str()),
+                "{info:?}"
+            );
+        }
+        self.server.stop().await;
+    }
 }
 
 /// How many handlers have started, by the lines of a `STARTED_FILE`.
@@ -405,41 +358,61 @@ fn started_count(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |text| text.lines().count())
 }
 
+/// The connection drops while the package worker runs a task: it redials,
+/// resumes its session with the task, and its result lands at attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_resumes_after_a_cut_connection() {
+    let texts = ["outlive the cut"];
+    let run = BehindProxy::start("resume", &texts, &[("WORK_SECS", "2")], 1).await;
+    run.proxy.cut();
+    run.all_done_at_first_attempt(&texts).await;
+}
+
+/// An outage longer than the first redial: the worker's attempts fail
+/// while its handler runs, and once the server is reachable again it
+/// resumes with the task it held (failed attempts do not give it up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_resumes_after_an_outage() {
+    let texts = ["outlive the outage"];
+    let run = BehindProxy::start("outage", &texts, &[("WORK_SECS", "3")], 1).await;
+    run.proxy.block();
+    common::eventually("two failed redials", || {
+        std::future::ready((run.proxy.refused() >= 2).then_some(()))
+    })
+    .await;
+    run.proxy.unblock();
+    run.all_done_at_first_attempt(&texts).await;
+}
+
+/// An ack sent as the connection goes, and lost with it, is sent again once
+/// the worker is back: it claims the task on resume, so the task is not run
+/// twice and its result lands at attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_lost_with_the_connection_is_sent_again() {
+    let texts = ["ack lost"];
+    let run = BehindProxy::start("lost-ack", &texts, &[], 1).await;
+    run.proxy.hold_upstream();
+    common::eventually("the handler to finish", || {
+        std::future::ready(run.finished.exists().then_some(()))
+    })
+    .await;
+    common::eventually("the ack to be sent (and held)", || {
+        std::future::ready((run.proxy.held_bytes() > 0).then_some(()))
+    })
+    .await;
+    run.proxy.cut();
+    run.all_done_at_first_attempt(&texts).await;
+}
+
 /// The connection drops while every handler thread of the worker is busy,
 /// so none of them is reading getTask: the worker still notices, redials,
 /// resumes with both tasks, and both results land at attempt 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_while_every_handler_is_busy_is_noticed() {
-    let mut config = test_config();
-    config.workers.resume_grace_secs = 30;
-    let server = TestServer::with_config(config).await;
-    let proxy = common::proxy::Proxy::start(server.grpc_addr).await;
-    let ids = [
-        server.submit("default", "busy one").await,
-        server.submit("default", "busy two").await,
-    ];
-    let dir = common::TempDir::new("py-all-busy");
-    let started = dir.0.join("started");
-    let script = slow_worker(&[
-        ("WORKER_ID", "py-all-busy"),
-        ("WORK_SECS", "2"),
-        ("STARTED_FILE", &path(&started)),
-    ]);
-    let _child = spawn_python("all-busy", &script, &proxy.url()).await;
-    common::eventually("both handlers to start", || {
-        std::future::ready((started_count(&started) == 2).then_some(()))
-    })
-    .await;
-    proxy.cut();
-    for id in &ids {
-        let info = server.wait_finished(id).await;
-        assert_eq!(
-            (info.state(), info.attempts),
-            (TaskState::Done, 1),
-            "{info:?}"
-        );
-    }
-    server.stop().await;
+    let texts = ["busy one", "busy two"];
+    let run = BehindProxy::start("all-busy", &texts, &[("WORK_SECS", "2")], 2).await;
+    run.proxy.cut();
+    run.all_done_at_first_attempt(&texts).await;
 }
 
 /// A handler that runs longer than the server's liveness timeout, on a
